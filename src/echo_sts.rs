@@ -1,0 +1,858 @@
+//! A built-in echo STS agent: `avr-core echo-sts`, the demo's agent and the tests' agent.
+//!
+//! Every caller `audio` message is sent back, byte for byte, `delay` after it arrived, but cut
+//! into chunks of deliberately uneven sizes ([`CHUNK_PATTERN`]), so a bridge that pads or
+//! drops partial frames is audibly (and testably) wrong. Transcripts come at a fixed cadence
+//! (one user and one agent line per second of caller audio, one agent line per DTMF digit) so
+//! tests can count them.
+//!
+//! One thread per connection, blocking sockets, no polling: the thread sleeps in `read()` with
+//! a read timeout equal to the time until the next chunk is due, or with no timeout at all
+//! when nothing is pending. tungstenite 0.30 reports the timeout as `Error::Io` (WouldBlock on
+//! Unix, TimedOut on Windows) and keeps any partly read frame for the next `read()`.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+/// Sizes, in bytes, of the audio chunks sent back, cycled in order. All even (whole s16le
+/// samples) and unlike the 320-byte caller frames, so the bridge must carry remainders.
+pub const CHUNK_PATTERN: [usize; 6] = [160, 1000, 480, 2400, 320, 40];
+
+/// Port of `avr-core echo-sts` when `--port` is not given (the upstream agents' port).
+pub const DEFAULT_PORT: u16 = 6030;
+
+/// Longest accepted echo delay; also keeps `Instant` arithmetic far from overflow.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// 8 kHz × 2 bytes: the transcript cadence is one pair per this many caller bytes.
+const BYTES_PER_SECOND: u64 = 16_000;
+
+/// A chunk that cannot fill up because the caller paused goes out short after this long,
+/// so the tail of an utterance is not held back until the caller speaks again.
+const IDLE_FLUSH: Duration = Duration::from_millis(60);
+
+/// Per-connection stack: the benchmark runs 1,000 connections on a small machine.
+const CONN_STACK: usize = 128 * 1024;
+
+/// tungstenite's default is 128 KiB per connection; caller audio messages are ~0.5 KiB.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// A client that connects but never sends its upgrade request must not hold a thread forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client that stops reading must not wedge its connection thread forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Buffered events; when nobody drains them the newest are dropped, never the server.
+const EVENT_CAPACITY: usize = 4096;
+
+/// How the echo agent behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoOptions {
+    /// How long each caller byte waits before it is sent back.
+    pub delay: Duration,
+    /// Send transcripts (per second of audio and per DTMF digit); off keeps the agent silent
+    /// apart from the echo.
+    pub transcripts: bool,
+}
+
+impl Default for EchoOptions {
+    fn default() -> Self {
+        EchoOptions {
+            delay: Duration::from_millis(200),
+            transcripts: true,
+        }
+    }
+}
+
+/// What the agent saw, for tests and the demo's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EchoEvent {
+    /// A WebSocket handshake completed; `path` is the request path and query.
+    Connected { conn: u64, path: String },
+    /// A text message other than `audio` (init, dtmf_digit, unknown types, non-JSON).
+    Received { conn: u64, text: String },
+    /// The connection's thread has finished.
+    Closed { conn: u64 },
+}
+
+/// A running echo agent. Its accept loop runs for the life of the process.
+pub struct EchoServer {
+    addr: SocketAddr,
+    events: Arc<Events>,
+    accept_thread: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Binds `bind` (port 0 picks a free port) and starts accepting in a named thread.
+    pub fn start(bind: SocketAddr, opts: EchoOptions) -> io::Result<EchoServer> {
+        if opts.delay > MAX_DELAY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "echo delay {:?} is over the {MAX_DELAY:?} limit",
+                    opts.delay
+                ),
+            ));
+        }
+        let listener = TcpListener::bind(bind)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener.local_addr()?;
+        let events = Arc::new(Events::default());
+        let loop_events = Arc::clone(&events);
+        let accept_thread = thread::Builder::new()
+            .name("echo-sts-accept".into())
+            .spawn(move || accept_loop(listener, opts, loop_events))?;
+        Ok(EchoServer {
+            addr,
+            events,
+            accept_thread,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A URL clients can connect to: an unspecified bind address becomes loopback.
+    pub fn url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("ws://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The event stream. Events are recorded only from the first call on, so a long-running
+    /// `echo-sts` that nobody watches accumulates nothing. Every call returns the same stream.
+    pub fn events(&self) -> Receiver<EchoEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Blocks forever serving echo connections on `bind`.
+pub fn run(bind: SocketAddr, opts: EchoOptions) -> io::Result<()> {
+    let server = EchoServer::start(bind, opts)?;
+    log::info!("Echo STS agent listening on ws://{}", server.local_addr());
+    server
+        .accept_thread
+        .join()
+        .map_err(|_| io::Error::other("the echo STS accept loop panicked"))
+}
+
+/// Parses the arguments after `echo-sts`:
+/// `--bind ADDR` (IP, default 127.0.0.1), `--port N` (default 6030), `--delay-ms N`
+/// (default 200), `--no-transcripts`.
+pub fn parse_args(args: &[String]) -> Result<(SocketAddr, EchoOptions), String> {
+    let mut ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut port = DEFAULT_PORT;
+    let mut opts = EchoOptions::default();
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--bind" => ip = flag_value(flag, args.next(), "an IP address such as 0.0.0.0")?,
+            "--port" => port = flag_value(flag, args.next(), "a port number 0-65535")?,
+            "--delay-ms" => {
+                let max = MAX_DELAY.as_millis();
+                let ms: u64 = flag_value(flag, args.next(), "milliseconds")?;
+                if u128::from(ms) > max {
+                    return Err(format!("--delay-ms {ms}: at most {max} ms"));
+                }
+                opts.delay = Duration::from_millis(ms);
+            }
+            "--no-transcripts" => opts.transcripts = false,
+            other => {
+                return Err(format!(
+                "unknown option {other:?} (expected --bind, --port, --delay-ms, --no-transcripts)"
+            ))
+            }
+        }
+    }
+    Ok((SocketAddr::new(ip, port), opts))
+}
+
+fn flag_value<T: FromStr>(flag: &str, value: Option<&String>, expected: &str) -> Result<T, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value: {expected}"))?;
+    value
+        .parse()
+        .map_err(|_| format!("{flag} {value:?}: expected {expected}"))
+}
+
+/// The event channel, created on first subscription so that unwatched servers send nothing.
+#[derive(Default)]
+struct Events(OnceLock<(Sender<EchoEvent>, Receiver<EchoEvent>)>);
+
+impl Events {
+    fn subscribe(&self) -> Receiver<EchoEvent> {
+        let (_, rx) = self
+            .0
+            .get_or_init(|| crossbeam_channel::bounded(EVENT_CAPACITY));
+        rx.clone()
+    }
+
+    /// `make` runs only when someone listens, so unwatched servers copy no text.
+    fn emit(&self, make: impl FnOnce() -> EchoEvent) {
+        if let Some((tx, _)) = self.0.get() {
+            let _ = tx.try_send(make());
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, opts: EchoOptions, events: Arc<Events>) {
+    let mut last_conn = 0u64;
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("Echo STS: accept failed: {e}");
+                thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        last_conn += 1;
+        let conn = last_conn;
+        let events = Arc::clone(&events);
+        let spawned = thread::Builder::new()
+            .name(format!("echo-sts-{conn}"))
+            .stack_size(CONN_STACK)
+            .spawn(move || serve(conn, stream, opts, &events));
+        if let Err(e) = spawned {
+            log::error!("Echo STS: no thread for connection {conn} ({e}); dropped it");
+        }
+    }
+}
+
+fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events) {
+    let (ws, path) = match handshake(stream) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            log::warn!("Echo STS connection {conn}: WebSocket handshake failed: {e}");
+            return;
+        }
+    };
+    log::debug!("Echo STS connection {conn}: connected, path {path}");
+    events.emit(|| EchoEvent::Connected { conn, path });
+    {
+        let mut session = Session::new(conn, ws, opts, events);
+        match session.run() {
+            Ok(()) => log::info!("[{}] Echo STS: connection closed", session.label),
+            Err(e) => log::info!("[{}] Echo STS: connection ended: {e}", session.label),
+        }
+    }
+    events.emit(|| EchoEvent::Closed { conn });
+}
+
+/// Accepts the upgrade and returns the socket with the request's path and query.
+fn handshake(stream: TcpStream) -> Result<(WebSocket<TcpStream>, String), String> {
+    let setup = |s: &TcpStream| -> io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        s.set_write_timeout(Some(WRITE_TIMEOUT))
+    };
+    setup(&stream).map_err(|e| format!("socket setup: {e}"))?;
+    let mut path = String::from("/");
+    // The signature is tungstenite's `Callback`; its large error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let record_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if let Some(pq) = req.uri().path_and_query() {
+            path = pq.as_str().to_owned();
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let ws = tungstenite::accept_hdr_with_config(stream, record_path, Some(config)).map_err(
+        |e| match e {
+            HandshakeError::Interrupted(_) => {
+                format!("no upgrade request within {HANDSHAKE_TIMEOUT:?}")
+            }
+            HandshakeError::Failure(e) => e.to_string(),
+        },
+    )?;
+    Ok((ws, path))
+}
+
+/// Messages from avr-core. Borrowed so a 20 ms audio message costs no string copies.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    audio: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    digit: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Outgoing<'a> {
+    Audio { audio: String },
+    Transcript { role: &'a str, text: &'a str },
+}
+
+/// One connection's state.
+struct Session<'a> {
+    conn: u64,
+    ws: WebSocket<TcpStream>,
+    opts: EchoOptions,
+    events: &'a Events,
+    /// `[label]` prefixes log lines: the call's uuid once `init` arrived.
+    label: String,
+    queue: EchoQueue,
+    received_bytes: u64,
+}
+
+impl<'a> Session<'a> {
+    fn new(conn: u64, ws: WebSocket<TcpStream>, opts: EchoOptions, events: &'a Events) -> Self {
+        Session {
+            conn,
+            ws,
+            opts,
+            events,
+            label: format!("echo-conn-{conn}"),
+            queue: EchoQueue::new(opts.delay),
+            received_bytes: 0,
+        }
+    }
+
+    /// Serves until the client closes (`Ok`) or the connection fails (`Err`).
+    fn run(&mut self) -> tungstenite::Result<()> {
+        loop {
+            self.send_due()?;
+            let timeout = match self.queue.next_due() {
+                None => None,
+                Some(at) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => continue, // already due: send it before reading
+                },
+            };
+            self.ws.get_ref().set_read_timeout(timeout)?;
+            match self.ws.read() {
+                Ok(Message::Text(text)) => self.on_text(text.as_str())?,
+                Ok(Message::Binary(bytes)) => log::warn!(
+                    "[{}] Echo STS: ignored a {}-byte binary message (caller audio is JSON)",
+                    self.label,
+                    bytes.len()
+                ),
+                // tungstenite queues the close reply; the next read sends it and ends.
+                Ok(Message::Close(_)) => self.queue = EchoQueue::new(self.opts.delay),
+                Ok(_) => {} // ping/pong: tungstenite answers pings itself
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
+                Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn on_text(&mut self, text: &str) -> tungstenite::Result<()> {
+        let msg: Incoming = match serde_json::from_str(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.report(text);
+                log::warn!(
+                    "[{}] Echo STS: ignored non-STS text ({e}): {}",
+                    self.label,
+                    preview(text)
+                );
+                return Ok(());
+            }
+        };
+        if msg.kind == "audio" {
+            return self.on_audio(msg.audio.as_deref());
+        }
+        self.report(text);
+        match msg.kind.as_ref() {
+            "init" => match msg.uuid {
+                Some(uuid) => {
+                    self.label = uuid.into_owned();
+                    log::info!(
+                        "[{}] Echo STS: init on connection {}",
+                        self.label,
+                        self.conn
+                    );
+                }
+                None => log::warn!("[{}] Echo STS: init without a uuid", self.label),
+            },
+            "dtmf_digit" => match msg.digit {
+                Some(digit) if self.opts.transcripts => {
+                    self.send_transcript("agent", &format!("You pressed {digit}"))?;
+                }
+                Some(_) => {}
+                None => log::warn!("[{}] Echo STS: dtmf_digit without a digit", self.label),
+            },
+            other => log::warn!("[{}] Echo STS: ignored unknown type {other:?}", self.label),
+        }
+        Ok(())
+    }
+
+    fn on_audio(&mut self, audio: Option<&str>) -> tungstenite::Result<()> {
+        let Some(audio) = audio else {
+            log::warn!("[{}] Echo STS: audio message without `audio`", self.label);
+            return Ok(());
+        };
+        let pcm = match BASE64.decode(audio) {
+            Ok(pcm) => pcm,
+            Err(e) => {
+                log::warn!(
+                    "[{}] Echo STS: ignored audio with bad base64: {e}",
+                    self.label
+                );
+                return Ok(());
+            }
+        };
+        if pcm.len() % 2 != 0 {
+            log::warn!(
+                "[{}] Echo STS: ignored {} bytes of audio: odd length is not s16le",
+                self.label,
+                pcm.len()
+            );
+            return Ok(());
+        }
+        self.queue.push(Instant::now(), &pcm);
+        let seconds_before = self.received_bytes / BYTES_PER_SECOND;
+        self.received_bytes += pcm.len() as u64;
+        let seconds_after = self.received_bytes / BYTES_PER_SECOND;
+        if self.opts.transcripts {
+            for second in seconds_before + 1..=seconds_after {
+                self.send_transcript("user", &format!("caller audio, second {second}"))?;
+                self.send_transcript("agent", "echoing 1.0 s of audio")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every chunk that is due, in one flush.
+    fn send_due(&mut self) -> tungstenite::Result<()> {
+        let now = Instant::now();
+        let mut wrote = false;
+        while let Some(chunk) = self.queue.pop_due(now) {
+            let audio = BASE64.encode(&chunk);
+            self.ws.write(to_message(&Outgoing::Audio { audio })?)?;
+            wrote = true;
+        }
+        if wrote {
+            self.ws.flush()?;
+        }
+        Ok(())
+    }
+
+    fn send_transcript(&mut self, role: &str, text: &str) -> tungstenite::Result<()> {
+        self.ws
+            .send(to_message(&Outgoing::Transcript { role, text })?)
+    }
+
+    fn report(&self, text: &str) {
+        let conn = self.conn;
+        self.events.emit(|| EchoEvent::Received {
+            conn,
+            text: text.to_owned(),
+        });
+    }
+}
+
+fn to_message(msg: &Outgoing) -> tungstenite::Result<Message> {
+    let json = serde_json::to_string(msg).map_err(io::Error::other)?;
+    Ok(Message::text(json))
+}
+
+/// A read timeout, as the OS reports it: WouldBlock on Unix, TimedOut on Windows.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The start of a message, for log lines.
+fn preview(text: &str) -> &str {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// Caller bytes received but not yet sent back, each run with the time it arrived.
+struct EchoQueue {
+    delay: Duration,
+    bytes: VecDeque<u8>,
+    /// Arrival time and length of each received message still (partly) in `bytes`.
+    runs: VecDeque<(Instant, usize)>,
+    /// Index into [`CHUNK_PATTERN`] of the next chunk.
+    pattern_pos: usize,
+}
+
+impl EchoQueue {
+    fn new(delay: Duration) -> Self {
+        EchoQueue {
+            delay,
+            bytes: VecDeque::new(),
+            runs: VecDeque::new(),
+            pattern_pos: 0,
+        }
+    }
+
+    fn push(&mut self, arrived: Instant, pcm: &[u8]) {
+        if !pcm.is_empty() {
+            self.bytes.extend(pcm);
+            self.runs.push_back((arrived, pcm.len()));
+        }
+    }
+
+    /// When the next chunk may go out and how long it is. A chunk goes out once its *first*
+    /// byte is due and all its bytes are here, like a TTS agent that streams slightly ahead
+    /// of playback; a short chunk goes out when the caller pauses for `IDLE_FLUSH`.
+    fn next_chunk(&self) -> Option<(Instant, usize)> {
+        let want = CHUNK_PATTERN[self.pattern_pos];
+        let first = self.runs.front()?.0;
+        let first_due = first + self.delay;
+        let mut len = 0;
+        let mut last = first;
+        for &(arrived, run_len) in &self.runs {
+            if arrived > last + IDLE_FLUSH {
+                return Some((first_due, len));
+            }
+            len += run_len;
+            if len >= want {
+                return Some((first_due, want));
+            }
+            last = arrived;
+        }
+        Some((first_due.max(last + IDLE_FLUSH), len))
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.next_chunk().map(|(at, _)| at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let (at, len) = self.next_chunk()?;
+        if at > now {
+            return None;
+        }
+        let mut left = len;
+        while let Some(run) = self.runs.front_mut() {
+            if run.1 > left {
+                run.1 -= left;
+                break;
+            }
+            left -= run.1;
+            self.runs.pop_front();
+        }
+        self.pattern_pos = (self.pattern_pos + 1) % CHUNK_PATTERN.len();
+        Some(self.bytes.drain(..len).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const WAIT: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn queue_cuts_a_steady_stream_into_the_pattern() {
+        let t0 = Instant::now();
+        let mut queue = EchoQueue::new(Duration::ZERO);
+        let mut sizes = Vec::new();
+        for k in 0..100u32 {
+            let now = t0 + FRAME * k;
+            queue.push(now, &[0; 320]);
+            while let Some(chunk) = queue.pop_due(now) {
+                sizes.push(chunk.len());
+            }
+        }
+        let expected: Vec<usize> = CHUNK_PATTERN
+            .iter()
+            .copied()
+            .cycle()
+            .take(sizes.len())
+            .collect();
+        assert_eq!(sizes, expected);
+    }
+
+    #[test]
+    fn queue_holds_until_due_and_flushes_a_short_tail_after_a_pause() {
+        let t0 = Instant::now();
+        let mut queue = EchoQueue::new(Duration::ZERO);
+        assert_eq!(queue.next_due(), None);
+        queue.push(t0 + FRAME, &[1; 320]);
+        assert_eq!(queue.pop_due(t0), None, "nothing before its due time");
+        assert_eq!(queue.next_due(), Some(t0 + FRAME));
+        assert_eq!(queue.pop_due(t0 + FRAME).map(|c| c.len()), Some(160));
+        // The 1000-byte chunk cannot fill: the remaining 160 bytes go out after the pause.
+        assert_eq!(queue.next_due(), Some(t0 + FRAME + IDLE_FLUSH));
+        assert_eq!(queue.pop_due(t0 + FRAME + IDLE_FLUSH - FRAME), None);
+        assert_eq!(queue.pop_due(t0 + FRAME + IDLE_FLUSH), Some(vec![1; 160]));
+        assert_eq!(queue.next_due(), None);
+    }
+
+    #[test]
+    fn parse_args_defaults_flags_and_errors() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let (addr, opts) = parse_args(&[]).unwrap();
+        assert_eq!(addr, "127.0.0.1:6030".parse().unwrap());
+        assert_eq!(opts, EchoOptions::default());
+
+        let (addr, opts) = parse_args(&args(
+            "--bind 0.0.0.0 --port 7000 --delay-ms 50 --no-transcripts",
+        ))
+        .unwrap();
+        assert_eq!(addr, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(opts.delay, Duration::from_millis(50));
+        assert!(!opts.transcripts);
+
+        for (bad, flag) in [
+            ("--port", "--port"),
+            ("--port 70000", "--port"),
+            ("--bind localhost", "--bind"),
+            ("--delay-ms -1", "--delay-ms"),
+            ("--delay-ms 600000", "--delay-ms"),
+            ("--verbose", "--verbose"),
+        ] {
+            let err = parse_args(&args(bad)).unwrap_err();
+            assert!(err.contains(flag), "{bad}: {err}");
+        }
+    }
+
+    /// A tungstenite client with a deadline on every read.
+    struct Client {
+        ws: WebSocket<TcpStream>,
+    }
+
+    impl Client {
+        fn connect(server: &EchoServer, path: &str) -> Client {
+            let stream = TcpStream::connect(server.local_addr()).unwrap();
+            let (ws, _) = tungstenite::client(format!("{}{path}", server.url()), stream).unwrap();
+            Client { ws }
+        }
+
+        fn send(&mut self, text: &str) {
+            self.ws.send(Message::text(text)).unwrap();
+        }
+
+        fn send_audio(&mut self, pcm: &[u8]) {
+            self.send(&format!(
+                r#"{{"type":"audio","audio":"{}"}}"#,
+                BASE64.encode(pcm)
+            ));
+        }
+
+        /// The next text message as JSON, or `None` once `deadline` passes.
+        fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
+            loop {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                if left.is_zero() {
+                    return None;
+                }
+                self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
+                match self.ws.read() {
+                    Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if is_timeout(&e) => return None,
+                    Err(e) => panic!("echo connection failed: {e}"),
+                }
+            }
+        }
+
+        fn recv_transcript(&mut self) -> (String, String) {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let msg = self.recv_until(deadline).expect("a transcript");
+                if msg["type"] == "transcript" {
+                    let field = |k: &str| msg[k].as_str().unwrap().to_owned();
+                    return (field("role"), field("text"));
+                }
+            }
+        }
+    }
+
+    fn start(opts: EchoOptions) -> (EchoServer, Receiver<EchoEvent>) {
+        let server = EchoServer::start("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+        let events = server.events();
+        (server, events)
+    }
+
+    fn next_event(events: &Receiver<EchoEvent>) -> EchoEvent {
+        events.recv_timeout(WAIT).expect("an echo event")
+    }
+
+    #[test]
+    fn init_is_reported_with_the_path() {
+        let (server, events) = start(EchoOptions::default());
+        let mut client = Client::connect(&server, "/?from=2000&to=5001");
+        let init = r#"{"type":"init","uuid":"0f0e0d0c-0b0a-0908-0706-050403020100"}"#;
+        client.send(init);
+        let path = "/?from=2000&to=5001".to_owned();
+        assert_eq!(next_event(&events), EchoEvent::Connected { conn: 1, path });
+        let text = init.to_owned();
+        assert_eq!(next_event(&events), EchoEvent::Received { conn: 1, text });
+    }
+
+    /// What came back over one connection.
+    #[derive(Default)]
+    struct Replies {
+        echoed: Vec<u8>,
+        /// End offset in `echoed` and arrival time of each audio chunk.
+        chunks: Vec<(usize, Instant)>,
+        transcripts: Vec<(String, String)>,
+    }
+
+    impl Replies {
+        fn absorb(&mut self, msg: Value) {
+            match msg["type"].as_str() {
+                Some("audio") => {
+                    let pcm = BASE64.decode(msg["audio"].as_str().unwrap()).unwrap();
+                    self.echoed.extend(pcm);
+                    self.chunks.push((self.echoed.len(), Instant::now()));
+                }
+                Some("transcript") => self.transcripts.push((
+                    msg["role"].as_str().unwrap().to_owned(),
+                    msg["text"].as_str().unwrap().to_owned(),
+                )),
+                _ => panic!("unexpected message {msg}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_second_of_audio_comes_back_exact_uneven_and_delayed() {
+        let opts = EchoOptions::default();
+        let (server, _events) = start(opts);
+        let mut client = Client::connect(&server, "/");
+        client.send(r#"{"type":"init","uuid":"u"}"#);
+        let sent: Vec<u8> = (0..8000u16).flat_map(|i| i.to_le_bytes()).collect();
+        let mut sent_at = Vec::new();
+        let mut replies = Replies::default();
+        let start = Instant::now();
+        for (k, frame) in sent.chunks(320).enumerate() {
+            sent_at.push(Instant::now());
+            client.send_audio(frame);
+            while let Some(msg) = client.recv_until(start + FRAME * (k as u32 + 1)) {
+                replies.absorb(msg);
+            }
+        }
+        let deadline = Instant::now() + WAIT;
+        while replies.echoed.len() < sent.len() {
+            replies.absorb(client.recv_until(deadline).expect("the rest of the echo"));
+        }
+
+        assert!(replies.echoed == sent, "echo differs from what was sent");
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut start_offset = 0;
+        for &(end, at) in &replies.chunks {
+            let size = end - start_offset;
+            assert_eq!(size % 2, 0, "a chunk split a sample");
+            if !sizes.contains(&size) {
+                sizes.push(size);
+            }
+            let first_frame = start_offset / 320;
+            assert!(
+                at >= sent_at[first_frame] + opts.delay,
+                "chunk starting at {start_offset} came before its first byte was due"
+            );
+            start_offset = end;
+        }
+        assert!(sizes.len() >= 3, "chunk sizes {sizes:?}");
+        let expected = [
+            ("user", "caller audio, second 1"),
+            ("agent", "echoing 1.0 s of audio"),
+        ]
+        .map(|(role, text)| (role.to_owned(), text.to_owned()));
+        assert_eq!(replies.transcripts, expected);
+    }
+
+    #[test]
+    fn dtmf_gets_a_transcript() {
+        let (server, events) = start(EchoOptions::default());
+        let mut client = Client::connect(&server, "/");
+        client.send(r#"{"type":"dtmf_digit","digit":"5"}"#);
+        assert_eq!(
+            client.recv_transcript(),
+            ("agent".into(), "You pressed 5".into())
+        );
+        assert!(matches!(next_event(&events), EchoEvent::Connected { .. }));
+        assert!(
+            matches!(next_event(&events), EchoEvent::Received { text, .. } if text.contains("dtmf"))
+        );
+    }
+
+    #[test]
+    fn garbage_does_not_end_the_connection() {
+        let (server, events) = start(EchoOptions::default());
+        let mut client = Client::connect(&server, "/");
+        for garbage in [
+            "not json{",
+            r#"{"type":"bogus"}"#,
+            r#"{"no_type":1}"#,
+            r#"{"type":"audio","audio":"!!!"}"#,
+            r#"{"type":"audio","audio":"AA=="}"#,
+            r#"{"type":"audio"}"#,
+            r#"{"type":"init","payload":[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]}"#,
+        ] {
+            client.send(garbage);
+        }
+        client.ws.send(Message::binary(vec![0u8; 4])).unwrap();
+        client.send(r##"{"type":"dtmf_digit","digit":"#"}"##);
+        assert_eq!(
+            client.recv_transcript(),
+            ("agent".into(), "You pressed #".into())
+        );
+        let received: Vec<EchoEvent> = events.try_iter().collect();
+        let texts = received
+            .iter()
+            .filter(|e| matches!(e, EchoEvent::Received { .. }));
+        assert_eq!(
+            texts.count(),
+            5,
+            "non-audio texts are reported: {received:?}"
+        );
+    }
+
+    #[test]
+    fn closing_the_client_ends_the_connection_thread() {
+        let (server, events) = start(EchoOptions::default());
+        let mut polite = Client::connect(&server, "/");
+        let abrupt = Client::connect(&server, "/");
+        polite.send_audio(&[0; 320]); // pending audio must not keep the thread alive
+        polite.ws.close(None).unwrap();
+        polite.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+        loop {
+            match polite.ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("close handshake failed: {e}"),
+            }
+        }
+        drop(abrupt);
+        let mut closed: Vec<u64> = Vec::new();
+        while closed.len() < 2 {
+            if let EchoEvent::Closed { conn } = next_event(&events) {
+                closed.push(conn);
+            }
+        }
+        closed.sort();
+        assert_eq!(closed, [1, 2]);
+    }
+}

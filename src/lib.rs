@@ -1,0 +1,16 @@
+//! avr-core: bridges Asterisk AudioSocket calls to speech-to-speech agents over WebSocket.
+//!
+//! `main.rs` wires these together; `tests/` and `benches/` drive the same code.
+
+pub mod audiosocket;
+pub mod call;
+pub mod config;
+pub mod echo_sts;
+pub mod g711;
+pub mod metrics;
+pub mod playout;
+pub mod server;
+pub mod simulate;
+pub mod sts;
+pub mod time;
+pub mod webhook;

@@ -1,0 +1,96 @@
+//! Process-wide counters, rendered as Prometheus text for `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters shared by every call and worker; relaxed atomics, never a lock.
+#[derive(Default)]
+pub struct Metrics {
+    pub active_calls: AtomicU64,
+    pub calls_total: AtomicU64,
+    pub calls_rejected: AtomicU64,
+    pub sts_connect_failures: AtomicU64,
+    pub playout_underruns: AtomicU64,
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed: AtomicU64,
+    pub webhook_retried: AtomicU64,
+    pub webhook_queue_depth: AtomicU64,
+    pub webhook_dead_letters: AtomicU64,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        put(
+            "avr_active_calls",
+            "gauge",
+            "Calls in progress.",
+            self.active_calls.load(Relaxed),
+        );
+        put(
+            "avr_calls_total",
+            "counter",
+            "Calls accepted since start.",
+            self.calls_total.load(Relaxed),
+        );
+        put(
+            "avr_calls_rejected_total",
+            "counter",
+            "Connections refused because MAX_CALLS was reached.",
+            self.calls_rejected.load(Relaxed),
+        );
+        put(
+            "avr_sts_connect_failures_total",
+            "counter",
+            "Calls whose STS agent could not be reached.",
+            self.sts_connect_failures.load(Relaxed),
+        );
+        put(
+            "avr_playout_underruns_total",
+            "counter",
+            "20 ms ticks where agent audio ran short mid-stream.",
+            self.playout_underruns.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP avr_webhook_deliveries_total Webhook events by final outcome.\n\
+             # TYPE avr_webhook_deliveries_total counter\n\
+             avr_webhook_deliveries_total{{outcome=\"delivered\"}} {}\n\
+             avr_webhook_deliveries_total{{outcome=\"failed\"}} {}",
+            self.webhook_delivered.load(Relaxed),
+            self.webhook_failed.load(Relaxed),
+        );
+        let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        put(
+            "avr_webhook_retries_total",
+            "counter",
+            "Webhook attempts that were retried.",
+            self.webhook_retried.load(Relaxed),
+        );
+        put(
+            "avr_webhook_queue_depth",
+            "gauge",
+            "Webhook events waiting for delivery.",
+            self.webhook_queue_depth.load(Relaxed),
+        );
+        put(
+            "avr_webhook_dead_letters_total",
+            "counter",
+            "Webhook events written to the dead-letter file.",
+            self.webhook_dead_letters.load(Relaxed),
+        );
+        out
+    }
+}

@@ -1,0 +1,455 @@
+//! The playout clock: one 320-byte slin frame to Asterisk every 20 ms, from the UUID to the
+//! hangup, whatever the agent does.
+//!
+//! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6): a burst from
+//! the agent would leave as a burst of RTP and garble the caller's audio. So agent audio
+//! goes into [`AgentAudio`] and only this clock takes it out, on a monotonic deadline grid.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::audiosocket::{self, SLIN_FRAME_BYTES};
+
+/// One tick of the clock.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Agent audio held at most: 2 minutes. A runaway agent cannot exhaust memory.
+pub const MAX_QUEUED_BYTES: usize = 16_000 * 120;
+
+/// After the agent closes, queued audio is played for at most this long (SPEC §4).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Ambient noise, loaded once at startup, pre-scaled by its level and shared by all calls.
+#[derive(Clone)]
+pub struct Ambient {
+    samples: Arc<[i16]>,
+}
+
+impl Ambient {
+    /// Loads raw 8 kHz s16le mono PCM and applies `level` (0.0–1.0).
+    pub fn load(path: &Path, level: f32) -> Result<Ambient, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read AMBIENT_NOISE_FILE {}: {e}", path.display()))?;
+        if bytes.len() < 2 {
+            return Err(format!(
+                "AMBIENT_NOISE_FILE {} holds no audio (expected raw 8 kHz 16-bit LE mono PCM)",
+                path.display()
+            ));
+        }
+        Ok(Ambient::from_samples(
+            bytes
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+            level,
+        ))
+    }
+
+    pub fn from_samples(samples: Vec<i16>, level: f32) -> Ambient {
+        let scaled: Vec<i16> = samples
+            .iter()
+            .map(|&s| (f32::from(s) * level).round() as i16)
+            .collect();
+        Ambient {
+            samples: scaled.into(),
+        }
+    }
+
+    /// A cursor starting at a random offset, so simultaneous calls do not sound alike.
+    pub fn cursor(&self) -> AmbientCursor {
+        let random = uuid::Uuid::new_v4().as_u128() as usize;
+        AmbientCursor {
+            ambient: self.clone(),
+            pos: random % self.samples.len(),
+        }
+    }
+}
+
+/// One call's position in the looped ambient noise.
+pub struct AmbientCursor {
+    ambient: Ambient,
+    pos: usize,
+}
+
+impl AmbientCursor {
+    /// Mixes the next 20 ms of noise under `frame` (s16le), saturating.
+    pub fn mix_into(&mut self, frame: &mut [u8; SLIN_FRAME_BYTES]) {
+        let noise = &self.ambient.samples;
+        for pair in frame.chunks_exact_mut(2) {
+            let s = i16::from_le_bytes([pair[0], pair[1]]).saturating_add(noise[self.pos]);
+            pair.copy_from_slice(&s.to_le_bytes());
+            self.pos += 1;
+            if self.pos == noise.len() {
+                self.pos = 0;
+            }
+        }
+    }
+}
+
+/// Agent audio gathered before a talk spurt starts playing: a small jitter buffer, so a
+/// real-time agent whose messages arrive a few ms late does not stutter. Agents that send
+/// faster than real time fill it with their first message and pay no delay.
+pub const PREBUFFER_BYTES: usize = 960;
+/// A spurt shorter than [`PREBUFFER_BYTES`] starts playing after waiting this long.
+pub const PREBUFFER_WAIT: Duration = Duration::from_millis(60);
+
+/// What one tick took from the agent's audio.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// A frame of agent audio (the last one of a spurt may be padded with silence).
+    Agent,
+    /// Nothing to play (or still gathering the jitter buffer): silence.
+    Silence,
+    /// Less than a frame queued mid-spurt: held one tick for the rest, silence meanwhile.
+    Underrun,
+}
+
+/// Agent audio waiting to be played, as one continuous byte stream: chunk boundaries are
+/// invisible, so remainders carry over to the next chunk instead of being padded.
+#[derive(Default)]
+pub struct AgentAudio {
+    bytes: VecDeque<u8>,
+    /// Inside a talk spurt (past the jitter buffer).
+    playing: bool,
+    /// When the current spurt's first bytes arrived, while gathering.
+    gathering_since: Option<Instant>,
+    held_partial: bool,
+}
+
+impl AgentAudio {
+    /// Appends audio; returns the bytes refused because the queue is full.
+    pub fn push(&mut self, pcm: &[u8], now: Instant) -> usize {
+        let room = MAX_QUEUED_BYTES.saturating_sub(self.bytes.len()) & !1;
+        let take = pcm.len().min(room);
+        if take > 0 && !self.playing && self.gathering_since.is_none() {
+            self.gathering_since = Some(now);
+        }
+        self.bytes.extend(&pcm[..take]);
+        pcm.len() - take
+    }
+
+    /// Drops everything queued (barge-in); returns how many bytes were dropped.
+    pub fn clear(&mut self) -> usize {
+        let n = self.bytes.len();
+        self.bytes.clear();
+        self.playing = false;
+        self.gathering_since = None;
+        self.held_partial = false;
+        self.shrink();
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Fills `out` for the tick at `now`. `last` means the agent is gone: play what is left
+    /// without waiting for more.
+    pub fn fill(&mut self, out: &mut [u8; SLIN_FRAME_BYTES], last: bool, now: Instant) -> Fill {
+        let n = self.bytes.len();
+        if !self.playing {
+            let waited = self
+                .gathering_since
+                .is_some_and(|t| now.duration_since(t) >= PREBUFFER_WAIT);
+            if n == 0 || !(n >= PREBUFFER_BYTES || waited || last) {
+                out.fill(0);
+                return Fill::Silence;
+            }
+            self.playing = true;
+            self.gathering_since = None;
+        }
+        if n == 0 {
+            // The spurt is over (or the agent fell behind): gather again before resuming.
+            self.playing = false;
+            out.fill(0);
+            return Fill::Silence;
+        }
+        if n < SLIN_FRAME_BYTES && !self.held_partial && !last {
+            self.held_partial = true;
+            out.fill(0);
+            return Fill::Underrun;
+        }
+        self.held_partial = false;
+        let take = n.min(SLIN_FRAME_BYTES);
+        let (a, b) = self.bytes.as_slices();
+        let from_a = take.min(a.len());
+        out[..from_a].copy_from_slice(&a[..from_a]);
+        out[from_a..take].copy_from_slice(&b[..take - from_a]);
+        out[take..].fill(0);
+        self.bytes.drain(..take);
+        if self.bytes.is_empty() {
+            self.shrink();
+        }
+        Fill::Agent
+    }
+
+    /// Returns a burst's memory once it has been played: hundreds of idle calls should not
+    /// each keep a few hundred KiB.
+    fn shrink(&mut self) {
+        if self.bytes.capacity() > 64 * 1024 {
+            self.bytes.shrink_to(8 * 1024);
+        }
+    }
+}
+
+/// How the clock is asked to stop, strongest last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// The agent is gone: play what is queued (at most [`DRAIN_LIMIT`]), then hang up.
+    Drain { until: Instant },
+    /// Hang up now (`00 00 00`).
+    Hangup,
+    /// The caller is gone: write nothing more.
+    Quiet,
+}
+
+/// The agent-audio queue and the clock's stop request, shared by the STS thread (which
+/// fills it) and the clock thread (which empties it).
+#[derive(Default)]
+pub struct Playout {
+    state: Mutex<PlayoutState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+pub struct PlayoutState {
+    pub audio: AgentAudio,
+    stop: Option<Stop>,
+}
+
+impl Playout {
+    pub fn lock(&self) -> MutexGuard<'_, PlayoutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests a stop; a weaker request never replaces a stronger one.
+    pub fn stop(&self, stop: Stop) {
+        let mut st = self.lock();
+        if st.stop.is_none_or(|s| stop > s) {
+            st.stop = Some(stop);
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+}
+
+/// What the clock did, for the call's closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClockStats {
+    pub frames_out: u64,
+    pub agent_frames: u64,
+    pub underruns: u64,
+    /// Ticks skipped because the thread woke up late (never caught up in a burst).
+    pub late_slots: u64,
+    pub hangup_sent: bool,
+}
+
+/// Runs the clock until a stop. Returns the stats and, if writing failed, why.
+pub fn run_clock(
+    stream: &TcpStream,
+    playout: &Playout,
+    mut ambient: Option<AmbientCursor>,
+) -> (ClockStats, Option<io::Error>) {
+    let mut stats = ClockStats::default();
+    let mut payload = [0u8; SLIN_FRAME_BYTES];
+    let mut next = Instant::now();
+    loop {
+        let (fill, hangup) = {
+            let mut st = playout.lock();
+            loop {
+                if matches!(st.stop, Some(Stop::Hangup | Stop::Quiet)) {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                st = playout
+                    .wake
+                    .wait_timeout(st, next - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            match st.stop {
+                Some(Stop::Quiet) => return (stats, None),
+                Some(Stop::Hangup) => (Fill::Silence, true),
+                Some(Stop::Drain { until }) if st.audio.is_empty() || Instant::now() >= until => {
+                    (Fill::Silence, true)
+                }
+                Some(Stop::Drain { .. }) => (st.audio.fill(&mut payload, true, next), false),
+                None => (st.audio.fill(&mut payload, false, next), false),
+            }
+        };
+        if hangup {
+            let result = hang_up(stream);
+            stats.hangup_sent = result.is_ok();
+            return (stats, result.err());
+        }
+        match fill {
+            Fill::Agent => stats.agent_frames += 1,
+            Fill::Underrun => stats.underruns += 1,
+            Fill::Silence => {}
+        }
+        if let Some(cursor) = ambient.as_mut() {
+            cursor.mix_into(&mut payload);
+        }
+        let frame = audiosocket::audio_frame(&payload);
+        if let Err(e) = (&*stream).write_all(&frame) {
+            return (stats, Some(e));
+        }
+        stats.frames_out += 1;
+
+        next += TICK;
+        let now = Instant::now();
+        if next <= now {
+            // Late: skip the missed slots rather than send them in a burst.
+            let behind = now - next;
+            let slots = behind.as_nanos() / TICK.as_nanos() + 1;
+            stats.late_slots += slots as u64;
+            next += TICK * slots as u32;
+        }
+    }
+}
+
+/// Writes `00 00 00` and half-closes, so Asterisk's dialplan continues (SPEC §3).
+fn hang_up(stream: &TcpStream) -> io::Result<()> {
+    (&*stream).write_all(&audiosocket::HANGUP)?;
+    stream.shutdown(Shutdown::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(a: &mut AgentAudio, last: bool, at: Instant) -> (Fill, Vec<u8>) {
+        let mut out = [0xAAu8; SLIN_FRAME_BYTES];
+        let fill = a.fill(&mut out, last, at);
+        (fill, out.to_vec())
+    }
+
+    #[test]
+    fn remainders_carry_across_chunks() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        let stream: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        // Uneven chunks: 100 + 500 + 400 bytes.
+        a.push(&stream[..100], t0);
+        a.push(&stream[100..600], t0);
+        a.push(&stream[600..], t0);
+        let mut played = Vec::new();
+        for _ in 0..3 {
+            let (fill, bytes) = take(&mut a, false, t0);
+            assert_eq!(fill, Fill::Agent);
+            played.extend(bytes);
+        }
+        assert_eq!(played, stream[..960]);
+        // 40 bytes left: held one tick, then played padded.
+        assert_eq!(take(&mut a, false, t0).0, Fill::Underrun);
+        let (fill, bytes) = take(&mut a, false, t0);
+        assert_eq!(fill, Fill::Agent);
+        assert_eq!(&bytes[..40], &stream[960..]);
+        assert!(bytes[40..].iter().all(|&b| b == 0));
+        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
+    }
+
+    #[test]
+    fn a_spurt_waits_for_the_jitter_buffer_or_its_deadline() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        a.push(&[1; 640], t0);
+        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
+        a.push(&[2; 320], t0 + TICK);
+        // 960 bytes: the jitter buffer is full, play.
+        let (fill, bytes) = take(&mut a, false, t0 + TICK);
+        assert_eq!((fill, bytes), (Fill::Agent, vec![1; 320]));
+
+        let mut b = AgentAudio::default();
+        b.push(&[3; 320], t0);
+        assert_eq!(take(&mut b, false, t0 + TICK).0, Fill::Silence);
+        assert_eq!(take(&mut b, false, t0 + PREBUFFER_WAIT).0, Fill::Agent);
+    }
+
+    #[test]
+    fn a_held_partial_completed_in_time_is_not_padded() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        a.push(&[1; 1160], t0);
+        for _ in 0..3 {
+            assert_eq!(take(&mut a, false, t0).0, Fill::Agent);
+        }
+        assert_eq!(take(&mut a, false, t0).0, Fill::Underrun);
+        a.push(&[2; 200], t0);
+        let (fill, bytes) = take(&mut a, false, t0);
+        assert_eq!(fill, Fill::Agent);
+        assert_eq!(&bytes[..200], &[1; 200][..]);
+        assert_eq!(&bytes[200..], &[2; 120][..]);
+        assert_eq!(a.len(), 80);
+    }
+
+    #[test]
+    fn last_plays_a_partial_at_once() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        a.push(&[3; 10], t0);
+        assert_eq!(take(&mut a, true, t0).0, Fill::Agent);
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn clear_drops_everything() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        a.push(&[5; 48_000], t0);
+        assert_eq!(take(&mut a, false, t0).0, Fill::Agent);
+        assert_eq!(a.clear(), 48_000 - 320);
+        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        assert_eq!(a.push(&vec![0; MAX_QUEUED_BYTES + 1000], t0), 1000);
+        assert_eq!(a.push(&[0; 2], t0), 2);
+        assert_eq!(a.len(), MAX_QUEUED_BYTES);
+    }
+
+    #[test]
+    fn ambient_mixes_under_speech_with_saturation() {
+        let amb = Ambient::from_samples(vec![1000, -1000], 0.5);
+        let mut cur = AmbientCursor {
+            ambient: amb,
+            pos: 0,
+        };
+        let mut frame = [0u8; SLIN_FRAME_BYTES];
+        frame[..2].copy_from_slice(&32_000i16.to_le_bytes());
+        frame[2..4].copy_from_slice(&100i16.to_le_bytes());
+        cur.mix_into(&mut frame);
+        assert_eq!(i16::from_le_bytes([frame[0], frame[1]]), 32_500);
+        assert_eq!(i16::from_le_bytes([frame[2], frame[3]]), -400);
+        let mut loud = [0u8; SLIN_FRAME_BYTES];
+        loud[..2].copy_from_slice(&32_700i16.to_le_bytes());
+        cur.mix_into(&mut loud);
+        assert_eq!(i16::from_le_bytes([loud[0], loud[1]]), i16::MAX);
+    }
+
+    #[test]
+    fn stronger_stops_win() {
+        let p = Playout::default();
+        p.stop(Stop::Hangup);
+        p.stop(Stop::Drain {
+            until: Instant::now(),
+        });
+        assert_eq!(p.lock().stop, Some(Stop::Hangup));
+        p.stop(Stop::Quiet);
+        assert_eq!(p.lock().stop, Some(Stop::Quiet));
+    }
+}

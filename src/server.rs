@@ -1,0 +1,64 @@
+//! The AudioSocket listener: accepts connections, enforces `MAX_CALLS`, starts calls.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::audiosocket;
+use crate::call::{self, CallContext};
+
+/// Accepts calls until the listener fails. Each call runs on its own thread.
+pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
+    let max = ctx.config.max_calls as u64;
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("AudioSocket accept failed: {e}");
+                // Out of file descriptors: back off instead of spinning on the error.
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue, // already gone
+        };
+        if ctx.metrics.active_calls.load(Relaxed) >= max {
+            ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
+            log::warn!(
+                "Rejecting AudioSocket connection from {peer}: MAX_CALLS ({max}) calls in \
+                 progress; sent a hangup so the dialplan continues"
+            );
+            reject(stream);
+            continue;
+        }
+        ctx.metrics.active_calls.fetch_add(1, Relaxed);
+        let call_ctx = ctx.clone();
+        let spawned = thread::Builder::new()
+            .name("call-new".into())
+            .stack_size(call::THREAD_STACK)
+            .spawn(move || {
+                call::run(stream, peer, &call_ctx);
+                call_ctx.metrics.active_calls.fetch_sub(1, Relaxed);
+            });
+        if let Err(e) = spawned {
+            ctx.metrics.active_calls.fetch_sub(1, Relaxed);
+            log::error!("Cannot start a thread for the call from {peer}: {e}");
+        }
+    }
+}
+
+/// Hangs up a connection that cannot be served, without blocking the accept loop.
+fn reject(mut stream: TcpStream) {
+    let _ = stream.write_all(&audiosocket::HANGUP);
+    let _ = stream.shutdown(Shutdown::Write);
+    // Read what already arrived (the UUID) so closing sends FIN, not a reset that could
+    // discard the hangup frame before Asterisk reads it.
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 512];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
