@@ -128,6 +128,13 @@ impl FrameBuffer {
         Ok(Some(decode(kind, &self.buf[payload_start..self.start])))
     }
 
+    /// Kind and announced length of the next frame, as soon as its header is here (before
+    /// its payload): lets the server refuse a connection that does not start with a UUID
+    /// without waiting for up to 64 KiB of payload.
+    pub fn peek_header(&self) -> Option<(u8, usize)> {
+        parse_header(&self.buf[self.start..])
+    }
+
     /// Bytes held but not yet consumed (e.g. a partial frame when the peer closes).
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start

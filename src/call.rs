@@ -96,8 +96,28 @@ impl Shared {
     }
 }
 
+/// One of the `MAX_CALLS` places, held from accept until the call's resources are released.
+pub struct CallSlot(Arc<Metrics>);
+
+impl CallSlot {
+    /// Takes a place if fewer than `max` calls are active.
+    pub fn take(metrics: &Arc<Metrics>, max: u64) -> Option<CallSlot> {
+        metrics
+            .active_calls
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| CallSlot(metrics.clone()))
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.active_calls.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Reads the UUID, bridges the call, tears it down. Runs on the call's own thread.
-pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext) {
+pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlot) {
     let _ = stream.set_nodelay(true);
     // Asterisk reads without blocking and drops calls that stall; a clock blocked on a peer
     // that stopped reading must fail instead of hanging the call.
@@ -169,6 +189,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext) {
         .playout_underruns
         .fetch_add(clock_stats.underruns, Relaxed);
 
+    // Every thread is joined: the place is free before anyone reads that the call ended.
+    drop(slot);
     let reason = shared
         .end
         .lock()
@@ -212,25 +234,26 @@ fn spawn<T: Send + 'static>(
     }
 }
 
-/// Waits for the `0x01` UUID frame, which Asterisk always sends first.
+/// Waits for the `0x01` UUID frame, which Asterisk always sends first. Anything else is
+/// refused as soon as its header shows it, without waiting for its payload.
 fn read_uuid(stream: &TcpStream, frames: &mut FrameBuffer) -> Result<[u8; 16], String> {
     let deadline = Instant::now() + UUID_TIMEOUT;
     loop {
-        match frames.next_frame() {
-            Ok(Some(Frame::Uuid(bytes))) => return Ok(bytes),
-            Ok(Some(Frame::Malformed { len, reason, .. })) => {
+        match frames.peek_header() {
+            Some((kind, _)) if kind != audiosocket::KIND_UUID => {
                 return Err(format!(
-                    "its first frame was a malformed UUID ({len} bytes: {reason})"
+                    "it sent a kind 0x{kind:02x} ({}) frame before its UUID; Asterisk always \
+                     sends the UUID first",
+                    audiosocket::kind_name(kind)
                 ))
             }
-            Ok(Some(other)) => {
-                return Err(format!(
-                    "it sent a {} frame before its UUID; Asterisk always sends the UUID first",
-                    frame_kind_name(&other)
-                ))
+            Some((_, len)) if len != 16 => {
+                return Err(format!("its first frame is a malformed UUID ({len} bytes)"))
             }
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
+            _ => {}
+        }
+        if let Ok(Some(Frame::Uuid(bytes))) = frames.next_frame() {
+            return Ok(bytes);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -266,19 +289,6 @@ fn no_uuid(frames: &FrameBuffer) -> String {
         UUID_TIMEOUT.as_secs(),
         frames.buffered()
     )
-}
-
-fn frame_kind_name(frame: &Frame<'_>) -> String {
-    match frame {
-        Frame::Hangup => "hangup (0x00)".into(),
-        Frame::Uuid(_) => "UUID (0x01)".into(),
-        Frame::Dtmf(_) => "DTMF (0x03)".into(),
-        Frame::Audio { rate_hz, .. } => format!("audio ({rate_hz} Hz)"),
-        Frame::Error(_) => "error (0xff)".into(),
-        Frame::Unknown { kind, .. } | Frame::Malformed { kind, .. } => {
-            format!("kind 0x{kind:02x}")
-        }
-    }
 }
 
 /// What the reader saw, for the closing log line.
@@ -554,6 +564,8 @@ fn sts_thread(
             }
         }
     });
+    // Caller audio has nowhere to go any more.
+    shared.outbox.close();
     match end {
         PumpEnd::Closed => {}
         PumpEnd::AgentClosed(why) => {

@@ -162,6 +162,20 @@ pub fn run(bind: SocketAddr, opts: EchoOptions) -> io::Result<()> {
 /// Parses the arguments after `echo-sts`:
 /// `--bind ADDR` (IP, default 127.0.0.1), `--port N` (default 6030), `--delay-ms N`
 /// (default 200), `--no-transcripts`.
+/// Usage of `avr-core echo-sts`.
+pub const USAGE: &str = "\
+avr-core echo-sts — an STS agent that plays the caller's audio back
+
+USAGE:
+    avr-core echo-sts [--bind IP] [--port N] [--delay-ms N] [--no-transcripts]
+
+    --bind IP          address to listen on (default 127.0.0.1)
+    --port N           port (default 6030)
+    --delay-ms N       echo delay (default 200, at most 60000)
+    --no-transcripts   send no transcripts and no DTMF answers
+";
+
+/// Parses `echo-sts` options; `Err("help")` when help was asked for.
 pub fn parse_args(args: &[String]) -> Result<(SocketAddr, EchoOptions), String> {
     let mut ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut port = DEFAULT_PORT;
@@ -180,6 +194,7 @@ pub fn parse_args(args: &[String]) -> Result<(SocketAddr, EchoOptions), String> 
                 opts.delay = Duration::from_millis(ms);
             }
             "--no-transcripts" => opts.transcripts = false,
+            "-h" | "--help" => return Err("help".into()),
             other => {
                 return Err(format!(
                 "unknown option {other:?} (expected --bind, --port, --delay-ms, --no-transcripts)"

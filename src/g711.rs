@@ -150,10 +150,14 @@ const SILENCE_MEAN: u64 = 32;
 const U: usize = 0;
 const A: usize = 1;
 
+/// The largest G.711 frame a real channel sends: 60 ms ptime.
+const MAX_G711_BYTES: usize = 480;
+
 /// Infers the caller's codec from the first inbound `0x10` payloads.
 ///
 /// Size (SPEC §3): an even payload of ≥ 320 bytes is slin (320 = 20 ms); anything smaller or
 /// odd is G.711 (160 = 20 ms; 80/240 = 10/30 ms ptime). Slin is decided on the first such frame.
+/// Odd payloads above 480 bytes fit neither and are no evidence at all.
 ///
 /// µ-law vs A-law: a byte has the same sign under both laws and its 7-bit magnitude codes differ
 /// by XOR 0x2A, so reading one law as the other maps exponent e to e^2 and scrambles the
@@ -199,6 +203,11 @@ impl Detector {
         let n = payload.len();
         if n >= SLIN_MIN_BYTES && n.is_multiple_of(2) {
             self.decided = Some(Codec::Slin);
+            return Codec::Slin;
+        }
+        if n > MAX_G711_BYTES {
+            // No G.711 ptime gives this size (a hostile or broken peer): read it as Asterisk
+            // would (slin, len/2 samples) and let it vote for nothing.
             return Codec::Slin;
         }
         self.seen += n;

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&format!("echo-sts: {e}")),
                 },
-                Err(e) if e == "help" => ExitCode::SUCCESS,
+                Err(e) if e == "help" => {
+                    print!("{}", echo_sts::USAGE);
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(&format!("echo-sts: {e}")),
             }
         }

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::audiosocket;
-use crate::call::{self, CallContext};
+use crate::call::{self, CallContext, CallSlot};
 
 /// Accepts calls until the listener fails. Each call runs on its own thread.
 pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
@@ -27,7 +27,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
             Ok(p) => p,
             Err(_) => continue, // already gone
         };
-        if ctx.metrics.active_calls.load(Relaxed) >= max {
+        let Some(slot) = CallSlot::take(&ctx.metrics, max) else {
             ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
             log::warn!(
                 "Rejecting AudioSocket connection from {peer}: MAX_CALLS ({max}) calls in \
@@ -35,18 +35,13 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
             );
             reject(stream);
             continue;
-        }
-        ctx.metrics.active_calls.fetch_add(1, Relaxed);
+        };
         let call_ctx = ctx.clone();
         let spawned = thread::Builder::new()
             .name("call-new".into())
             .stack_size(call::THREAD_STACK)
-            .spawn(move || {
-                call::run(stream, peer, &call_ctx);
-                call_ctx.metrics.active_calls.fetch_sub(1, Relaxed);
-            });
+            .spawn(move || call::run(stream, peer, &call_ctx, slot));
         if let Err(e) = spawned {
-            ctx.metrics.active_calls.fetch_sub(1, Relaxed);
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
     }

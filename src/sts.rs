@@ -376,10 +376,13 @@ impl Outbox {
                 st.audio_bytes += pcm.len();
             }
             st.items.push_back(item);
+            // Drop the oldest audio, never the item just queued (however large it is).
             while st.audio_bytes > OUTBOX_AUDIO_CAP {
+                let older = st.items.len() - 1;
                 let Some(pos) = st
                     .items
                     .iter()
+                    .take(older)
                     .position(|i| matches!(i, Outgoing::Audio(_)))
                 else {
                     break;

@@ -44,3 +44,28 @@ pub fn new_uuid() -> ([u8; 16], String) {
     let u = uuid::Uuid::new_v4();
     (*u.as_bytes(), u.hyphenated().to_string())
 }
+
+/// Asserts that `got` is `expected`, or (when `prefix_ok`) a prefix of it at least `min`
+/// samples long, reporting the first difference instead of dumping both streams.
+pub fn assert_audio(got: &[i16], expected: &[i16], prefix_ok: bool, min: usize, context: &str) {
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        let show = |v: &[i16]| format!("{:?}", &v[i.saturating_sub(3)..(i + 4).min(v.len())]);
+        panic!(
+            "audio differs at sample {i} of {} (expected {}): got …{}…, expected …{}…\n{context}",
+            got.len(),
+            expected.len(),
+            show(got),
+            show(expected)
+        );
+    }
+    if prefix_ok {
+        assert!(
+            got.len() >= min && got.len() <= expected.len(),
+            "got {} samples, expected between {min} and {}\n{context}",
+            got.len(),
+            expected.len()
+        );
+    } else {
+        assert_eq!(got.len(), expected.len(), "sample counts differ\n{context}");
+    }
+}

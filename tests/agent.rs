@@ -1,0 +1,285 @@
+//! What avr-core does with what the agent sends: bursts, barge-in, closing, garbage, silence.
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions, SimReport};
+use serde_json::json;
+use support::avr::Avr;
+use support::sts::{StsConn, StsServer};
+use support::{assert_audio, new_uuid, non_silent, signal, to_bytes, to_samples, WAIT};
+
+/// Starts a simulated call in the background and waits for avr-core's `init` at the agent.
+fn call_with_agent(
+    avr: &Avr,
+    sts: &StsServer,
+    duration: Duration,
+    end: EndMode,
+) -> (String, StsConn, thread::JoinHandle<SimReport>) {
+    let (uuid_bytes, uuid) = new_uuid();
+    let mut opts = SimOptions::new(avr.addr());
+    opts.uuid = uuid_bytes;
+    opts.duration = duration;
+    opts.end = end;
+    let sim = thread::spawn(move || run_call(&opts).expect("call"));
+    let mut conn = sts.accept(WAIT).expect("avr-core connects to the agent");
+    let init = conn.recv_json(WAIT).expect("init");
+    assert_eq!(init, json!({"type": "init", "uuid": uuid}));
+    (uuid, conn, sim)
+}
+
+/// Index of the first and last 20 ms frame holding agent audio (the test signal never
+/// touches zero, silence is all zeros).
+fn speech_frames(report: &SimReport) -> Option<(usize, usize)> {
+    let frames: Vec<bool> = report
+        .received
+        .chunks(320)
+        .map(|f| f.iter().any(|&b| b != 0))
+        .collect();
+    let first = frames.iter().position(|&s| s)?;
+    let last = frames.iter().rposition(|&s| s)?;
+    Some((first, last))
+}
+
+#[test]
+fn a_three_second_burst_is_paced_out_in_real_time() {
+    let sts = StsServer::start();
+    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let (_uuid, mut conn, sim) =
+        call_with_agent(&avr, &sts, Duration::from_millis(4500), EndMode::Close);
+    let burst = signal(8000 * 3);
+    conn.send_audio(&to_bytes(&burst));
+    let report = sim.join().unwrap();
+
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    // Strict: never more than 6 frames (120 ms of audio) in any 100 ms, however the agent sends.
+    assert!(report.max_frames_in_100ms <= 6, "{}", report.summary());
+    // The first frame (silence) follows the UUID at once, long before any agent audio.
+    let first = report.time_to_first_frame.expect("frames");
+    assert!(first < Duration::from_secs(1), "{}", report.summary());
+    // All of the burst arrives, in order, spread over about its own length.
+    assert_audio(
+        &non_silent(&to_samples(&report.received)),
+        &burst,
+        false,
+        0,
+        &report.summary(),
+    );
+    let (a, b) = speech_frames(&report).unwrap();
+    let spread = report.arrivals[b] - report.arrivals[a];
+    assert!(
+        spread > Duration::from_millis(2700) && spread < Duration::from_millis(3600),
+        "3 s of audio took {spread:?} to play\n{}",
+        report.summary()
+    );
+    // About one second of audio per second over the whole call.
+    let span = *report.arrivals.last().unwrap() - report.arrivals[0];
+    let audio = Duration::from_millis(20 * (report.frames_received - 1));
+    let ratio = audio.as_secs_f64() / span.as_secs_f64();
+    assert!(
+        ratio > 0.85 && ratio < 1.02,
+        "ratio {ratio}\n{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn interruption_drops_queued_audio_at_once() {
+    let sts = StsServer::start();
+    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let (uuid, mut conn, sim) =
+        call_with_agent(&avr, &sts, Duration::from_millis(4000), EndMode::Close);
+    conn.send_audio(&to_bytes(&signal(8000 * 3)));
+    // Let some of it play (timing is the subject here, not synchronisation).
+    thread::sleep(Duration::from_millis(600));
+    let interrupted_at = Instant::now();
+    conn.send_json(&json!({"type": "interruption"}));
+    let report = sim.join().unwrap();
+
+    let (_, last) = speech_frames(&report).expect("some audio played");
+    let last_at = report.started + report.arrivals[last];
+    assert!(
+        last_at < interrupted_at + Duration::from_millis(150),
+        "agent audio kept playing {:?} after the interruption",
+        last_at.saturating_duration_since(interrupted_at)
+    );
+    let played = non_silent(&to_samples(&report.received)).len();
+    assert!(played < 8000 * 2, "played {played} samples of 24000");
+    avr.wait_call_ended(&uuid, WAIT);
+    assert!(avr.events(&uuid).contains(&"interruption".to_string()));
+    let logs = avr.call_logs(&uuid).join("\n");
+    assert!(logs.contains("Interruption: dropped"), "{logs}");
+}
+
+#[test]
+fn agent_close_plays_queued_audio_then_hangs_up() {
+    let sts = StsServer::start();
+    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let (uuid, mut conn, sim) = call_with_agent(
+        &avr,
+        &sts,
+        Duration::from_secs(30),
+        EndMode::AwaitHangup(Duration::from_secs(30)),
+    );
+    let goodbye = signal(8000 * 2);
+    conn.send_audio(&to_bytes(&goodbye));
+    conn.close();
+    let report = sim.join().unwrap();
+
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(report.hangup_received);
+    // Every queued sample was played before the hangup.
+    assert_audio(
+        &non_silent(&to_samples(&report.received)),
+        &goodbye,
+        false,
+        0,
+        &report.summary(),
+    );
+    assert!(
+        report.duration < Duration::from_secs(10),
+        "{}",
+        report.summary()
+    );
+    let ended = avr.wait_call_ended(&uuid, WAIT);
+    assert!(ended.contains("agent closed"), "{ended}");
+}
+
+#[test]
+fn an_unreachable_agent_hangs_up_at_once() {
+    // A port nobody listens on: bind, note it, close.
+    let dead: SocketAddr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("ws://{dead}");
+    let avr = Avr::start(&[("STS_URL", &url)]);
+    let (uuid_bytes, uuid) = new_uuid();
+    let mut opts = SimOptions::new(avr.addr());
+    opts.uuid = uuid_bytes;
+    opts.duration = Duration::from_secs(30);
+    opts.end = EndMode::AwaitHangup(Duration::from_secs(30));
+    let report = run_call(&opts).expect("call");
+
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    assert!(
+        report.duration < Duration::from_secs(3),
+        "{}",
+        report.summary()
+    );
+    let ended = avr.wait_call_ended(&uuid, WAIT);
+    assert!(ended.contains("agent unreachable"), "{ended}");
+    let why = avr
+        .wait_log(
+            |l| l.contains(&format!("[{uuid}] Call ending: agent unreachable")),
+            WAIT,
+        )
+        .unwrap();
+    assert!(why.contains(&url), "names the URL: {why}");
+    assert!(why.contains("refused"), "names the error: {why}");
+}
+
+#[test]
+fn an_agent_that_never_answers_the_handshake_times_out() {
+    // Accepts TCP, never speaks: only STS_CONNECT_TIMEOUT can end the wait.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let avr = Avr::start(&[("STS_URL", &url), ("STS_CONNECT_TIMEOUT", "400ms")]);
+    let (uuid_bytes, uuid) = new_uuid();
+    let mut opts = SimOptions::new(avr.addr());
+    opts.uuid = uuid_bytes;
+    opts.duration = Duration::from_secs(30);
+    opts.end = EndMode::AwaitHangup(Duration::from_secs(30));
+    let report = run_call(&opts).expect("call");
+
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.duration >= Duration::from_millis(400),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.duration < Duration::from_secs(4),
+        "{}",
+        report.summary()
+    );
+    // Frames kept flowing while the agent was being waited for.
+    assert!(report.frames_received >= 15, "{}", report.summary());
+    let why = avr
+        .wait_log(
+            |l| l.contains(&format!("[{uuid}] Call ending: agent unreachable")),
+            WAIT,
+        )
+        .unwrap();
+    assert!(why.contains("within 400 ms"), "{why}");
+    drop(silent);
+}
+
+#[test]
+fn agent_garbage_is_logged_once_and_the_call_goes_on() {
+    let sts = StsServer::start();
+    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let (uuid, mut conn, sim) =
+        call_with_agent(&avr, &sts, Duration::from_millis(3000), EndMode::Close);
+    for _ in 0..3 {
+        conn.send_text_raw("this is not json");
+        conn.send_json(&json!({"type": "mark", "name": "x"}));
+        conn.send_json(&json!({"type": "audio", "audio": "%%%not base64%%%"}));
+        conn.send_json(&json!({"no": "type"}));
+        conn.send_json(&json!({"type": "error", "message": "model overloaded"}));
+    }
+    // Odd-length audio (the stray byte is dropped), then binary audio: both still played.
+    let tail = signal(4000);
+    let mut odd = to_bytes(&tail[..2000]);
+    odd.push(0x55);
+    conn.send_json(&json!({
+        "type": "audio",
+        "audio": base64_encode(&odd),
+    }));
+    conn.send_binary(&to_bytes(&tail[2000..]));
+    conn.send_json(&json!({"type": "transcript", "role": "agent", "text": "still here"}));
+    let report = sim.join().unwrap();
+
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    assert_eq!(report.ended_by, EndedBy::Client, "{}", report.summary());
+    assert_audio(
+        &non_silent(&to_samples(&report.received)),
+        &tail,
+        false,
+        0,
+        &report.summary(),
+    );
+    avr.wait_call_ended(&uuid, WAIT);
+    let logs = avr.call_logs(&uuid);
+    let count = |needle: &str| logs.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("Ignoring an unusable STS message"), 1, "{logs:#?}");
+    assert_eq!(count("Ignoring STS messages of unknown type \"mark\""), 1);
+    assert_eq!(count("STS error: model overloaded"), 3);
+    assert_eq!(count("odd length"), 1);
+    assert_eq!(count("[agent]: still here"), 1);
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
