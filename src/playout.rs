@@ -307,16 +307,22 @@ pub fn run_clock(
         }
         stats.frames_out += 1;
 
-        next += TICK;
-        let now = Instant::now();
-        if next <= now {
-            // Late: skip the missed slots rather than send them in a burst.
-            let behind = now - next;
-            let slots = behind.as_nanos() / TICK.as_nanos() + 1;
-            stats.late_slots += slots as u64;
-            next += TICK * slots as u32;
-        }
+        let skipped;
+        (next, skipped) = next_slot(next, Instant::now());
+        stats.late_slots += skipped;
     }
+}
+
+/// The deadline after the slot at `current`, given the time `now`: the next slot on the
+/// 20 ms grid that is still ahead. Slots already past are skipped (and counted), never
+/// sent late in a burst.
+pub fn next_slot(current: Instant, now: Instant) -> (Instant, u64) {
+    let next = current + TICK;
+    if next > now {
+        return (next, 0);
+    }
+    let skipped = ((now - next).as_nanos() / TICK.as_nanos() + 1) as u64;
+    (next + TICK * skipped as u32, skipped)
 }
 
 /// Writes `00 00 00` and half-closes, so Asterisk's dialplan continues (SPEC §3).
@@ -439,6 +445,19 @@ mod tests {
         loud[..2].copy_from_slice(&32_700i16.to_le_bytes());
         cur.mix_into(&mut loud);
         assert_eq!(i16::from_le_bytes([loud[0], loud[1]]), i16::MAX);
+    }
+
+    #[test]
+    fn the_clock_keeps_its_grid_and_skips_late_slots() {
+        let t0 = Instant::now();
+        // On time, or a little late: the next slot is 20 ms after this one, not after now.
+        assert_eq!(next_slot(t0, t0), (t0 + TICK, 0));
+        assert_eq!(next_slot(t0, t0 + Duration::from_millis(7)), (t0 + TICK, 0));
+        // 45 ms late: slots at +20 and +40 are gone; the next frame goes at +60.
+        let (next, skipped) = next_slot(t0, t0 + Duration::from_millis(45));
+        assert_eq!((next, skipped), (t0 + TICK * 3, 2));
+        // Exactly on a slot boundary counts as missed (never two frames at the same instant).
+        assert_eq!(next_slot(t0, t0 + TICK), (t0 + TICK * 2, 1));
     }
 
     #[test]

@@ -283,3 +283,38 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn ambient_noise_is_mixed_under_speech_and_fills_pauses() {
+    // A constant "noise" makes the mix checkable sample by sample: level 0.5 turns 200 into 100.
+    let path = std::env::temp_dir().join(format!("avr-test-noise-{}.raw", uuid::Uuid::new_v4()));
+    std::fs::write(&path, to_bytes(&[200i16; 8000])).unwrap();
+    let sts = StsServer::start();
+    let avr = Avr::start(&[
+        ("STS_URL", &sts.url()),
+        ("AMBIENT_NOISE_FILE", path.to_str().unwrap()),
+        ("AMBIENT_NOISE_LEVEL", "0.5"),
+    ]);
+    let (uuid, mut conn, sim) =
+        call_with_agent(&avr, &sts, Duration::from_millis(2000), EndMode::Close);
+    let speech = signal(4000);
+    conn.send_audio(&to_bytes(&speech));
+    let report = sim.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+
+    let samples = to_samples(&report.received);
+    assert!(
+        samples.iter().all(|&s| s != 0),
+        "no frame is bare silence: {}",
+        report.summary()
+    );
+    let pauses = samples.iter().filter(|&&s| s == 100).count();
+    assert!(pauses > 8000, "noise alone in the pauses: {pauses} samples");
+    let under_speech: Vec<i16> = samples
+        .iter()
+        .filter(|&&s| s != 100)
+        .map(|&s| s - 100)
+        .collect();
+    assert_audio(&under_speech, &speech, false, 0, &report.summary());
+    avr.wait_call_ended(&uuid, WAIT);
+}
