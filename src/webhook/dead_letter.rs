@@ -112,11 +112,13 @@ pub struct Entry {
     pub level: log::Level,
 }
 
-/// Writes one entry and logs its line; a failed write is logged as a lost event, with the
-/// record itself so it can still be recovered from the log. Returns whether it was written.
+/// Writes one entry, then logs its line (so a reader of the log finds the record in the
+/// file); a failed write is logged as a lost event, with the record itself so it can still be
+/// recovered from the log. Returns whether it was written.
 pub fn write_entry(path: &Path, entry: &Entry, metrics: &Metrics) -> bool {
+    let written = append(path, &entry.record.to_line());
     log::log!(entry.level, "{}", entry.note);
-    match append(path, &entry.record.to_line()) {
+    match written {
         Ok(()) => {
             metrics.webhook_dead_letters.fetch_add(1, Relaxed);
             true

@@ -377,12 +377,17 @@ fn handle(shared: &Shared, sched: &mut Scheduler, done: Done) {
 }
 
 /// All attempts failed (or the error was final): the upstream failure line and a dead letter.
-pub fn final_failure(
+fn final_failure(shared: &Shared, msg: &Message, attempts: u32, last_error: Option<&AttemptError>) {
+    shared.failed(failure_entry(shared, msg, attempts, last_error));
+}
+
+/// The dead letter of a final failure, and its log line in the upstream shape.
+pub fn failure_entry(
     shared: &Shared,
     msg: &Message,
     attempts: u32,
     last_error: Option<&AttemptError>,
-) {
+) -> Entry {
     let url = shared.client.masked_url();
     let (message, code, status) = match last_error {
         Some(e) => (
@@ -399,12 +404,12 @@ pub fn final_failure(
         msg.tag(),
     );
     let record = DeadLetter::new(msg, &url, attempts, &message, SystemTime::now());
-    shared.failed(Entry {
+    Entry {
         msg: msg.clone(),
         record,
         note,
         level: log::Level::Error,
-    });
+    }
 }
 
 /// An event the deadline caught before its final outcome.

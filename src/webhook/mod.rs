@@ -297,7 +297,14 @@ impl Webhooks {
             // The caller of /call is waiting for exactly this: nothing else to do meanwhile.
             thread::sleep(delay);
         };
-        dispatch::final_failure(shared, &msg, attempts, Some(&error));
+        // Written before returning, so the dead letter exists once /call has answered.
+        shared.metrics.webhook_failed.fetch_add(1, Relaxed);
+        shared.write_now(&dispatch::failure_entry(
+            shared,
+            &msg,
+            attempts,
+            Some(&error),
+        ));
         None
     }
 
