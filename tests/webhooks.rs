@@ -294,7 +294,8 @@ fn plain_secret_and_event_filter() {
     let (agent, _events) = echo();
     let receiver = WebhookReceiver::start();
     let sts = agent.url();
-    let url = receiver.url();
+    // Credentials in the URL become Basic auth, as axios does; they are never logged.
+    let url = format!("http://hook:pa55w0rd@{}/events", receiver.addr());
     let avr = Avr::start(&[
         ("STS_URL", &sts),
         ("WEBHOOK_URL", &url),
@@ -312,6 +313,12 @@ fn plain_secret_and_event_filter() {
     assert_eq!(ended.header("x-avr-webhook-secret"), Some("shared-secret"));
     // Not a whsec_ secret: the Standard Webhooks key is its raw bytes.
     assert!(ended.standard_signature_ok("shared-secret"));
+    assert_eq!(
+        ended.header("authorization"),
+        Some("Basic aG9vazpwYTU1dzByZA==")
+    );
+    assert!(!avr.log_text().contains("pa55w0rd"));
+    assert!(!avr.log_text().contains("shared-secret"));
     // call_started was filtered out; the debug log still shows it was emitted.
     assert!(receiver.next(Duration::from_millis(500)).is_none());
     assert_eq!(avr.events(&uuid), ["call_started", "call_ended"]);

@@ -30,7 +30,7 @@ pub struct Delivery {
     pub last_error: Option<AttemptError>,
 }
 
-/// A job for a worker: make attempt number `attempt` of `msg`.
+/// A job for a worker: one attempt at `msg`.
 pub struct Job {
     pub id: u64,
     pub msg: Arc<Message>,

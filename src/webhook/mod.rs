@@ -9,8 +9,8 @@
 //! file, and that is logged at error level with the event itself.
 
 pub mod cli;
-pub mod client;
-pub mod dead_letter;
+mod client;
+mod dead_letter;
 mod dispatch;
 mod event;
 pub mod policy;
@@ -200,12 +200,13 @@ impl Webhooks {
     /// Hands an event over without waiting: queued for delivery, or, if the queue is full or
     /// shut down, written to the dead-letter file.
     pub fn emit(&self, event: Event) {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.wants(event.kind)) else {
+            // Serialised only if the line is logged.
+            log::debug!("[{}] event {}", event.uuid, event.body());
+            return;
+        };
         let body = event.body();
         log::debug!("[{}] event {body}", event.uuid);
-        let Some(inner) = &self.inner else { return };
-        if !inner.wants(event.kind) {
-            return;
-        }
         let msg = Message::new(&event.uuid, event.kind.as_str(), body);
         let shared = &inner.shared;
         let queue = inner.queue.read().unwrap_or_else(|e| e.into_inner());
@@ -245,12 +246,12 @@ impl Webhooks {
     /// webhooks are off, the type is filtered out, the answer is not JSON, or delivery failed
     /// (then logged and dead-lettered like any event).
     pub fn call_initiated(&self, event: Event) -> Option<Value> {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.wants(event.kind)) else {
+            log::debug!("[{}] event {}", event.uuid, event.body());
+            return None;
+        };
         let body = event.body();
         log::debug!("[{}] event {body}", event.uuid);
-        let inner = self.inner.as_ref()?;
-        if !inner.wants(event.kind) {
-            return None;
-        }
         let shared = &inner.shared;
         let msg = Message::new(&event.uuid, event.kind.as_str(), body);
         let deadline = Instant::now() + CALL_INITIATED_BUDGET;
