@@ -24,7 +24,7 @@ use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
 use crate::playout::{self, Ambient, Playout, Stop};
 use crate::sts::{self, Inbound, Outbox, Outgoing, PumpEnd};
-use crate::webhook::{Event, EventKind, EventSink};
+use crate::webhook::{Event, EventKind, Webhooks};
 
 /// How long a new connection may take to send its UUID (SPEC §3).
 pub const UUID_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,7 +40,7 @@ pub struct CallContext {
     pub config: Arc<Config>,
     pub tls: Arc<rustls::ClientConfig>,
     pub ambient: Option<Ambient>,
-    pub events: EventSink,
+    pub events: Webhooks,
     pub metrics: Arc<Metrics>,
 }
 
@@ -486,7 +486,7 @@ fn sts_thread(
     url: &str,
     timeout: Duration,
     tls: &Arc<rustls::ClientConfig>,
-    events: &EventSink,
+    events: &Webhooks,
     metrics: &Metrics,
 ) -> sts::PumpStats {
     let uuid = &shared.uuid;

@@ -6,13 +6,13 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use avr_core::call::CallContext;
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::playout::Ambient;
-use avr_core::webhook::EventSink;
+use avr_core::webhook::{self, Webhooks};
 use avr_core::{echo_sts, server, simulate, sts, time};
 
 const USAGE: &str = "\
@@ -24,6 +24,8 @@ USAGE:
     avr-core simulate ...    act as Asterisk: place a call and report what came back
                              (avr-core simulate --help)
     avr-core echo-sts ...    run an STS agent that echoes the caller (avr-core echo-sts --help)
+    avr-core webhooks test|replay [FILE]
+                             send a sample event to WEBHOOK_URL, or re-send the dead letters
     avr-core --help | --version
 
 CONFIGURATION (environment; see README.md for the full table):
@@ -67,6 +69,10 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&format!("echo-sts: {e}")),
             }
+        }
+        Some("webhooks") => {
+            init_logging(&log_level_from_env());
+            webhook::cli::main(rest)
         }
         Some(other) => fail(&format!(
             "unknown command {other:?}; run `avr-core --help` for the commands"
@@ -126,14 +132,19 @@ fn serve() -> ExitCode {
         .unwrap_or(config.port);
     log::info!("AVR AudioSocket Server listening on port {port}");
 
+    let metrics = Arc::new(Metrics::default());
+    let webhooks = Webhooks::start(&config, metrics.clone());
+    let grace = config.shutdown_grace;
     let ctx = Arc::new(CallContext {
         config,
         tls,
         ambient,
-        events: EventSink::log_only(),
-        metrics: Arc::new(Metrics::default()),
+        events: webhooks.clone(),
+        metrics,
     });
     server::serve(listener, ctx);
+    // The server only returns on a fatal error: give pending webhooks their grace period.
+    webhooks.shutdown(Instant::now() + grace);
     ExitCode::FAILURE
 }
 

@@ -17,6 +17,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// All six, in lifecycle order.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::CallInitiated,
+        EventKind::CallStarted,
+        EventKind::Transcription,
+        EventKind::Interruption,
+        EventKind::DtmfDigit,
+        EventKind::CallEnded,
+    ];
+
+    /// The kind with this wire name, if it is one of the six.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The wire name (`call_started`, …).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,21 +1,483 @@
-//! Call events and their delivery to the operator's webhook receiver.
+//! Call events and their delivery to the operator's webhook receiver (SPEC §6).
+//!
+//! Calls hand events to [`Webhooks::emit`], which never blocks: the event is serialised once,
+//! filtered by `WEBHOOK_EVENTS` and offered to a bounded queue. A dispatcher thread keeps each
+//! call's events in order and hands attempts to `WEBHOOK_WORKERS` worker threads; retries wait
+//! in the dispatcher's timer heap, not in a worker. Whatever cannot be delivered goes to the
+//! dead-letter file (see [`dead_letter`]), from which `avr-core webhooks replay` sends it again.
+//! An event is never dropped silently: the only way to lose one is an unwritable dead-letter
+//! file, and that is logged at error level with the event itself.
 
+pub mod cli;
+mod client;
+mod dead_letter;
+mod dispatch;
 mod event;
+pub mod policy;
+pub mod sign;
 
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use client::{Client, Message};
+use dead_letter::{DeadLetter, Entry};
+use dispatch::Drain;
 pub use event::{Event, EventKind};
 
-/// Where calls hand their events. Cloned into every call; `emit` never blocks.
-#[derive(Clone, Default)]
-pub struct EventSink {}
+/// `/call` waits for `call_initiated` at most this long in total, retries and backoff
+/// included (SPEC §5 step 2), so a dead receiver cannot stall call setup.
+pub const CALL_INITIATED_BUDGET: Duration = Duration::from_secs(10);
 
-impl EventSink {
-    /// A sink that only logs events at debug level (webhooks off).
-    pub fn log_only() -> EventSink {
-        EventSink {}
+/// Stack of the webhook threads; rustls handshakes are the deepest thing they do.
+const THREAD_STACK: usize = 512 * 1024;
+
+/// The former name of [`Webhooks`], kept so code written against it still compiles.
+pub type EventSink = Webhooks;
+
+/// Where calls hand their events. A cheap `Clone` (one `Arc`), cloned into every call.
+#[derive(Clone, Default)]
+pub struct Webhooks {
+    /// `None` when `WEBHOOK_URL` is unset: events are only logged at debug level.
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// Taken by `shutdown`: later events go straight to the dead-letter file. Emitters hold
+    /// the read lock while sending, so once `shutdown` has taken it, every accepted event is
+    /// already in the channel for the dispatcher to drain.
+    queue: RwLock<Option<Sender<Message>>>,
+    control: Mutex<Option<Sender<Drain>>>,
+    /// `WEBHOOK_EVENTS`, indexed like [`EventKind::ALL`].
+    wanted: [bool; 6],
+}
+
+/// What every webhook thread shares.
+pub(crate) struct Shared {
+    client: Arc<Client>,
+    metrics: Arc<Metrics>,
+    max_attempts: u32,
+    queue_size: usize,
+    dead_letter_file: PathBuf,
+    /// Accepted by `emit` and not yet delivered or dead-lettered: bounded by `queue_size`.
+    depth: AtomicUsize,
+    writer: Sender<Entry>,
+    flush: Sender<Sender<()>>,
+    stats: Arc<Stats>,
+}
+
+/// Running totals, for the shutdown report.
+#[derive(Default)]
+struct Stats {
+    delivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> ShutdownReport {
+        ShutdownReport {
+            delivered: self.delivered.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+        }
+    }
+}
+
+/// What happened to the events that were pending when `shutdown` was called (and to any
+/// emitted after it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub delivered: u64,
+    /// Written to the dead-letter file: failed, or unfinished at the deadline.
+    pub dead_lettered: u64,
+    /// Could not even be written to the dead-letter file (each one logged at error level).
+    pub lost: u64,
+}
+
+impl Webhooks {
+    /// The sink when webhooks are off: events are logged at debug level only.
+    pub fn log_only() -> Webhooks {
+        Webhooks { inner: None }
     }
 
-    /// Hands an event over without waiting.
+    /// Starts the delivery threads for `WEBHOOK_URL`; without it, [`Webhooks::log_only`].
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Webhooks {
+        let Some(client) = Client::from_config(config) else {
+            return Webhooks::log_only();
+        };
+        if config
+            .webhook_secret
+            .as_deref()
+            .is_some_and(sign::Signer::whsec_undecodable)
+        {
+            log::warn!(
+                "WEBHOOK_SECRET starts with whsec_ but the rest is not base64: webhook-signature \
+                 is keyed with the secret's raw text, which Standard Webhooks libraries will \
+                 reject; use a whsec_<base64> secret or one without the prefix"
+            );
+        }
+        let wanted = EventKind::ALL.map(|k| config.webhook_events.iter().any(|e| e == k.as_str()));
+        let (writer, writer_rx) = crossbeam_channel::unbounded();
+        let (flush, flush_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            max_attempts: config.webhook_retry.saturating_add(1),
+            queue_size: config.webhook_queue_size,
+            dead_letter_file: config.webhook_dead_letter_file.clone(),
+            depth: AtomicUsize::new(0),
+            writer,
+            flush,
+            stats: stats.clone(),
+        });
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.webhook_queue_size);
+        let (control_tx, control_rx) = crossbeam_channel::bounded(1);
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (results_tx, results_rx) = crossbeam_channel::unbounded();
+
+        let path = config.webhook_dead_letter_file.clone();
+        let mut started = spawn("webhook-dead-letter", move || {
+            writer_thread(&path, writer_rx, flush_rx, &metrics, &stats)
+        });
+        let mut workers = 0;
+        for n in 0..config.webhook_workers {
+            let (client, jobs, results) = (client.clone(), jobs_rx.clone(), results_tx.clone());
+            if spawn(&format!("webhook-worker-{n}"), move || {
+                dispatch::worker(client, jobs, results)
+            }) {
+                workers += 1;
+            }
+        }
+        drop((jobs_rx, results_tx));
+        started &= workers > 0;
+        if started {
+            let shared = shared.clone();
+            started = spawn("webhook-dispatch", move || {
+                dispatch::run(shared, queue_rx, control_rx, jobs_tx, results_rx, workers)
+            });
+        }
+        let (queue, control) = if started {
+            log::info!(
+                "Webhooks to {} (events: {}; {workers} workers, queue {}, timeout {} ms, {} \
+                 retries; dead letters to {})",
+                client.masked_url(),
+                config.webhook_events.join(","),
+                config.webhook_queue_size,
+                config.webhook_timeout.as_millis(),
+                config.webhook_retry,
+                config.webhook_dead_letter_file.display()
+            );
+            (Some(queue_tx), Some(control_tx))
+        } else {
+            log::error!(
+                "Cannot start the webhook threads: every event will be written to the \
+                 dead-letter file {} instead of being sent",
+                config.webhook_dead_letter_file.display()
+            );
+            (None, None)
+        };
+        Webhooks {
+            inner: Some(Arc::new(Inner {
+                shared,
+                queue: RwLock::new(queue),
+                control: Mutex::new(control),
+                wanted,
+            })),
+        }
+    }
+
+    /// Hands an event over without waiting: queued for delivery, or, if the queue is full or
+    /// shut down, written to the dead-letter file.
     pub fn emit(&self, event: Event) {
-        log::debug!("[{}] event {}", event.uuid, event.body());
+        let Some(inner) = self.inner.as_ref().filter(|i| i.wants(event.kind)) else {
+            // Serialised only if the line is logged.
+            log::debug!("[{}] event {}", event.uuid, event.body());
+            return;
+        };
+        let body = event.body();
+        log::debug!("[{}] event {body}", event.uuid);
+        let msg = Message::new(&event.uuid, event.kind.as_str(), body);
+        let shared = &inner.shared;
+        let queue = inner.queue.read().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = queue.as_ref() else {
+            // After shutdown the writer may be gone and the process about to exit: write now.
+            let entry = shared.unsent(msg, "webhooks are shut down", log::Level::Warn);
+            shared.metrics.webhook_failed.fetch_add(1, Relaxed);
+            shared.write_now(&entry);
+            return;
+        };
+        if !shared.reserve() {
+            let why = format!(
+                "the webhook queue is full (WEBHOOK_QUEUE_SIZE={}; the receiver is slower \
+                 than the calls)",
+                shared.queue_size
+            );
+            shared.failed(shared.unsent(msg, &why, log::Level::Warn));
+            return;
+        }
+        if let Err(e) = queue.try_send(msg) {
+            // Cannot happen while `depth` bounds the queue; never lose the event if it does.
+            shared.settle();
+            let msg = match e {
+                TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+            };
+            shared.failed(shared.unsent(
+                msg,
+                "the webhook queue is unavailable",
+                log::Level::Error,
+            ));
+        }
+    }
+
+    /// `/call` step 2: sends `call_initiated` now, on the caller's thread, and returns the
+    /// receiver's JSON answer on 2xx. The same retry rules as other events, within
+    /// `WEBHOOK_TIMEOUT` per attempt and [`CALL_INITIATED_BUDGET`] in total. `None` when
+    /// webhooks are off, the type is filtered out, the answer is not JSON, or delivery failed
+    /// (then logged and dead-lettered like any event).
+    pub fn call_initiated(&self, event: Event) -> Option<Value> {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.wants(event.kind)) else {
+            log::debug!("[{}] event {}", event.uuid, event.body());
+            return None;
+        };
+        let body = event.body();
+        log::debug!("[{}] event {body}", event.uuid);
+        let shared = &inner.shared;
+        let msg = Message::new(&event.uuid, event.kind.as_str(), body);
+        let deadline = Instant::now() + CALL_INITIATED_BUDGET;
+        let mut attempts = 0;
+        let error = loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = shared.client.timeout().min(left);
+            let error = match shared.client.attempt(&msg, timeout) {
+                Ok(answer) => {
+                    shared.delivered(&msg, attempts, answer.status);
+                    return match serde_json::from_slice(&answer.body) {
+                        Ok(value) => Some(value),
+                        Err(_) if answer.body.is_empty() => None,
+                        Err(e) => {
+                            log::warn!(
+                                "[{}] {} The receiver's answer is not JSON ({e}); keeping the \
+                                 local STS URL",
+                                msg.uuid,
+                                msg.tag()
+                            );
+                            None
+                        }
+                    };
+                }
+                Err(e) => e,
+            };
+            if !error.retryable() || attempts >= shared.max_attempts {
+                break error;
+            }
+            let delay = policy::retry_delay(attempts, error.retry_after(), policy::random_unit());
+            // An attempt shorter than this is not worth starting.
+            if Instant::now() + delay + Duration::from_millis(100) >= deadline {
+                break error;
+            }
+            shared.metrics.webhook_retried.fetch_add(1, Relaxed);
+            log::info!(
+                "[{}] {} Attempt {attempts} of {} failed: {error}; retrying in {} ms",
+                msg.uuid,
+                msg.tag(),
+                shared.max_attempts,
+                delay.as_millis()
+            );
+            // The caller of /call is waiting for exactly this: nothing else to do meanwhile.
+            thread::sleep(delay);
+        };
+        // Written before returning, so the dead letter exists once /call has answered.
+        shared.metrics.webhook_failed.fetch_add(1, Relaxed);
+        shared.write_now(&dispatch::failure_entry(
+            shared,
+            &msg,
+            attempts,
+            Some(&error),
+        ));
+        None
+    }
+
+    /// Stops accepting events (later ones go straight to the dead-letter file), lets queued
+    /// and retrying events finish until `deadline`, writes what is left to the dead-letter
+    /// file and returns what became of them. Later calls return an empty report.
+    pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
+        let Some(inner) = &self.inner else {
+            return ShutdownReport::default();
+        };
+        let before = inner.shared.stats.snapshot();
+        inner
+            .queue
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let control = inner
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(control) = control else {
+            return ShutdownReport::default();
+        };
+        let (done, finished) = crossbeam_channel::bounded(1);
+        if control.send(Drain { deadline, done }).is_ok() {
+            // The dispatcher answers at the deadline at the latest, once the dead-letter
+            // writes are done; the margin covers a slow disk, not a stuck receiver.
+            let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+            if finished.recv_timeout(wait).is_err() {
+                log::error!("The webhook dispatcher did not finish its shutdown in time");
+            }
+        }
+        let after = inner.shared.stats.snapshot();
+        let report = ShutdownReport {
+            delivered: after.delivered - before.delivered,
+            dead_lettered: after.dead_lettered - before.dead_lettered,
+            lost: after.lost - before.lost,
+        };
+        log::info!(
+            "Webhooks shut down: {} delivered, {} written to the dead-letter file, {} lost",
+            report.delivered,
+            report.dead_lettered,
+            report.lost
+        );
+        report
+    }
+}
+
+impl Inner {
+    fn wants(&self, kind: EventKind) -> bool {
+        let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.wanted[i]
+    }
+}
+
+impl Shared {
+    /// Takes a place in the queue if one is free.
+    fn reserve(&self) -> bool {
+        let taken = self
+            .depth
+            .fetch_update(Relaxed, Relaxed, |d| (d < self.queue_size).then_some(d + 1))
+            .is_ok();
+        if taken {
+            self.metrics.webhook_queue_depth.fetch_add(1, Relaxed);
+        }
+        taken
+    }
+
+    /// An accepted event reached its final outcome.
+    fn settle(&self) {
+        self.depth.fetch_sub(1, Relaxed);
+        self.metrics.webhook_queue_depth.fetch_sub(1, Relaxed);
+    }
+
+    fn delivered(&self, msg: &Message, attempts: u32, status: u16) {
+        self.metrics.webhook_delivered.fetch_add(1, Relaxed);
+        self.stats.delivered.fetch_add(1, Relaxed);
+        log::debug!(
+            "[{}] {} Delivered: HTTP {status} on attempt {attempts}",
+            msg.uuid,
+            msg.tag()
+        );
+    }
+
+    /// A final failure: counted, then handed to the dead-letter writer (which logs `note`).
+    fn failed(&self, entry: Entry) {
+        self.metrics.webhook_failed.fetch_add(1, Relaxed);
+        if let Err(e) = self.writer.send(entry) {
+            self.write_now(&e.into_inner());
+        }
+    }
+
+    /// An event that never got an attempt.
+    fn unsent(&self, msg: Message, why: &str, level: log::Level) -> Entry {
+        let record = DeadLetter::new(&msg, &self.client.masked_url(), 0, why, SystemTime::now());
+        Entry {
+            note: format!(
+                "[{}] {} Not sent: {why}; written to the dead-letter file",
+                msg.uuid,
+                msg.tag()
+            ),
+            msg,
+            record,
+            level,
+        }
+    }
+
+    fn write_now(&self, entry: &Entry) {
+        let written = dead_letter::write_entry(&self.dead_letter_file, entry, &self.metrics);
+        self.stats.count_write(written);
+    }
+
+    /// Waits until the writer has written everything sent to it so far.
+    fn flush_writer(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.flush.send(tx).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+impl Stats {
+    fn count_write(&self, written: bool) {
+        if written {
+            self.dead_lettered.fetch_add(1, Relaxed);
+        } else {
+            self.lost.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The dead-letter writer: file I/O off the dispatcher's and the calls' threads.
+fn writer_thread(
+    path: &std::path::Path,
+    entries: Receiver<Entry>,
+    flush: Receiver<Sender<()>>,
+    metrics: &Metrics,
+    stats: &Stats,
+) {
+    let write = |entry: Entry| {
+        stats.count_write(dead_letter::write_entry(path, &entry, metrics));
+    };
+    loop {
+        crossbeam_channel::select! {
+            recv(entries) -> entry => match entry {
+                Ok(entry) => write(entry),
+                Err(_) => return,
+            },
+            recv(flush) -> reply => match reply {
+                Ok(reply) => {
+                    // Everything sent before the flush request is already in `entries`.
+                    entries.try_iter().for_each(write);
+                    let _ = reply.send(());
+                }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// Spawns a named thread; a failure is logged and reported as `false`.
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+    match thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(THREAD_STACK)
+        .spawn(f)
+    {
+        Ok(_) => true,
+        Err(e) => {
+            log::error!("Cannot start the {name} thread: {e}");
+            false
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod avr;
 pub mod sts;
+pub mod webhook;
 
 use std::time::Duration;
 

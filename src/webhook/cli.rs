@@ -1,0 +1,172 @@
+//! `avr-core webhooks test|replay [FILE]`: the operator's tools for the receiver.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::client::{Client, Message, MAX_ANSWER_BYTES};
+use super::dead_letter::{self, DeadLetter};
+use super::{Event, EventKind};
+use crate::config::Config;
+
+const USAGE: &str = "\
+USAGE:
+    avr-core webhooks test           send one sample call_started event to WEBHOOK_URL with the
+                                     real headers and print the receiver's answer (exit 0 on 2xx)
+    avr-core webhooks replay [FILE]  send every dead letter in FILE (default:
+                                     WEBHOOK_DEAD_LETTER_FILE) once more, with its original
+                                     webhook-id; keep only those that still fail (exit 0 if none)
+
+Both read the server's configuration from the environment (WEBHOOK_*, STS_URL).
+";
+
+/// Runs the subcommand in `args` (the words after `webhooks`).
+pub fn main(args: &[String]) -> ExitCode {
+    let command = args.first().map(String::as_str);
+    if matches!(command, None | Some("-h" | "--help" | "help")) {
+        print!("{USAGE}");
+        return if command.is_none() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("configuration error: {e}")),
+    };
+    let Some(client) = Client::from_config(&config) else {
+        return fail("WEBHOOK_URL is not set: there is no receiver to send to");
+    };
+    match (command, &args[1..]) {
+        (Some("test"), []) => test(&client),
+        (Some("replay"), []) => replay(&client, config.webhook_dead_letter_file),
+        (Some("replay"), [file]) => replay(&client, PathBuf::from(file)),
+        _ => fail(&format!(
+            "unknown arguments {args:?}; run `avr-core webhooks --help`"
+        )),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("avr-core webhooks: {message}");
+    ExitCode::FAILURE
+}
+
+/// Sends a sample `call_started` and prints what came back.
+fn test(client: &Client) -> ExitCode {
+    let uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+    let event = Event::new(&uuid, EventKind::CallStarted, json!({}));
+    let msg = Message::new(&uuid, event.kind.as_str(), event.body());
+    println!("POST {}", client.masked_url());
+    println!("webhook-id: {}", msg.webhook_id);
+    println!("{}", msg.body);
+    println!();
+    match client.send(&msg, client.timeout()) {
+        Ok(answer) => {
+            println!("HTTP {} {}", answer.status, answer.reason);
+            let headers = [
+                ("Content-Type", &answer.content_type),
+                ("Location", &answer.location),
+            ];
+            for (name, value) in headers {
+                if let Some(value) = value {
+                    println!("{name}: {value}");
+                }
+            }
+            if let Some(wait) = answer.retry_after {
+                println!("Retry-After: {} s", wait.as_secs());
+            }
+            println!();
+            println!("{}", String::from_utf8_lossy(&answer.body));
+            if answer.body.len() as u64 >= MAX_ANSWER_BYTES {
+                println!("(answer cut at {MAX_ANSWER_BYTES} bytes)");
+            }
+            if (200..300).contains(&answer.status) {
+                println!("OK: the receiver accepted the event");
+                ExitCode::SUCCESS
+            } else {
+                println!("FAILED: the receiver did not answer 2xx");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("FAILED: {e} (Code: {})", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-delivers each dead letter once and rewrites the file with those that still fail.
+fn replay(client: &Client, path: PathBuf) -> ExitCode {
+    let snapshot = match dead_letter::read(&path) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+    };
+    let (mut delivered, mut failing, mut unreadable) = (0usize, 0usize, 0usize);
+    let mut keep = Vec::new();
+    for line in &snapshot.lines {
+        let mut record: DeadLetter = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("kept an unreadable line ({e}): {line}");
+                unreadable += 1;
+                keep.push(line.clone());
+                continue;
+            }
+        };
+        let msg = record.message();
+        match client.attempt(&msg, client.timeout()) {
+            Ok(answer) => {
+                delivered += 1;
+                println!(
+                    "delivered [{}] {} {}: HTTP {}",
+                    msg.uuid, msg.kind, msg.webhook_id, answer.status
+                );
+            }
+            Err(e) => {
+                failing += 1;
+                println!(
+                    "still failing [{}] {} {}: {e} (Code: {})",
+                    msg.uuid,
+                    msg.kind,
+                    msg.webhook_id,
+                    e.code()
+                );
+                record.attempts += 1;
+                record.last_error = e.to_string();
+                record.failed_at = crate::time::iso8601_millis(SystemTime::now());
+                record.url = client.masked_url();
+                keep.push(record.to_line());
+            }
+        }
+    }
+    if !snapshot.lines.is_empty() {
+        match dead_letter::replace(&path, &snapshot, &keep) {
+            Ok(0) => {}
+            Ok(n) => println!("kept {n} dead letters that arrived during the replay"),
+            Err(e) => {
+                return fail(&format!(
+                    "cannot rewrite {}: {e}; it still holds every dead letter it had, so the \
+                     {delivered} delivered ones will be sent again by the next replay",
+                    path.display()
+                ))
+            }
+        }
+    }
+    let mut summary = format!(
+        "replayed {}: delivered {delivered}, still failing {failing}",
+        delivered + failing
+    );
+    if unreadable > 0 {
+        summary.push_str(&format!(", unreadable lines kept {unreadable}"));
+    }
+    println!("{summary}");
+    if failing == 0 && unreadable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
