@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,38 @@ pub struct CallContext {
     pub ambient: Option<Ambient>,
     pub events: Webhooks,
     pub metrics: Arc<Metrics>,
+    pub live: LiveCalls,
+}
+
+/// The calls in progress, so a shutdown can hang up those that outlive the grace period.
+#[derive(Default)]
+pub struct LiveCalls {
+    calls: Mutex<Vec<Weak<Shared>>>,
+}
+
+impl LiveCalls {
+    fn add(&self, call: &Arc<Shared>) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.retain(|c| c.strong_count() > 0);
+        calls.push(Arc::downgrade(call));
+    }
+
+    /// Hangs up every call in progress (`00 00 00`, so each dialplan continues); returns
+    /// how many there were.
+    pub fn hang_up_all(&self) -> usize {
+        let calls: Vec<Arc<Shared>> = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|c| c.upgrade())
+            .collect();
+        for call in &calls {
+            call.end(EndReason::Shutdown);
+            call.playout.stop(Stop::Hangup);
+        }
+        calls.len()
+    }
 }
 
 /// Why a call ended.
@@ -57,6 +89,8 @@ pub enum EndReason {
     Protocol(String),
     /// Writing to Asterisk failed.
     WriteFailed(String),
+    /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`; avr-core hung up.
+    Shutdown,
 }
 
 impl std::fmt::Display for EndReason {
@@ -67,6 +101,7 @@ impl std::fmt::Display for EndReason {
             EndReason::AgentUnreachable(why) => write!(f, "agent unreachable ({why})"),
             EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
             EndReason::WriteFailed(why) => write!(f, "cannot write to Asterisk ({why})"),
+            EndReason::Shutdown => write!(f, "avr-core is shutting down (SHUTDOWN_GRACE ended)"),
         }
     }
 }
@@ -157,6 +192,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         end: Mutex::new(None),
         reader_done: (Mutex::new(false), Condvar::new()),
     });
+
+    ctx.live.add(&shared);
 
     let clock = spawn(&uuid, "play", {
         let shared = shared.clone();

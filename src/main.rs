@@ -5,13 +5,19 @@
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
 
-use avr_core::call::CallContext;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use avr_core::call::{CallContext, LiveCalls};
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::playout::Ambient;
+use avr_core::server::StopSignal;
 use avr_core::webhook::{self, Webhooks};
 use avr_core::{echo_sts, server, simulate, sts, time};
 
@@ -134,18 +140,99 @@ fn serve() -> ExitCode {
 
     let metrics = Arc::new(Metrics::default());
     let webhooks = Webhooks::start(&config, metrics.clone());
-    let grace = config.shutdown_grace;
     let ctx = Arc::new(CallContext {
-        config,
+        config: config.clone(),
         tls,
         ambient,
         events: webhooks.clone(),
-        metrics,
+        metrics: metrics.clone(),
+        live: LiveCalls::default(),
     });
-    server::serve(listener, ctx);
-    // The server only returns on a fatal error: give pending webhooks their grace period.
-    webhooks.shutdown(Instant::now() + grace);
-    ExitCode::FAILURE
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
+    };
+    let stop = match StopSignal::new() {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(&format!("cannot create the shutdown eventfd: {e}")),
+    };
+    let listener_failed = Arc::new(AtomicBool::new(false));
+    let accept = thread::Builder::new().name("audiosocket".into()).spawn({
+        let (ctx, stop, failed) = (ctx.clone(), stop.clone(), listener_failed.clone());
+        move || {
+            if !server::serve(listener, ctx, &stop) {
+                // A dead listener is fatal: take the graceful path so live calls finish.
+                failed.store(true, Relaxed);
+                let _ = signal_hook::low_level::raise(SIGTERM);
+            }
+        }
+    });
+    let accept = match accept {
+        Ok(h) => h,
+        Err(e) => {
+            return fail(&format!(
+                "cannot start the AudioSocket listener thread: {e}"
+            ))
+        }
+    };
+
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    shutdown(signal, &mut signals, &ctx, &stop, accept, &webhooks);
+    if listener_failed.load(Relaxed) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// SPEC §7: stop accepting, let live calls run up to `SHUTDOWN_GRACE`, hang up the rest,
+/// drain webhooks (what is left goes to the dead-letter file). A second signal hangs up at once.
+fn shutdown(
+    signal: i32,
+    signals: &mut Signals,
+    ctx: &CallContext,
+    stop: &StopSignal,
+    accept: thread::JoinHandle<()>,
+    webhooks: &Webhooks,
+) {
+    let grace = ctx.config.shutdown_grace;
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    let active = || ctx.metrics.active_calls.load(Relaxed);
+    log::info!(
+        "{name} received: stopping. {} calls in progress may continue for up to {} s \
+         (SHUTDOWN_GRACE); send {name} again to hang them up now",
+        active(),
+        grace.as_secs_f64()
+    );
+    stop.trigger();
+    let _ = accept.join();
+
+    let grace_end = Instant::now() + grace;
+    let mut hurry = false;
+    while active() > 0 && Instant::now() < grace_end && !hurry {
+        thread::sleep(Duration::from_millis(50));
+        hurry = signals.pending().next().is_some();
+    }
+    if active() > 0 {
+        let n = ctx.live.hang_up_all();
+        log::warn!("Hanging up {n} calls still in progress (shutting down)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while active() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The last calls' call_ended events get a moment even when the grace is spent.
+    let report = webhooks.shutdown(grace_end.max(Instant::now() + Duration::from_secs(3)));
+    log::info!(
+        "avr-core stopped: webhooks delivered {}, written to the dead-letter file {}, lost {}",
+        report.delivered,
+        report.dead_lettered,
+        report.lost
+    );
 }
 
 fn log_level_from_env() -> String {

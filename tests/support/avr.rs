@@ -150,6 +150,29 @@ impl Avr {
             .unwrap_or(0)
     }
 
+    /// Sends a signal by name (`TERM`, `INT`), as systemd or an operator would.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit; its exit code, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running (it must survive every hostile input).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
