@@ -136,7 +136,6 @@ fn serve() -> ExitCode {
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.port);
-    log::info!("AVR AudioSocket Server listening on port {port}");
 
     let metrics = Arc::new(Metrics::default());
     let webhooks = Webhooks::start(&config, metrics.clone());
@@ -175,6 +174,9 @@ fn serve() -> ExitCode {
             ))
         }
     };
+
+    // Logged once every thread is up: tests and scripts take this line as "ready".
+    log::info!("AVR AudioSocket Server listening on port {port}");
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     shutdown(signal, &mut signals, &ctx, &stop, accept, &webhooks);
