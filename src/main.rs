@@ -12,8 +12,9 @@ use avr_core::call::CallContext;
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::playout::Ambient;
+use avr_core::registry::Registry;
 use avr_core::webhook::EventSink;
-use avr_core::{echo_sts, server, simulate, sts, time};
+use avr_core::{echo_sts, http, server, simulate, sts, time};
 
 const USAGE: &str = "\
 avr-core — bridges Asterisk AudioSocket calls to speech-to-speech AI agents
@@ -32,6 +33,9 @@ CONFIGURATION (environment; see README.md for the full table):
     STS_CONNECT_TIMEOUT  default 3000 ms      MAX_CALLS     default 500
     AUDIO_CODEC          auto|slin|ulaw|alaw  LOG_LEVEL     default info
     AMBIENT_NOISE_FILE, AMBIENT_NOISE_LEVEL   raw 8 kHz s16le noise under the call
+    HTTP_PORT, HTTP_BIND_ADDRESS  /health, /call, /metrics (off unless HTTP_PORT is set)
+    HTTP_TOKEN           if set, POST /call needs \"Authorization: Bearer <token>\"
+    CALL_METADATA_TTL    how long /call metadata waits for its call (default 60s)
 
 Durations are milliseconds (3000) or carry a unit (500ms, 3s, 2m).
 ";
@@ -111,6 +115,27 @@ fn serve() -> ExitCode {
         _ => None,
     };
 
+    let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::new(config.call_metadata_ttl));
+    if let Some(http_port) = config.http_port {
+        let addr = SocketAddr::new(config.http_bind_address, http_port);
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(&format!(
+                    "cannot listen for HTTP on {addr}: {e} (HTTP_PORT, HTTP_BIND_ADDRESS)"
+                ))
+            }
+        };
+        let port = listener.local_addr().map_or(http_port, |a| a.port());
+        // The webhook's call_initiated is wired here once it exists (`with_call_initiated`).
+        let service = http::Service::new(&config, registry.clone(), metrics.clone());
+        if let Err(e) = http::spawn(listener, service, http::Limits::default()) {
+            return fail(&format!("cannot start the HTTP service thread: {e}"));
+        }
+        log::info!("AVR HTTP Server listening on port {port}");
+    }
+
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -131,7 +156,8 @@ fn serve() -> ExitCode {
         tls,
         ambient,
         events: EventSink::log_only(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        registry,
     });
     server::serve(listener, ctx);
     ExitCode::FAILURE
