@@ -310,7 +310,8 @@ impl Service {
             );
         }
         log::info!(
-            "POST /call [{uuid}] → sts_url {masked} (override: {overridden}){}",
+            "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",
+            clip_long(&masked),
             if inserted.replaced {
                 "; replaced an earlier /call for this uuid"
             } else {
@@ -439,6 +440,14 @@ fn too_large(max_body: usize) -> Response {
             max_body / 1024
         ),
     )
+}
+
+/// A URL for a log line: payloads may make it 190 KiB long.
+fn clip_long(url: &str) -> String {
+    match url.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &url[..cut], url.len()),
+        None => url.to_string(),
+    }
 }
 
 /// At most 80 characters of client-supplied text, for messages and logs.
