@@ -459,7 +459,7 @@ fn clip(text: &str) -> &str {
 
 // ---- the server ------------------------------------------------------------------------
 
-/// Starts the accept loop on its own thread; it runs until the listener fails.
+/// Starts the accept loop on its own thread, for the life of the process.
 pub fn spawn(
     listener: TcpListener,
     service: Service,
@@ -471,7 +471,7 @@ pub fn spawn(
         .spawn(move || serve(listener, service, limits))
 }
 
-/// Accepts connections until the listener fails; each is served on its own thread.
+/// Accepts connections for ever; each is served on its own thread.
 pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits) {
     let table = Arc::new(Table::new(limits.max_connections));
     let limits = Arc::new(limits);
@@ -518,7 +518,9 @@ pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits) {
                 continue;
             }
             Admission::Failed(e) => {
-                log::warn!("HTTP: dropping the connection from {peer}: {e}");
+                accept_errors.note(|more| {
+                    log::warn!("HTTP: dropping the connection from {peer}: {e}{more}")
+                });
                 continue;
             }
         };
@@ -962,6 +964,14 @@ fn refuse_busy(stream: TcpStream, max: usize) {
     let _ = stream.set_nonblocking(true);
     let _ = write_response(&stream, &response);
     let _ = stream.shutdown(Shutdown::Write);
+    // Read what already arrived (the request) so closing sends FIN, not a reset that could
+    // destroy the answer before the client reads it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        if !matches!((&stream).read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
 }
 
 // ---- the connection table --------------------------------------------------------------
