@@ -16,13 +16,14 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::audiosocket::{self, Frame, FrameBuffer};
 use crate::config::{CodecChoice, Config};
 use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
 use crate::playout::{self, Ambient, Playout, Stop};
+use crate::registry::Registry;
 use crate::sts::{self, Inbound, Outbox, Outgoing, PumpEnd};
 use crate::webhook::{Event, EventKind, Webhooks};
 
@@ -43,6 +44,8 @@ pub struct CallContext {
     pub events: Webhooks,
     pub metrics: Arc<Metrics>,
     pub live: LiveCalls,
+    /// `/call` metadata waiting for its call.
+    pub registry: Arc<Registry>,
 }
 
 /// The calls in progress, so a shutdown can hang up those that outlive the grace period.
@@ -170,7 +173,19 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     }
     let started = Instant::now();
     ctx.metrics.calls_total.fetch_add(1, Relaxed);
-    log::info!("[{uuid}] Call started from {peer}");
+    // A `/call` for this uuid chose the agent URL and the metadata for `init`.
+    let (sts_url, metadata) = match ctx.registry.take(&uuid, started) {
+        Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
+        None => (ctx.config.sts_url.clone(), None),
+    };
+    log::info!(
+        "[{uuid}] Call started from {peer}{}",
+        if metadata.is_some() {
+            " (with /call metadata)"
+        } else {
+            ""
+        }
+    );
     ctx.events
         .emit(Event::new(&uuid, EventKind::CallStarted, json!({})));
 
@@ -202,12 +217,19 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     });
     let agent = spawn(&uuid, "sts", {
         let shared = shared.clone();
-        let url = ctx.config.sts_url.clone();
         let timeout = ctx.config.sts_connect_timeout;
         let tls = ctx.tls.clone();
         let events = ctx.events.clone();
         let metrics = ctx.metrics.clone();
-        move || sts_thread(&shared, &url, timeout, &tls, &events, &metrics)
+        move || {
+            let agent = Agent {
+                url: &sts_url,
+                metadata: metadata.as_ref(),
+                timeout,
+                tls: &tls,
+            };
+            sts_thread(&shared, &agent, &events, &metrics)
+        }
     });
 
     let reader = read_loop(&shared, &mut frames, ctx);
@@ -518,11 +540,18 @@ fn clock_thread(shared: &Shared, ambient: Option<playout::AmbientCursor>) -> pla
     stats
 }
 
+/// Where and how the call's STS thread connects.
+struct Agent<'a> {
+    url: &'a str,
+    /// The `/call` payload, carried in `init`.
+    metadata: Option<&'a Value>,
+    timeout: Duration,
+    tls: &'a Arc<rustls::ClientConfig>,
+}
+
 fn sts_thread(
     shared: &Shared,
-    url: &str,
-    timeout: Duration,
-    tls: &Arc<rustls::ClientConfig>,
+    agent: &Agent<'_>,
     events: &Webhooks,
     metrics: &Metrics,
 ) -> sts::PumpStats {
@@ -530,9 +559,9 @@ fn sts_thread(
     let mut stats = sts::PumpStats::default();
     log::info!(
         "[{uuid}] Connecting to STS WebSocket: {}",
-        crate::config::mask_url_password(url)
+        crate::config::mask_url_password(agent.url)
     );
-    let mut ws = match sts::connect(url, timeout, tls) {
+    let mut ws = match sts::connect(agent.url, agent.timeout, agent.tls) {
         Ok(ws) => ws,
         Err(e) => {
             metrics.sts_connect_failures.fetch_add(1, Relaxed);
@@ -542,7 +571,7 @@ fn sts_thread(
         }
     };
     log::info!("[{uuid}] Connected to STS");
-    let init = sts::init_message(uuid, None);
+    let init = sts::init_message(uuid, agent.metadata);
     let mut noted_unknown = false;
     let mut noted_invalid = false;
     let mut noted_odd = false;

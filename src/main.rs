@@ -17,9 +17,10 @@ use avr_core::call::{CallContext, LiveCalls};
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::playout::Ambient;
+use avr_core::registry::Registry;
 use avr_core::server::StopSignal;
-use avr_core::webhook::{self, Webhooks};
-use avr_core::{echo_sts, server, simulate, sts, time};
+use avr_core::webhook::{self, Event, EventKind, Webhooks};
+use avr_core::{echo_sts, http, server, simulate, sts, time};
 
 const USAGE: &str = "\
 avr-core — bridges Asterisk AudioSocket calls to speech-to-speech AI agents
@@ -40,6 +41,9 @@ CONFIGURATION (environment; see README.md for the full table):
     STS_CONNECT_TIMEOUT  default 3000 ms      MAX_CALLS     default 500
     AUDIO_CODEC          auto|slin|ulaw|alaw  LOG_LEVEL     default info
     AMBIENT_NOISE_FILE, AMBIENT_NOISE_LEVEL   raw 8 kHz s16le noise under the call
+    HTTP_PORT, HTTP_BIND_ADDRESS  /health, /call, /metrics (off unless HTTP_PORT is set)
+    HTTP_TOKEN           if set, POST /call needs \"Authorization: Bearer <token>\"
+    CALL_METADATA_TTL    how long /call metadata waits for its call (default 60s)
 
 Durations are milliseconds (3000) or carry a unit (500ms, 3s, 2m).
 ";
@@ -123,6 +127,38 @@ fn serve() -> ExitCode {
         _ => None,
     };
 
+    let metrics = Arc::new(Metrics::default());
+    let webhooks = Webhooks::start(&config, metrics.clone());
+    let registry = Arc::new(Registry::new(config.call_metadata_ttl));
+    // One stop for both listeners: SIGTERM closes them together.
+    let stop = match StopSignal::new() {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(&format!("cannot create the shutdown eventfd: {e}")),
+    };
+
+    let mut http_port = None;
+    if let Some(port) = config.http_port {
+        let addr = SocketAddr::new(config.http_bind_address, port);
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(&format!(
+                    "cannot listen for HTTP on {addr}: {e} (HTTP_PORT, HTTP_BIND_ADDRESS)"
+                ))
+            }
+        };
+        http_port = Some(listener.local_addr().map_or(port, |a| a.port()));
+        let hook = webhooks.clone();
+        let service = http::Service::new(&config, registry.clone(), metrics.clone())
+            .with_call_initiated(move |uuid, payload| {
+                let payload = serde_json::Value::Object(payload.clone());
+                hook.call_initiated(Event::new(uuid, EventKind::CallInitiated, payload))
+            });
+        if let Err(e) = http::spawn(listener, service, http::Limits::default(), stop.clone()) {
+            return fail(&format!("cannot start the HTTP service thread: {e}"));
+        }
+    }
+
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -137,8 +173,6 @@ fn serve() -> ExitCode {
         .map(|a| a.port())
         .unwrap_or(config.port);
 
-    let metrics = Arc::new(Metrics::default());
-    let webhooks = Webhooks::start(&config, metrics.clone());
     let ctx = Arc::new(CallContext {
         config: config.clone(),
         tls,
@@ -146,14 +180,11 @@ fn serve() -> ExitCode {
         events: webhooks.clone(),
         metrics: metrics.clone(),
         live: LiveCalls::default(),
+        registry,
     });
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
-    };
-    let stop = match StopSignal::new() {
-        Ok(s) => Arc::new(s),
-        Err(e) => return fail(&format!("cannot create the shutdown eventfd: {e}")),
     };
     let listener_failed = Arc::new(AtomicBool::new(false));
     let accept = thread::Builder::new().name("audiosocket".into()).spawn({
@@ -175,7 +206,10 @@ fn serve() -> ExitCode {
         }
     };
 
-    // Logged once every thread is up: tests and scripts take this line as "ready".
+    // Logged once every thread is up: tests and scripts take these lines as "ready".
+    if let Some(port) = http_port {
+        log::info!("AVR HTTP Server listening on port {port}");
+    }
     log::info!("AVR AudioSocket Server listening on port {port}");
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);

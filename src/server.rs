@@ -29,6 +29,31 @@ impl StopSignal {
     pub fn trigger(&self) {
         let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
+
+    /// The next connection on `listener`, or `None` once the stop is triggered. The listener
+    /// must be non-blocking; the accepted stream is blocking.
+    pub fn accept(&self, listener: &TcpListener) -> Option<io::Result<TcpStream>> {
+        loop {
+            let mut fds = [
+                PollFd::new(listener, PollFlags::IN),
+                PollFd::new(&self.fd, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Some(Err(e.into())),
+            }
+            if !fds[1].revents().is_empty() {
+                return None;
+            }
+            match listener.accept() {
+                // Linux does not pass O_NONBLOCK on through accept(); make sure anyway.
+                Ok((s, _)) => return Some(s.set_nonblocking(false).map(|()| s)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 /// Accepts calls until `stop` is triggered; each call runs on its own thread. Returns with
@@ -40,25 +65,9 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
         log::error!("AudioSocket listener: cannot make it non-blocking: {e}");
         return false;
     }
-    loop {
-        let mut fds = [
-            PollFd::new(&listener, PollFlags::IN),
-            PollFd::new(&stop.fd, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                log::error!("AudioSocket listener: poll failed: {e}");
-                return false;
-            }
-        }
-        if !fds[1].revents().is_empty() {
-            log::info!("AudioSocket listener closed: no new calls are accepted");
-            return true;
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+    while let Some(conn) = stop.accept(&listener) {
+        let stream = match conn {
+            Ok(s) => s,
             Err(e) => {
                 log::warn!("AudioSocket accept failed: {e}");
                 // Out of file descriptors: back off instead of spinning on the error.
@@ -66,8 +75,6 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
                 continue;
             }
         };
-        // Linux does not pass O_NONBLOCK on through accept(); make sure anyway.
-        let _ = stream.set_nonblocking(false);
         let peer = match stream.peer_addr() {
             Ok(p) => p,
             Err(_) => continue, // already gone
@@ -90,6 +97,8 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
     }
+    log::info!("AudioSocket listener closed: no new calls are accepted");
+    true
 }
 
 /// Hangs up a connection that cannot be served, without blocking the accept loop.

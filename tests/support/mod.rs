@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod avr;
+pub mod http;
 pub mod sts;
 pub mod webhook;
 
