@@ -8,10 +8,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use avr_core::echo_sts::{EchoOptions, EchoServer};
-use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions};
+use avr_core::simulate::{run_call, EndMode, EndedBy};
 use serde_json::Value;
 use support::avr::Avr;
-use support::{new_uuid, WAIT};
+use support::{call_options, WAIT};
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap()
@@ -36,11 +36,11 @@ fn sigterm_hangs_up_calls_past_the_grace_and_dead_letters_every_event() {
         ("WEBHOOK_TIMEOUT", "500"),
         ("WEBHOOK_DEAD_LETTER_FILE", dead_letters.to_str().unwrap()),
     ]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_secs(60);
-    opts.end = EndMode::AwaitHangup(Duration::from_secs(60));
+    let (uuid, opts) = call_options(
+        avr.addr(),
+        Duration::from_secs(60),
+        EndMode::AwaitHangup(Duration::from_secs(60)),
+    );
     let sim = thread::spawn(move || run_call(&opts).expect("call"));
     avr.wait_log(|l| l.contains(&format!("[{uuid}] Connected to STS")), WAIT)
         .expect("call up");
@@ -100,10 +100,7 @@ fn sigterm_hangs_up_calls_past_the_grace_and_dead_letters_every_event() {
 fn sigterm_waits_only_as_long_as_the_calls_last() {
     let agent = echo();
     let mut avr = Avr::start(&[("STS_URL", &agent.url()), ("SHUTDOWN_GRACE", "30s")]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_millis(1500);
+    let (uuid, opts) = call_options(avr.addr(), Duration::from_millis(1500), EndMode::Close);
     let sim = thread::spawn(move || run_call(&opts).expect("call"));
     avr.wait_log(|l| l.contains(&format!("[{uuid}] Call started")), WAIT)
         .expect("call up");
@@ -125,11 +122,11 @@ fn sigterm_waits_only_as_long_as_the_calls_last() {
 fn a_second_sigint_hangs_up_at_once() {
     let agent = echo();
     let mut avr = Avr::start(&[("STS_URL", &agent.url()), ("SHUTDOWN_GRACE", "60s")]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_secs(60);
-    opts.end = EndMode::AwaitHangup(Duration::from_secs(60));
+    let (uuid, opts) = call_options(
+        avr.addr(),
+        Duration::from_secs(60),
+        EndMode::AwaitHangup(Duration::from_secs(60)),
+    );
     let sim = thread::spawn(move || run_call(&opts).expect("call"));
     avr.wait_log(|l| l.contains(&format!("[{uuid}] Call started")), WAIT)
         .expect("call up");
