@@ -94,6 +94,8 @@ pub enum EndReason {
     WriteFailed(String),
     /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`; avr-core hung up.
     Shutdown,
+    /// avr-core itself could not carry the call (resources); it hung up.
+    Internal(String),
 }
 
 impl std::fmt::Display for EndReason {
@@ -105,6 +107,7 @@ impl std::fmt::Display for EndReason {
             EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
             EndReason::WriteFailed(why) => write!(f, "cannot write to Asterisk ({why})"),
             EndReason::Shutdown => write!(f, "avr-core is shutting down (SHUTDOWN_GRACE ended)"),
+            EndReason::Internal(why) => write!(f, "avr-core could not carry the call ({why})"),
         }
     }
 }
@@ -232,6 +235,18 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         }
     });
 
+    if clock.is_none() || agent.is_none() {
+        // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
+        shared.end(EndReason::Internal(
+            "cannot start the call's threads; raise TasksMax or lower MAX_CALLS".into(),
+        ));
+        shared.outbox.close();
+        shared.playout.stop(Stop::Hangup);
+        if clock.is_none() {
+            let _ = (&shared.stream).write_all(&audiosocket::HANGUP);
+            let _ = shared.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
     let reader = read_loop(&shared, &mut frames, ctx);
 
     // Teardown: whichever side ended first, stop the others and wait for them.
