@@ -19,7 +19,7 @@ use crate::audiosocket::{self, HEADER_LEN, KIND_AUDIO, KIND_DTMF, KIND_HANGUP, K
 use crate::g711;
 
 mod load;
-pub use load::{run_load, LoadCall, LoadOptions, LoadReport, LoadSummary};
+pub use load::{frame_seq, marker, run_load, LoadCall, LoadOptions, LoadReport, LoadSummary};
 
 /// One audio frame: Asterisk's default ptime.
 const FRAME: Duration = Duration::from_millis(20);

@@ -5,21 +5,43 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use avr_core::echo_sts::{EchoOptions, EchoServer};
-use avr_core::simulate::{run_load, LoadOptions};
+use avr_core::simulate::{frame_seq, run_load, LoadOptions};
 use support::avr::Avr;
 
-fn echo() -> EchoServer {
+/// What the agent saw: per call uuid, the frame numbers in arrival order with their times.
+type Seen = Arc<Mutex<HashMap<String, Vec<(u32, Instant)>>>>;
+
+fn echo() -> (EchoServer, Seen) {
     let opts = EchoOptions {
         delay: Duration::from_millis(200),
         transcripts: false,
     };
-    EchoServer::start(([127, 0, 0, 1], 0).into(), opts).expect("start the echo agent")
+    let seen: Seen = Arc::default();
+    let tap_seen = seen.clone();
+    let tap = Arc::new(move |label: &str, pcm: &[u8], at: Instant| {
+        let mut seen = tap_seen.lock().unwrap();
+        let frames = seen.entry(label.to_string()).or_default();
+        for pair in pcm.chunks_exact(2) {
+            if let Some(seq) = frame_seq(i16::from_le_bytes([pair[0], pair[1]])) {
+                if frames.last().is_none_or(|&(last, _)| seq > last) {
+                    frames.push((seq, at));
+                }
+            }
+        }
+    });
+    let agent = EchoServer::start_with_tap(([127, 0, 0, 1], 0).into(), opts, tap)
+        .expect("start the echo agent");
+    (agent, seen)
 }
 
 #[test]
 fn load_mode_matches_every_echo_to_its_frame() {
-    let agent = echo();
+    let (agent, seen) = echo();
     let avr = Avr::start(&[("STS_URL", &agent.url()), ("LOG_LEVEL", "info")]);
     let mut opts = LoadOptions::new(avr.addr(), 10, Duration::from_millis(1500));
     opts.ramp = Duration::from_millis(200);
