@@ -54,7 +54,19 @@ fn load_mode_matches_every_echo_to_its_frame() {
     assert_eq!(s.unexpected_hangups + s.violations + s.errors, 0, "{text}");
     // 1.5 s marked + 0.2 s echo delay + 1 s tail = 135 frames per call.
     assert_eq!(s.frames_sent, 10 * 135, "{text}");
+    let seen = seen.lock().unwrap();
     for call in &report.calls {
+        // The agent's tap saw every marked frame, in order, after the caller sent it.
+        let at_agent = &seen[&call.uuid];
+        let t0 = call.started.unwrap();
+        assert_eq!(at_agent.len(), 75, "{text}");
+        for (k, &(seq, at)) in at_agent.iter().enumerate() {
+            assert_eq!(seq as usize, k);
+            assert!(
+                at >= t0 + call.sent[k],
+                "frame {k} reached the agent before it was sent"
+            );
+        }
         assert_eq!(
             call.echoes.len(),
             75,
