@@ -441,8 +441,10 @@ pub fn run_load(opts: &LoadOptions) -> LoadReport {
         for _ in 0..SAMPLES_PER_FRAME {
             frame.extend_from_slice(&sample.to_le_bytes());
         }
-        let written = (&mut &*stream).write_all(&frame);
+        // Stamped before the write: the server may read, forward and the agent stamp the frame
+        // before this thread is scheduled again after `write` returns.
         let now = shared.t0.elapsed();
+        let written = (&mut &*stream).write_all(&frame);
         match written {
             Ok(()) => {
                 slot.sent.push(now);
