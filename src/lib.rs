@@ -5,6 +5,7 @@
 pub mod audiosocket;
 pub mod call;
 pub mod config;
+pub mod demo;
 pub mod echo_sts;
 pub mod g711;
 pub mod http;

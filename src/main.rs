@@ -20,13 +20,14 @@ use avr_core::playout::Ambient;
 use avr_core::registry::Registry;
 use avr_core::server::StopSignal;
 use avr_core::webhook::{self, Event, EventKind, Webhooks};
-use avr_core::{echo_sts, http, server, simulate, sts, time};
+use avr_core::{demo, echo_sts, http, server, simulate, sts, time};
 
 const USAGE: &str = "\
 avr-core — bridges Asterisk AudioSocket calls to speech-to-speech AI agents
 
 USAGE:
     avr-core                 run the server (configured by environment variables)
+    avr-core demo            see it work: one call through avr-core, the echo agent and webhooks
     avr-core check-config    print the effective configuration (secrets masked); exit 1 if invalid
     avr-core simulate ...    act as Asterisk: place a call and report what came back
                              (avr-core simulate --help)
@@ -62,6 +63,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check-config") => check_config(),
+        Some("demo") => {
+            // The demo prints its own timeline; only warnings of its in-process agent show.
+            init_logging("warn");
+            demo::main(rest)
+        }
         Some("simulate") => {
             init_logging(&log_level_from_env());
             simulate::main(rest)
