@@ -218,6 +218,14 @@ fn cpu_percent(ticks: u64, over: Duration) -> f64 {
     ticks as f64 / TICKS_PER_SECOND / over.as_secs_f64() * 100.0
 }
 
+/// The avr-core binary to measure: `AVR_BENCH_BINARY` (e.g. the static musl build that ships
+/// in the packages), else this profile's build.
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("AVR_BENCH_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_avr-core").into())
+}
+
 /// The avr-core child: release build, loopback ports, webhooks to the local receiver.
 struct Avr {
     child: Child,
@@ -227,7 +235,7 @@ struct Avr {
 
 impl Avr {
     fn start(sts_url: &str, webhook_url: &str, dead_letters: &std::path::Path) -> Avr {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_avr-core"))
+        let mut child = Command::new(binary())
             .env_clear()
             .env("STS_URL", sts_url)
             .env("PORT", "0")
@@ -606,7 +614,12 @@ fn report(
     let mut md = String::new();
     let date = avr_core::time::iso8601_millis(SystemTime::now());
     let _ = writeln!(md, "# avr-core benchmarks\n");
-    let _ = writeln!(md, "- command: `cargo bench --bench load`");
+    let command = match std::env::var("AVR_BENCH_BINARY") {
+        Ok(b) => format!("AVR_BENCH_BINARY={b} cargo bench --bench load"),
+        Err(_) => "cargo bench --bench load".to_string(),
+    };
+    let _ = writeln!(md, "- command: `{command}`");
+    let _ = writeln!(md, "- binary: {}", binary().display());
     let _ = writeln!(md, "- date: {date}");
     let _ = writeln!(md, "- commit: {}", git_commit());
     let _ = writeln!(md, "- machine: {}", machine());
