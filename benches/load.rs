@@ -104,7 +104,12 @@ fn main() {
 
     let md = report(seconds, &idle, &after, &rows, &hooks, &call_rate);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-    std::fs::write(path, md).expect("write BENCHMARKS.md");
+    // The hand-written analysis (profiles, what limits, what to fix) survives a re-run.
+    let analysis = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find("\n## Analysis").map(|at| old[at..].to_string()))
+        .unwrap_or_default();
+    std::fs::write(path, md + &analysis).expect("write BENCHMARKS.md");
     println!("wrote {path}");
 }
 
@@ -191,6 +196,9 @@ struct Sample {
     rss_kib: u64,
     threads: usize,
     fds: usize,
+    /// Threads of calls (`call-*`, `sts-*`, `play-*`) per call (`call-*`), by thread name:
+    /// other threads (HTTP connections, webhook workers) do not blur it.
+    per_call_threads: f64,
 }
 
 /// `/proc/self/stat` CPU ticks of this (the benchmark's) process.
@@ -311,12 +319,28 @@ impl Avr {
                 .map(|d| d.count())
                 .unwrap_or(0)
         };
+        let (mut calls, mut call_threads) = (0usize, 0usize);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten() {
+            let Ok(task) = task else { continue };
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("call-") {
+                calls += 1;
+            }
+            if ["call-", "sts-", "play-"].iter().any(|p| comm.starts_with(p)) {
+                call_threads += 1;
+            }
+        }
         Sample {
             at: Some(Instant::now()),
             cpu_ticks: proc_ticks(&pid.to_string()),
             rss_kib,
             threads: count("task"),
             fds: count("fd"),
+            per_call_threads: if calls == 0 {
+                0.0
+            } else {
+                call_threads as f64 / calls as f64
+            },
         }
     }
 }
@@ -356,7 +380,7 @@ impl Row {
     }
 
     fn threads_per_call(&self) -> f64 {
-        self.peak.threads.saturating_sub(self.idle.threads) as f64 / self.calls as f64
+        self.peak.per_call_threads
     }
 
     fn line(&self) -> String {
@@ -410,6 +434,7 @@ fn step(avr: &Avr, tap: &Tap, hooks: &AtomicU64, calls: usize, seconds: f64, idl
         last = avr.sample();
         peak.rss_kib = peak.rss_kib.max(last.rss_kib);
         peak.threads = peak.threads.max(last.threads);
+        peak.per_call_threads = peak.per_call_threads.max(last.per_call_threads);
         peak.fds = peak.fds.max(last.fds);
     }
     let over = last.at.unwrap().duration_since(first.at.unwrap());
