@@ -20,7 +20,7 @@ testroot_setup
 rpm_root() { rpm --force-debian --root "$root" --dbpath /var/lib/rpm "$@"; }
 evr_of() { rpm -qp --qf '%{VERSION}-%{RELEASE}' "$1"; }
 env_file=/etc/avr-core/avr-core.env
-rpm_root --initdb
+rpm --root "$root" --dbpath /var/lib/rpm --initdb
 
 echo "== install $(evr_of "$old_rpm") (rpm -i)"
 rpm_root -i --nodeps "$old_rpm"
