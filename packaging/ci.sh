@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI's packaging steps (called by .ci/run): static musl binary, unit checks, .deb and .rpm
-# built and inspected, then installed/upgraded/removed in a throwaway root. Root, Debian 12.
+# built and inspected, then installed/upgraded/removed in a throwaway root, and the .deb run
+# under a booted systemd. Root, Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -20,10 +21,10 @@ fail() {
     exit 1
 }
 
-step "tools (apt: musl-tools debootstrap rpm shellcheck; cargo: cargo-deb cargo-generate-rpm)"
+step "tools (apt: musl-tools debootstrap rpm shellcheck systemd-container; cargo: cargo-deb cargo-generate-rpm)"
 missing=()
 for tool in musl-gcc:musl-tools debootstrap:debootstrap rpm:rpm shellcheck:shellcheck \
-    systemd-analyze:systemd zstd:zstd; do
+    systemd-analyze:systemd systemd-nspawn:systemd-container zstd:zstd; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -129,6 +130,9 @@ packaging/test-deb.sh "$deb" "$deb_up"
 
 step "install test of the .rpm in a throwaway root"
 packaging/test-rpm.sh "$rpm_pkg" "$rpm_up"
+
+step "the .deb under a real systemd (systemd-nspawn boot): start, call, upgrade, stop, purge"
+packaging/test-systemd.sh "$deb" "$deb_up"
 
 step "done"
 echo "packaging: all packaging checks passed; packages in $out"

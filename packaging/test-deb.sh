@@ -11,7 +11,7 @@ new_deb=$(realpath "$2")
 TEST_NAME=test-deb
 # shellcheck source=packaging/testroot.sh
 . packaging/testroot.sh
-testroot_setup
+testroot_setup chroot
 cp "$old_deb" "$root/tmp/old.deb"
 cp "$new_deb" "$root/tmp/new.deb"
 

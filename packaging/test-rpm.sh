@@ -14,7 +14,7 @@ TEST_NAME=test-rpm
 # shellcheck source=packaging/testroot.sh
 . packaging/testroot.sh
 command -v rpm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q rpm >/dev/null
-testroot_setup
+testroot_setup chroot
 
 # --force-debian: Debian's rpm otherwise warns that apt should be used.
 rpm_root() { rpm --force-debian --root "$root" --dbpath /var/lib/rpm "$@"; }

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced by test-deb.sh and test-rpm.sh: a throwaway Debian 12 root (debootstrap minbase +
-# adduser) to run the packages' real maintainer scripts in, and the check helpers.
-# The debootstrapped root is cached as a tarball under the target dir (40 s once, 3 s after).
+# Sourced by test-deb.sh, test-rpm.sh and test-systemd.sh: a throwaway Debian 12 root
+# (debootstrap minbase + adduser + systemd) to run the packages' real maintainer scripts in,
+# and the check helpers. The root is cached as a tarball under the target dir (about a minute
+# once, 3 s after).
 # Sets: root (the root's path), work (a scratch dir). Needs: TEST_NAME.
 
 [ "$(id -u)" -eq 0 ] || { echo "$TEST_NAME: must run as root (chroot)" >&2; exit 2; }
@@ -9,9 +10,11 @@
 work="${CARGO_TARGET_DIR:-target}/pkgtest"
 mkdir -p "$work"
 work=$(realpath "$work")
-# adduser is the .deb's one dependency outside minbase; baked in, so no apt lists or network
-# are needed at test time.
-cache="$work/bookworm-minbase-adduser.tar.zst"
+# adduser is the .deb's one dependency outside minbase, baked in so no apt lists or network
+# are needed at test time; systemd so test-systemd.sh can boot the root. The chroot tests
+# still see no running systemd (no /run/systemd/system).
+packages=adduser,systemd,systemd-sysv
+cache="$work/bookworm-minbase-${packages//,/-}.tar.zst"
 root="$work/root-$TEST_NAME"
 
 ok() { echo "$TEST_NAME: ok: $*"; }
@@ -36,7 +39,7 @@ testroot_cleanup() {
     rm -rf "$root"
 }
 
-testroot_setup() {
+testroot_setup() { # testroot_setup chroot|nspawn: nspawn mounts its own /proc
     trap testroot_cleanup EXIT
     testroot_cleanup
     if [ ! -f "$cache" ]; then
@@ -51,7 +54,7 @@ testroot_setup() {
         command -v debootstrap >/dev/null ||
             DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
         echo "$TEST_NAME: debootstrap bookworm minbase from $mirror (cached as $cache)"
-        debootstrap --variant=minbase --include=adduser bookworm "$root" "$mirror" \
+        debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" \
             >"$work/debootstrap.log" 2>&1 || {
             tail -n 20 "$work/debootstrap.log" >&2
             exit 1
@@ -61,7 +64,7 @@ testroot_setup() {
     fi
     mkdir -p "$root"
     tar -C "$root" --zstd -xf "$cache"
-    mount -t proc proc "$root/proc"
+    [ "$1" = nspawn ] || mount -t proc proc "$root/proc"
     # No /run/systemd/system in the root: the scripts must see "systemd is not running" and
     # skip start/stop, as in any chroot or container.
     [ ! -e "$root/run/systemd/system" ] || fail "the root claims a running systemd"
