@@ -12,17 +12,18 @@ use std::ffi::CString;
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::audiosocket::{self, Frame, FrameBuffer};
 use crate::config::{CodecChoice, Config};
 use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
 use crate::playout::{self, Ambient, Playout, Stop};
+use crate::registry::Registry;
 use crate::sts::{self, Inbound, Outbox, Outgoing, PumpEnd};
 use crate::webhook::{Event, EventKind, Webhooks};
 
@@ -42,6 +43,40 @@ pub struct CallContext {
     pub ambient: Option<Ambient>,
     pub events: Webhooks,
     pub metrics: Arc<Metrics>,
+    pub live: LiveCalls,
+    /// `/call` metadata waiting for its call.
+    pub registry: Arc<Registry>,
+}
+
+/// The calls in progress, so a shutdown can hang up those that outlive the grace period.
+#[derive(Default)]
+pub struct LiveCalls {
+    calls: Mutex<Vec<Weak<Shared>>>,
+}
+
+impl LiveCalls {
+    fn add(&self, call: &Arc<Shared>) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.retain(|c| c.strong_count() > 0);
+        calls.push(Arc::downgrade(call));
+    }
+
+    /// Hangs up every call in progress (`00 00 00`, so each dialplan continues); returns
+    /// how many there were.
+    pub fn hang_up_all(&self) -> usize {
+        let calls: Vec<Arc<Shared>> = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|c| c.upgrade())
+            .collect();
+        for call in &calls {
+            call.end(EndReason::Shutdown);
+            call.playout.stop(Stop::Hangup);
+        }
+        calls.len()
+    }
 }
 
 /// Why a call ended.
@@ -57,6 +92,10 @@ pub enum EndReason {
     Protocol(String),
     /// Writing to Asterisk failed.
     WriteFailed(String),
+    /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`; avr-core hung up.
+    Shutdown,
+    /// avr-core itself could not carry the call (resources); it hung up.
+    Internal(String),
 }
 
 impl std::fmt::Display for EndReason {
@@ -67,6 +106,8 @@ impl std::fmt::Display for EndReason {
             EndReason::AgentUnreachable(why) => write!(f, "agent unreachable ({why})"),
             EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
             EndReason::WriteFailed(why) => write!(f, "cannot write to Asterisk ({why})"),
+            EndReason::Shutdown => write!(f, "avr-core is shutting down (SHUTDOWN_GRACE ended)"),
+            EndReason::Internal(why) => write!(f, "avr-core could not carry the call ({why})"),
         }
     }
 }
@@ -135,7 +176,19 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     }
     let started = Instant::now();
     ctx.metrics.calls_total.fetch_add(1, Relaxed);
-    log::info!("[{uuid}] Call started from {peer}");
+    // A `/call` for this uuid chose the agent URL and the metadata for `init`.
+    let (sts_url, metadata) = match ctx.registry.take(&uuid, started) {
+        Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
+        None => (ctx.config.sts_url.clone(), None),
+    };
+    log::info!(
+        "[{uuid}] Call started from {peer}{}",
+        if metadata.is_some() {
+            " (with /call metadata)"
+        } else {
+            ""
+        }
+    );
     ctx.events
         .emit(Event::new(&uuid, EventKind::CallStarted, json!({})));
 
@@ -158,6 +211,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         reader_done: (Mutex::new(false), Condvar::new()),
     });
 
+    ctx.live.add(&shared);
+
     let clock = spawn(&uuid, "play", {
         let shared = shared.clone();
         let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
@@ -165,14 +220,33 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     });
     let agent = spawn(&uuid, "sts", {
         let shared = shared.clone();
-        let url = ctx.config.sts_url.clone();
         let timeout = ctx.config.sts_connect_timeout;
         let tls = ctx.tls.clone();
         let events = ctx.events.clone();
         let metrics = ctx.metrics.clone();
-        move || sts_thread(&shared, &url, timeout, &tls, &events, &metrics)
+        move || {
+            let agent = Agent {
+                url: &sts_url,
+                metadata: metadata.as_ref(),
+                timeout,
+                tls: &tls,
+            };
+            sts_thread(&shared, &agent, &events, &metrics)
+        }
     });
 
+    if clock.is_none() || agent.is_none() {
+        // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
+        shared.end(EndReason::Internal(
+            "cannot start the call's threads; raise TasksMax or lower MAX_CALLS".into(),
+        ));
+        shared.outbox.close();
+        shared.playout.stop(Stop::Hangup);
+        if clock.is_none() {
+            let _ = (&shared.stream).write_all(&audiosocket::HANGUP);
+            let _ = shared.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
     let reader = read_loop(&shared, &mut frames, ctx);
 
     // Teardown: whichever side ended first, stop the others and wait for them.
@@ -481,11 +555,18 @@ fn clock_thread(shared: &Shared, ambient: Option<playout::AmbientCursor>) -> pla
     stats
 }
 
+/// Where and how the call's STS thread connects.
+struct Agent<'a> {
+    url: &'a str,
+    /// The `/call` payload, carried in `init`.
+    metadata: Option<&'a Value>,
+    timeout: Duration,
+    tls: &'a Arc<rustls::ClientConfig>,
+}
+
 fn sts_thread(
     shared: &Shared,
-    url: &str,
-    timeout: Duration,
-    tls: &Arc<rustls::ClientConfig>,
+    agent: &Agent<'_>,
     events: &Webhooks,
     metrics: &Metrics,
 ) -> sts::PumpStats {
@@ -493,9 +574,9 @@ fn sts_thread(
     let mut stats = sts::PumpStats::default();
     log::info!(
         "[{uuid}] Connecting to STS WebSocket: {}",
-        crate::config::mask_url_password(url)
+        crate::config::mask_url_password(agent.url)
     );
-    let mut ws = match sts::connect(url, timeout, tls) {
+    let mut ws = match sts::connect(agent.url, agent.timeout, agent.tls) {
         Ok(ws) => ws,
         Err(e) => {
             metrics.sts_connect_failures.fetch_add(1, Relaxed);
@@ -505,7 +586,7 @@ fn sts_thread(
         }
     };
     log::info!("[{uuid}] Connected to STS");
-    let init = sts::init_message(uuid, None);
+    let init = sts::init_message(uuid, agent.metadata);
     let mut noted_unknown = false;
     let mut noted_invalid = false;
     let mut noted_odd = false;

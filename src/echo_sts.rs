@@ -94,6 +94,11 @@ pub enum EchoEvent {
     Closed { conn: u64 },
 }
 
+/// Sees every caller audio message: the connection's label (the call's uuid once `init` has
+/// come), the decoded PCM, and when the WebSocket read returned it. The benchmark runs the
+/// agent in its own process with a tap, so caller→agent latency is measured on one clock.
+pub type AudioTap = Arc<dyn Fn(&str, &[u8], Instant) + Send + Sync>;
+
 /// A running echo agent. Its accept loop runs for the life of the process.
 pub struct EchoServer {
     addr: SocketAddr,
@@ -104,6 +109,23 @@ pub struct EchoServer {
 impl EchoServer {
     /// Binds `bind` (port 0 picks a free port) and starts accepting in a named thread.
     pub fn start(bind: SocketAddr, opts: EchoOptions) -> io::Result<EchoServer> {
+        Self::start_inner(bind, opts, None)
+    }
+
+    /// [`start`](Self::start), with `tap` called for every caller audio message.
+    pub fn start_with_tap(
+        bind: SocketAddr,
+        opts: EchoOptions,
+        tap: AudioTap,
+    ) -> io::Result<EchoServer> {
+        Self::start_inner(bind, opts, Some(tap))
+    }
+
+    fn start_inner(
+        bind: SocketAddr,
+        opts: EchoOptions,
+        tap: Option<AudioTap>,
+    ) -> io::Result<EchoServer> {
         if opts.delay > MAX_DELAY {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -120,7 +142,7 @@ impl EchoServer {
         let loop_events = Arc::clone(&events);
         let accept_thread = thread::Builder::new()
             .name("echo-sts-accept".into())
-            .spawn(move || accept_loop(listener, opts, loop_events))?;
+            .spawn(move || accept_loop(listener, opts, loop_events, tap))?;
         Ok(EchoServer {
             addr,
             events,
@@ -232,7 +254,12 @@ impl Events {
     }
 }
 
-fn accept_loop(listener: TcpListener, opts: EchoOptions, events: Arc<Events>) {
+fn accept_loop(
+    listener: TcpListener,
+    opts: EchoOptions,
+    events: Arc<Events>,
+    tap: Option<AudioTap>,
+) {
     let mut last_conn = 0u64;
     for stream in listener.incoming() {
         let stream = match stream {
@@ -246,17 +273,18 @@ fn accept_loop(listener: TcpListener, opts: EchoOptions, events: Arc<Events>) {
         last_conn += 1;
         let conn = last_conn;
         let events = Arc::clone(&events);
+        let tap = tap.clone();
         let spawned = thread::Builder::new()
             .name(format!("echo-sts-{conn}"))
             .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, opts, &events));
+            .spawn(move || serve(conn, stream, opts, &events, tap));
         if let Err(e) = spawned {
             log::error!("Echo STS: no thread for connection {conn} ({e}); dropped it");
         }
     }
 }
 
-fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events) {
+fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events, tap: Option<AudioTap>) {
     let (ws, path) = match handshake(stream) {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -268,6 +296,7 @@ fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events) {
     events.emit(|| EchoEvent::Connected { conn, path });
     {
         let mut session = Session::new(conn, ws, opts, events);
+        session.tap = tap;
         match session.run() {
             Ok(()) => log::info!("[{}] Echo STS: connection closed", session.label),
             Err(e) => log::info!("[{}] Echo STS: connection ended: {e}", session.label),
@@ -335,6 +364,9 @@ struct Session<'a> {
     label: String,
     queue: EchoQueue,
     received_bytes: u64,
+    tap: Option<AudioTap>,
+    /// When the last WebSocket read returned: the arrival time the tap is given.
+    read_at: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -347,6 +379,8 @@ impl<'a> Session<'a> {
             label: format!("echo-conn-{conn}"),
             queue: EchoQueue::new(opts.delay),
             received_bytes: 0,
+            tap: None,
+            read_at: Instant::now(),
         }
     }
 
@@ -362,7 +396,9 @@ impl<'a> Session<'a> {
                 },
             };
             self.ws.get_ref().set_read_timeout(timeout)?;
-            match self.ws.read() {
+            let read = self.ws.read();
+            self.read_at = Instant::now();
+            match read {
                 Ok(Message::Text(text)) => self.on_text(text.as_str())?,
                 Ok(Message::Binary(bytes)) => log::warn!(
                     "[{}] Echo STS: ignored a {}-byte binary message (caller audio is JSON)",
@@ -442,6 +478,9 @@ impl<'a> Session<'a> {
                 pcm.len()
             );
             return Ok(());
+        }
+        if let Some(tap) = &self.tap {
+            tap(&self.label, &pcm, self.read_at);
         }
         self.queue.push(Instant::now(), &pcm);
         let seconds_before = self.received_bytes / BYTES_PER_SECOND;

@@ -1,19 +1,71 @@
 //! The AudioSocket listener: accepts connections, enforces `MAX_CALLS`, starts calls.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+
 use crate::audiosocket;
 use crate::call::{self, CallContext, CallSlot};
 
-/// Accepts calls until the listener fails. Each call runs on its own thread.
-pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
+/// Tells the listener to stop accepting. An eventfd the accept loop polls beside the listening
+/// socket: stopping needs no self-connection trick and no timeout loop.
+pub struct StopSignal {
+    fd: OwnedFd,
+}
+
+impl StopSignal {
+    pub fn new() -> io::Result<StopSignal> {
+        Ok(StopSignal {
+            fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+        })
+    }
+
+    pub fn trigger(&self) {
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// The next connection on `listener`, or `None` once the stop is triggered. The listener
+    /// must be non-blocking; the accepted stream is blocking.
+    pub fn accept(&self, listener: &TcpListener) -> Option<io::Result<TcpStream>> {
+        loop {
+            let mut fds = [
+                PollFd::new(listener, PollFlags::IN),
+                PollFd::new(&self.fd, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Some(Err(e.into())),
+            }
+            if !fds[1].revents().is_empty() {
+                return None;
+            }
+            match listener.accept() {
+                // Linux does not pass O_NONBLOCK on through accept(); make sure anyway.
+                Ok((s, _)) => return Some(s.set_nonblocking(false).map(|()| s)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Accepts calls until `stop` is triggered; each call runs on its own thread. Returns with
+/// the listener closed, so new connections are refused while live calls finish: `true` when
+/// stopped, `false` when the listener failed.
+pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) -> bool {
     let max = ctx.config.max_calls as u64;
-    for conn in listener.incoming() {
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::error!("AudioSocket listener: cannot make it non-blocking: {e}");
+        return false;
+    }
+    while let Some(conn) = stop.accept(&listener) {
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
@@ -45,6 +97,8 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>) {
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
     }
+    log::info!("AudioSocket listener closed: no new calls are accepted");
+    true
 }
 
 /// Hangs up a connection that cannot be served, without blocking the accept loop.

@@ -6,11 +6,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions, SimReport};
+use avr_core::simulate::{run_call, EndMode, EndedBy, SimReport};
 use serde_json::json;
 use support::avr::Avr;
 use support::sts::{StsConn, StsServer};
-use support::{assert_audio, new_uuid, non_silent, signal, to_bytes, to_samples, WAIT};
+use support::{assert_audio, call_options, non_silent, signal, to_bytes, to_samples, WAIT};
 
 /// Starts a simulated call in the background and waits for avr-core's `init` at the agent.
 fn call_with_agent(
@@ -19,11 +19,7 @@ fn call_with_agent(
     duration: Duration,
     end: EndMode,
 ) -> (String, StsConn, thread::JoinHandle<SimReport>) {
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = duration;
-    opts.end = end;
+    let (uuid, opts) = call_options(avr.addr(), duration, end);
     let sim = thread::spawn(move || run_call(&opts).expect("call"));
     let mut conn = sts.accept(WAIT).expect("avr-core connects to the agent");
     let init = conn.recv_json(WAIT).expect("init");
@@ -163,11 +159,11 @@ fn an_unreachable_agent_hangs_up_at_once() {
     };
     let url = format!("ws://{dead}");
     let avr = Avr::start(&[("STS_URL", &url)]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_secs(30);
-    opts.end = EndMode::AwaitHangup(Duration::from_secs(30));
+    let (uuid, opts) = call_options(
+        avr.addr(),
+        Duration::from_secs(30),
+        EndMode::AwaitHangup(Duration::from_secs(30)),
+    );
     let report = run_call(&opts).expect("call");
 
     assert_eq!(
@@ -200,11 +196,11 @@ fn an_agent_that_never_answers_the_handshake_times_out() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", silent.local_addr().unwrap());
     let avr = Avr::start(&[("STS_URL", &url), ("STS_CONNECT_TIMEOUT", "400ms")]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_secs(30);
-    opts.end = EndMode::AwaitHangup(Duration::from_secs(30));
+    let (uuid, opts) = call_options(
+        avr.addr(),
+        Duration::from_secs(30),
+        EndMode::AwaitHangup(Duration::from_secs(30)),
+    );
     let report = run_call(&opts).expect("call");
 
     assert_eq!(

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avr_core::audiosocket;
-use avr_core::simulate::{run_call, AudioSource, SimOptions};
+use avr_core::simulate::{run_call, AudioSource, EndMode, SimOptions};
 use support::avr::Avr;
 use support::sts::StsServer;
-use support::{assert_audio, new_uuid, non_silent, signal, to_samples, WAIT};
+use support::{assert_audio, call_options, new_uuid, non_silent, signal, to_samples, WAIT};
 
 fn connect(avr: &Avr) -> TcpStream {
     let s = TcpStream::connect(avr.addr()).expect("connect");
@@ -41,10 +41,7 @@ fn read_all(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
 
 /// A normal call through a fresh agent connection still works, end to end.
 fn normal_call_works(avr: &Avr, sts: &StsServer) {
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_millis(1200);
+    let (uuid, opts) = call_options(avr.addr(), Duration::from_millis(1200), EndMode::Close);
     let sim = std::thread::spawn(move || run_call(&opts).expect("call"));
     let mut conn = sts.accept(WAIT).expect("agent connection");
     conn.recv_until(WAIT, |m| m["type"] == "init")

@@ -11,7 +11,7 @@ use avr_core::audiosocket;
 use avr_core::echo_sts::{EchoOptions, EchoServer};
 use avr_core::simulate::{run_call, EndMode, SimOptions};
 use support::avr::Avr;
-use support::{new_uuid, WAIT};
+use support::{call_options, new_uuid, WAIT};
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap()
@@ -50,10 +50,7 @@ fn the_call_over_max_calls_gets_a_hangup_frame() {
     let (s, uuid) = live.pop().unwrap();
     drop(s);
     avr.wait_call_ended(&uuid, WAIT);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_millis(500);
+    let (uuid, opts) = call_options(avr.addr(), Duration::from_millis(500), EndMode::Close);
     let report = run_call(&opts).expect("call");
     assert!(report.frames_received > 5, "{}", report.summary());
     assert!(!report.hangup_received, "{}", report.summary());

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions};
+use avr_core::simulate::{run_call, EndMode, EndedBy};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use support::avr::Avr;
-use support::{assert_audio, new_uuid, non_silent, signal, to_bytes, to_samples, WAIT};
+use support::{assert_audio, call_options, non_silent, signal, to_bytes, to_samples, WAIT};
 use tungstenite::Message;
 
 /// A private CA and a `localhost` certificate it signed.
@@ -88,10 +88,7 @@ fn a_wss_agent_behind_a_private_ca_carries_the_call() {
     let url = format!("wss://localhost:{port}");
     let avr = Avr::start(&[("STS_URL", &url), ("SSL_CERT_FILE", ca.to_str().unwrap())]);
 
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_millis(1500);
+    let (uuid, opts) = call_options(avr.addr(), Duration::from_millis(1500), EndMode::Close);
     let report = run_call(&opts).expect("call");
     let _ = std::fs::remove_file(&ca);
 
@@ -115,11 +112,11 @@ fn an_untrusted_certificate_ends_the_call_with_a_clear_reason() {
     let url = format!("wss://localhost:{port}");
     let avr = Avr::start(&[("STS_URL", &url)]);
 
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut opts = SimOptions::new(avr.addr());
-    opts.uuid = uuid_bytes;
-    opts.duration = Duration::from_secs(20);
-    opts.end = EndMode::AwaitHangup(Duration::from_secs(20));
+    let (uuid, opts) = call_options(
+        avr.addr(),
+        Duration::from_secs(20),
+        EndMode::AwaitHangup(Duration::from_secs(20)),
+    );
     let report = run_call(&opts).expect("call");
 
     assert_eq!(

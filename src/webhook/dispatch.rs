@@ -10,7 +10,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -355,14 +354,7 @@ fn handle(shared: &Shared, sched: &mut Scheduler, done: Done) {
             error,
             delay,
         } => {
-            shared.metrics.webhook_retried.fetch_add(1, Relaxed);
-            log::info!(
-                "[{}] {} Attempt {attempts} of {} failed: {error}; retrying in {} ms",
-                msg.uuid,
-                msg.tag(),
-                shared.max_attempts,
-                delay.as_millis()
-            );
+            shared.note_retry(&msg, attempts, &error, delay);
         }
         Outcome::Failed(delivery) => {
             final_failure(

@@ -287,14 +287,7 @@ impl Webhooks {
             if Instant::now() + delay + Duration::from_millis(100) >= deadline {
                 break error;
             }
-            shared.metrics.webhook_retried.fetch_add(1, Relaxed);
-            log::info!(
-                "[{}] {} Attempt {attempts} of {} failed: {error}; retrying in {} ms",
-                msg.uuid,
-                msg.tag(),
-                shared.max_attempts,
-                delay.as_millis()
-            );
+            shared.note_retry(&msg, attempts, &error, delay);
             // The caller of /call is waiting for exactly this: nothing else to do meanwhile.
             thread::sleep(delay);
         };
@@ -363,6 +356,24 @@ impl Inner {
 }
 
 impl Shared {
+    /// Counts and logs an attempt that will be retried after `delay`.
+    fn note_retry(
+        &self,
+        msg: &Message,
+        attempts: u32,
+        error: &dyn std::fmt::Display,
+        delay: Duration,
+    ) {
+        self.metrics.webhook_retried.fetch_add(1, Relaxed);
+        log::info!(
+            "[{}] {} Attempt {attempts} of {} failed: {error}; retrying in {} ms",
+            msg.uuid,
+            msg.tag(),
+            self.max_attempts,
+            delay.as_millis()
+        );
+    }
+
     /// Takes a place in the queue if one is free.
     fn reserve(&self) -> bool {
         let taken = self

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Avr {
     child: Child,
     pub port: u16,
+    /// The HTTP service's port, when `HTTP_PORT` was given.
+    pub http_port: Option<u16>,
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
@@ -49,6 +51,7 @@ impl Avr {
         let mut avr = Avr {
             child,
             port: 0,
+            http_port: None,
             logs,
         };
         let line = avr
@@ -62,11 +65,25 @@ impl Avr {
             .next()
             .and_then(|p| p.trim().parse().ok())
             .expect("port in the listening line");
+        // avr-core starts the HTTP service before the AudioSocket listener.
+        avr.http_port = avr
+            .logs()
+            .iter()
+            .find_map(|l| l.split_once("AVR HTTP Server listening on port "))
+            .and_then(|(_, port)| port.trim().parse().ok());
         avr
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The HTTP service's address; panics unless it was started (`HTTP_PORT`).
+    pub fn http_addr(&self) -> SocketAddr {
+        let port = self
+            .http_port
+            .unwrap_or_else(|| panic!("no HTTP service; log:\n{}", self.log_text()));
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,6 +165,29 @@ impl Avr {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`), as systemd or an operator would.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit; its exit code, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the process is still running (it must survive every hostile input).

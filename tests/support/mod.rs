@@ -2,10 +2,14 @@
 #![allow(dead_code)]
 
 pub mod avr;
+pub mod http;
 pub mod sts;
 pub mod webhook;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use avr_core::simulate::{EndMode, SimOptions};
 
 /// Generous bound for anything that should happen "promptly" on a busy 2-core CI box.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -69,4 +73,14 @@ pub fn assert_audio(got: &[i16], expected: &[i16], prefix_ok: bool, min: usize, 
     } else {
         assert_eq!(got.len(), expected.len(), "sample counts differ\n{context}");
     }
+}
+
+/// Simulator options for one call with a fresh uuid: the uuid's text and the options.
+pub fn call_options(addr: SocketAddr, duration: Duration, end: EndMode) -> (String, SimOptions) {
+    let (uuid_bytes, uuid) = new_uuid();
+    let mut opts = SimOptions::new(addr);
+    opts.uuid = uuid_bytes;
+    opts.duration = duration;
+    opts.end = end;
+    (uuid, opts)
 }

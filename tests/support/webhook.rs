@@ -129,6 +129,11 @@ impl Reply {
         self.header("Content-Type", "application/json")
     }
 
+    pub fn body(mut self, body: &str) -> Reply {
+        self.body = body.as_bytes().to_vec();
+        self
+    }
+
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
         self

@@ -1,0 +1,742 @@
+//! The load benchmark: `cargo bench --bench load`. Writes `BENCHMARKS.md`.
+//!
+//! Starts the release build of avr-core as a child process, and in this process the echo
+//! agent (with an audio tap), the simulated callers (`simulate` load mode) and a webhook
+//! receiver, all on loopback. Agent and callers share this process so the agent stamps each
+//! caller frame's arrival on the same clock the caller stamped its send: caller→agent latency
+//! is one-way, matched frame by frame through the number marked in the samples.
+//!
+//! Steps through 1, 50, 100, 250, 500 and 1,000 concurrent calls (stopping after a step with
+//! failed calls), sampling avr-core's CPU, RSS, threads and fds from /proc; then measures
+//! webhook deliveries per second and `/call` requests per second.
+//!
+//! `AVR_BENCH_SECONDS` (marked audio per call, default 30) and `AVR_BENCH_STEPS`
+//! (comma-separated call counts) shorten a trial run.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use avr_core::config::Config;
+use avr_core::demo::HookSink;
+use avr_core::echo_sts::{EchoOptions, EchoServer};
+use avr_core::metrics::Metrics;
+use avr_core::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
+use avr_core::webhook::{Event, EventKind, Webhooks};
+
+const ECHO_DELAY: Duration = Duration::from_millis(200);
+const STEPS: [usize; 6] = [1, 50, 100, 250, 500, 1000];
+const WEBHOOK_EVENTS: usize = 50_000;
+const CALL_REQUEST_SECONDS: u64 = 5;
+const CALL_REQUEST_CLIENTS: usize = 8;
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` does not: then do nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("the load benchmark runs with `cargo bench --bench load`");
+        return;
+    }
+    if let Err(e) = raise_fd_limit() {
+        eprintln!("warning: cannot raise RLIMIT_NOFILE ({e}); large steps may fail");
+    }
+    let seconds: f64 = env_or("AVR_BENCH_SECONDS", 30.0);
+    let steps: Vec<usize> = std::env::var("AVR_BENCH_STEPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| STEPS.to_vec());
+
+    let tap = Tap::default();
+    let agent = EchoServer::start_with_tap(
+        ([127, 0, 0, 1], 0).into(),
+        EchoOptions {
+            delay: ECHO_DELAY,
+            transcripts: true,
+        },
+        tap.clone().into_fn(),
+    )
+    .expect("start the echo agent");
+    let hooks_seen = Arc::new(AtomicU64::new(0));
+    let sink = {
+        let seen = hooks_seen.clone();
+        HookSink::start(move |_, _| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        })
+        .expect("start the webhook receiver")
+    };
+    let dead_letters = std::env::temp_dir().join(format!("avr-bench-{}.jsonl", std::process::id()));
+    let avr = Avr::start(&agent.url(), &sink.url(), &dead_letters);
+    thread::sleep(Duration::from_millis(500));
+    let idle = avr.sample();
+    println!(
+        "avr-core pid {} idle: RSS {} KiB, {} threads, {} fds",
+        avr.pid(),
+        idle.rss_kib,
+        idle.threads,
+        idle.fds
+    );
+
+    let mut rows = Vec::new();
+    for &calls in &steps {
+        let row = step(&avr, &tap, &hooks_seen, calls, seconds, &idle);
+        println!("{}", row.line());
+        let failed = row.summary.failed > 0;
+        rows.push(row);
+        if failed {
+            println!("calls failed at {calls}: stopping the steps here");
+            break;
+        }
+        settle(&avr, &idle);
+    }
+
+    let hooks = webhook_rate(&sink.url(), &hooks_seen, &dead_letters);
+    println!("webhooks: {hooks}");
+    let call_rate = call_requests(avr.http);
+    println!("/call: {call_rate}");
+    let after = avr.sample();
+    drop(avr);
+    let _ = std::fs::remove_file(&dead_letters);
+
+    let md = report(seconds, &idle, &after, &rows, &hooks, &call_rate);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    std::fs::write(path, md).expect("write BENCHMARKS.md");
+    println!("wrote {path}");
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 1,000 calls need ~4,000 descriptors in avr-core and more here; the child inherits this.
+fn raise_fd_limit() -> std::io::Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    Ok(())
+}
+
+/// Per call uuid: each marked frame's arrival at the agent, on this process's clock.
+#[derive(Clone, Default)]
+struct Tap(Arc<Mutex<Arrivals>>);
+
+/// Call uuid → (frame number, arrival at the agent), in order.
+type Arrivals = HashMap<String, Vec<(u32, Instant)>>;
+
+impl Tap {
+    fn into_fn(self) -> avr_core::echo_sts::AudioTap {
+        Arc::new(move |label: &str, pcm: &[u8], at: Instant| {
+            let mut seqs = pcm
+                .chunks_exact(2)
+                .filter_map(|p| frame_seq(i16::from_le_bytes([p[0], p[1]])));
+            let Some(first) = seqs.next() else { return };
+            let last = seqs.next_back().unwrap_or(first);
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let frames = map.entry(label.to_string()).or_default();
+            for seq in first..=last {
+                if frames.last().is_none_or(|&(prev, _)| seq > prev) {
+                    frames.push((seq, at));
+                }
+            }
+        })
+    }
+
+    /// Caller→agent latencies (µs, ascending) for the calls of `report`; clears the tap.
+    fn one_way(&self, report: &LoadReport) -> Vec<u32> {
+        let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut out = Vec::new();
+        for call in &report.calls {
+            let (Some(t0), Some(frames)) = (call.started, map.get(&call.uuid)) else {
+                continue;
+            };
+            for &(seq, at) in frames {
+                if let Some(sent) = call.sent.get(seq as usize) {
+                    out.push(at.saturating_duration_since(t0 + *sent).as_micros() as u32);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Duration::from_micros(u64::from(sorted[rank.clamp(1, sorted.len()) - 1]))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// avr-core's footprint at one moment.
+#[derive(Clone, Copy, Default, Debug)]
+struct Sample {
+    at: Option<Instant>,
+    /// utime + stime, clock ticks.
+    cpu_ticks: u64,
+    rss_kib: u64,
+    threads: usize,
+    fds: usize,
+}
+
+/// `/proc/self/stat` CPU ticks of this (the benchmark's) process.
+fn own_ticks() -> u64 {
+    proc_ticks("self")
+}
+
+fn proc_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may contain spaces: utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
+/// USER_HZ: 100 on every Linux build this runs on (sysconf would need libc).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn cpu_percent(ticks: u64, over: Duration) -> f64 {
+    ticks as f64 / TICKS_PER_SECOND / over.as_secs_f64() * 100.0
+}
+
+/// The avr-core binary to measure: `AVR_BENCH_BINARY` (e.g. the static musl build that ships
+/// in the packages), else this profile's build.
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("AVR_BENCH_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_avr-core").into())
+}
+
+/// The avr-core child: release build, loopback ports, webhooks to the local receiver.
+struct Avr {
+    child: Child,
+    addr: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Avr {
+    fn start(sts_url: &str, webhook_url: &str, dead_letters: &std::path::Path) -> Avr {
+        let mut child = Command::new(binary())
+            .env_clear()
+            .env("STS_URL", sts_url)
+            .env("PORT", "0")
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("HTTP_PORT", "0")
+            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
+            .env("WEBHOOK_URL", webhook_url)
+            .env("WEBHOOK_DEAD_LETTER_FILE", dead_letters)
+            .env("MAX_CALLS", "2000")
+            .env("LOG_LEVEL", "warn,avr_core::server=info,avr_core=info")
+            .env("SHUTDOWN_GRACE", "1s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start avr-core (release build)");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // `/call` without a following call fills the metadata store by design here.
+                let expected = line.contains("Call metadata store full");
+                if line.contains("listening on port")
+                    || (line.contains("[WARN]") && !expected)
+                    || line.contains("[ERROR]")
+                {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let (mut port, mut http) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while port == 0 {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("avr-core did not start listening");
+            let number = || line.rsplit(' ').next().and_then(|p| p.trim().parse().ok());
+            if line.contains("AVR HTTP Server listening") {
+                http = number().unwrap_or(0);
+            } else if line.contains("AVR AudioSocket Server listening") {
+                port = number().unwrap_or(0);
+            } else {
+                eprintln!("avr| {line}");
+            }
+        }
+        // Warnings during the run are worth seeing (but only the first few hundred).
+        thread::spawn(move || {
+            for line in rx.iter().take(200) {
+                eprintln!("avr| {line}");
+            }
+        });
+        Avr {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            http: ([127, 0, 0, 1], http).into(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sample(&self) -> Sample {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let count = |dir: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{dir}"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        Sample {
+            at: Some(Instant::now()),
+            cpu_ticks: proc_ticks(&pid.to_string()),
+            rss_kib,
+            threads: count("task"),
+            fds: count("fd"),
+        }
+    }
+}
+
+impl Drop for Avr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until avr-core is back to its idle thread count between steps.
+fn settle(avr: &Avr, idle: &Sample) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while avr.sample().threads > idle.threads && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Row {
+    calls: usize,
+    summary: LoadSummary,
+    cpu: f64,
+    own_cpu: f64,
+    peak: Sample,
+    idle: Sample,
+    one_way_p50: Duration,
+    one_way_p99: Duration,
+    one_way_max: Duration,
+    sim_threads: usize,
+    hooks: u64,
+}
+
+impl Row {
+    fn rss_per_call(&self) -> f64 {
+        self.peak.rss_kib.saturating_sub(self.idle.rss_kib) as f64 / self.calls as f64
+    }
+
+    fn threads_per_call(&self) -> f64 {
+        self.peak.threads.saturating_sub(self.idle.threads) as f64 / self.calls as f64
+    }
+
+    fn line(&self) -> String {
+        let s = &self.summary;
+        format!(
+            "{:>5} calls: {} failed; avr-core CPU {:.0}% RSS {} KiB ({:.0} KiB/call) threads {} ({:.1}/call) fds {}; \
+             jitter p99 {} max {} ms; caller->agent p50 {} p99 {} max {} ms; round trip p50 {} p99 {} ms; lost {}; \
+             bench process CPU {:.0}%",
+            self.calls,
+            s.failed,
+            self.cpu,
+            self.peak.rss_kib,
+            self.rss_per_call(),
+            self.peak.threads,
+            self.threads_per_call(),
+            self.peak.fds,
+            ms(s.jitter_p99),
+            ms(s.jitter_max),
+            ms(self.one_way_p50),
+            ms(self.one_way_p99),
+            ms(self.one_way_max),
+            ms(s.round_trip_p50),
+            ms(s.round_trip_p99),
+            s.lost,
+            self.own_cpu,
+        )
+    }
+}
+
+/// One step: `calls` concurrent calls; avr-core sampled once a second while all are up.
+fn step(avr: &Avr, tap: &Tap, hooks: &AtomicU64, calls: usize, seconds: f64, idle: &Sample) -> Row {
+    let mut opts = LoadOptions::new(avr.addr, calls, Duration::from_secs_f64(seconds));
+    // 2 ms between call starts (at most 2 s): setup costs stay out of the steady state.
+    opts.ramp = Duration::from_millis((2 * calls as u64).min(2000));
+    opts.echo_delay = ECHO_DELAY;
+    let hooks_before = hooks.load(Ordering::Relaxed);
+    let runner = thread::spawn(move || run_load(&opts));
+    // Steady state: from 1 s after the ramp to 1 s before the marked audio ends.
+    let ramp = Duration::from_millis((2 * calls as u64).min(2000));
+    thread::sleep(ramp + Duration::from_secs(1));
+    let first = avr.sample();
+    let own_first = own_ticks();
+    let mut peak = first;
+    let window_end =
+        Instant::now() + Duration::from_secs_f64(seconds - 2.0).max(Duration::from_secs(1));
+    let mut last = first;
+    while Instant::now() < window_end {
+        thread::sleep(
+            Duration::from_millis(1000).min(window_end.saturating_duration_since(Instant::now())),
+        );
+        last = avr.sample();
+        peak.rss_kib = peak.rss_kib.max(last.rss_kib);
+        peak.threads = peak.threads.max(last.threads);
+        peak.fds = peak.fds.max(last.fds);
+    }
+    let over = last.at.unwrap().duration_since(first.at.unwrap());
+    let cpu = cpu_percent(last.cpu_ticks - first.cpu_ticks, over);
+    let own_cpu = cpu_percent(own_ticks() - own_first, over);
+    let report = runner.join().expect("the load run panicked");
+    let summary = report.summary();
+    if summary.failed > 0 {
+        print!("{}", report.text(10));
+    }
+    let one_way = tap.one_way(&report);
+    Row {
+        calls,
+        summary,
+        cpu,
+        own_cpu,
+        peak,
+        idle: *idle,
+        one_way_p50: pct(&one_way, 50.0),
+        one_way_p99: pct(&one_way, 99.0),
+        one_way_max: one_way
+            .last()
+            .map_or(Duration::ZERO, |&v| Duration::from_micros(u64::from(v))),
+        sim_threads: report.threads,
+        hooks: hooks.load(Ordering::Relaxed) - hooks_before,
+    }
+}
+
+/// Webhook deliveries per second: the library's delivery pipeline (queue, dispatcher,
+/// `WEBHOOK_WORKERS` = 4 workers, ureq, keep-alive) driven in this process with a burst of
+/// events spread over 1,000 calls, to the local receiver that answers 200 at once.
+fn webhook_rate(url: &str, seen: &AtomicU64, dead_letters: &std::path::Path) -> String {
+    let vars: Vec<(String, String)> = [
+        ("STS_URL", "ws://127.0.0.1:9"),
+        ("WEBHOOK_URL", url),
+        ("WEBHOOK_QUEUE_SIZE", "100000"),
+        ("WEBHOOK_DEAD_LETTER_FILE", &dead_letters.to_string_lossy()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = Config::from_vars(&vars).expect("webhook benchmark config");
+    let metrics = Arc::new(Metrics::default());
+    let hooks = Webhooks::start(&config, metrics.clone());
+    let uuids: Vec<String> = (0..1000)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let before = seen.load(Ordering::Relaxed);
+    let start = Instant::now();
+    for i in 0..WEBHOOK_EVENTS {
+        let payload = serde_json::json!({"role": "agent", "text": format!("line {i}")});
+        hooks.emit(Event::new(
+            &uuids[i % uuids.len()],
+            EventKind::Transcription,
+            payload,
+        ));
+    }
+    let enqueued = start.elapsed();
+    let deadline = start + Duration::from_secs(120);
+    while seen.load(Ordering::Relaxed) - before < WEBHOOK_EVENTS as u64 && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    let got = seen.load(Ordering::Relaxed) - before;
+    let _ = hooks.shutdown(Instant::now() + Duration::from_secs(2));
+    format!(
+        "{got} of {WEBHOOK_EVENTS} events delivered in {:.2} s = {:.0} events/s \
+         (enqueued in {:.2} s; delivered {}, failed {}, dead letters {})",
+        took.as_secs_f64(),
+        got as f64 / took.as_secs_f64(),
+        enqueued.as_secs_f64(),
+        metrics.webhook_delivered.load(Ordering::Relaxed),
+        metrics.webhook_failed.load(Ordering::Relaxed),
+        metrics.webhook_dead_letters.load(Ordering::Relaxed),
+    )
+}
+
+/// `/call` requests per second: clients each posting one request per connection (avr-core
+/// closes after each answer), every request also delivering its `call_initiated` webhook.
+fn call_requests(http: SocketAddr) -> String {
+    let stop = Instant::now() + Duration::from_secs(CALL_REQUEST_SECONDS);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..CALL_REQUEST_CLIENTS)
+        .map(|_| {
+            thread::spawn(move || {
+                let (mut ok, mut bad, mut lat) = (0u64, 0u64, Vec::new());
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    if post_call(http) {
+                        ok += 1;
+                        lat.push(t.elapsed().as_micros() as u32);
+                    } else {
+                        bad += 1;
+                    }
+                }
+                (ok, bad, lat)
+            })
+        })
+        .collect();
+    let (mut ok, mut bad, mut lat) = (0, 0, Vec::new());
+    for c in clients {
+        let (o, b, l) = c.join().expect("client thread");
+        ok += o;
+        bad += b;
+        lat.extend(l);
+    }
+    lat.sort_unstable();
+    let took = start.elapsed();
+    format!(
+        "{:.0} requests/s ({ok} answered 200, {bad} failed, {CALL_REQUEST_CLIENTS} clients, \
+         latency p50 {} ms p99 {} ms)",
+        ok as f64 / took.as_secs_f64(),
+        ms(pct(&lat, 50.0)),
+        ms(pct(&lat, 99.0)),
+    )
+}
+
+fn post_call(http: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&http, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let body = format!(
+        r#"{{"uuid":"{}","payload":{{"from":"2000","to":"5001"}}}}"#,
+        uuid::Uuid::new_v4()
+    );
+    let request = format!(
+        "POST /call HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let ram_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cores} CPUs (nproc), {cpu}, {:.1} GiB RAM, Linux {}",
+        ram_kib as f64 / 1024.0 / 1024.0,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    )
+}
+
+fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{commit} (with uncommitted changes)")
+    } else {
+        commit
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn report(
+    seconds: f64,
+    idle: &Sample,
+    after: &Sample,
+    rows: &[Row],
+    hooks: &str,
+    call_rate: &str,
+) -> String {
+    let mut md = String::new();
+    let date = avr_core::time::iso8601_millis(SystemTime::now());
+    let _ = writeln!(md, "# avr-core benchmarks\n");
+    let command = match std::env::var("AVR_BENCH_BINARY") {
+        Ok(b) => format!("AVR_BENCH_BINARY={b} cargo bench --bench load"),
+        Err(_) => "cargo bench --bench load".to_string(),
+    };
+    let _ = writeln!(md, "- command: `{command}`");
+    let _ = writeln!(md, "- binary: {}", binary().display());
+    let _ = writeln!(md, "- date: {date}");
+    let _ = writeln!(md, "- commit: {}", git_commit());
+    let _ = writeln!(md, "- machine: {}", machine());
+    let _ = writeln!(
+        md,
+        "- setup: avr-core release build as a child process; echo agent (delay {} ms, \
+         transcripts on), simulated callers and webhook receiver in the benchmark process; all \
+         on loopback. Each call sends {seconds:.0} s of frame-numbered slin audio, then silence \
+         until its echo is back (+1 s), then closes. Starts are spread 2 ms apart (at most 2 s). \
+         CPU/RSS/threads/fds are avr-core's, from /proc, over the steady state (all calls up); \
+         RSS and threads are the peak.",
+        ECHO_DELAY.as_millis()
+    );
+    let _ = writeln!(
+        md,
+        "- idle avr-core: RSS {} KiB, {} threads, {} fds; after the run: RSS {} KiB, {} threads, {} fds\n",
+        idle.rss_kib, idle.threads, idle.fds, after.rss_kib, after.threads, after.fds
+    );
+    let _ = writeln!(
+        md,
+        "| calls | failed | avr-core CPU | RSS | RSS/call | threads | threads/call | fds | jitter p99 | jitter max | caller→agent p50 | p99 | max | round trip p50 | p99 | frames lost | webhooks | bench CPU |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let s = &r.summary;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0}% | {:.1} MiB | {:.0} KiB | {} | {:.2} | {} | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} ms | {} | {} | {:.0}% |",
+            r.calls,
+            s.failed,
+            r.cpu,
+            r.peak.rss_kib as f64 / 1024.0,
+            r.rss_per_call(),
+            r.peak.threads,
+            r.threads_per_call(),
+            r.peak.fds,
+            ms(s.jitter_p99),
+            ms(s.jitter_max),
+            ms(r.one_way_p50),
+            ms(r.one_way_p99),
+            ms(r.one_way_max),
+            ms(s.round_trip_p50),
+            ms(s.round_trip_p99),
+            s.lost + s.dropped_samples.div_ceil(160),
+            r.hooks,
+            r.own_cpu,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\njitter = |gap − 20 ms| between consecutive frames as the caller received them. \
+         caller→agent = from the caller's write to the agent's WebSocket read, one way, per \
+         frame. round trip = caller → agent → caller minus the agent's {} ms, so it includes \
+         the 20 ms playout grid. frames lost = caller frames whose echo never came back plus \
+         agent audio dropped. bench CPU = the benchmark process (callers, agent, receiver) \
+         sharing the same 2 cores. The simulated callers use {} threads per call (a receiver \
+         each, plus one pacing thread for all).\n",
+        ECHO_DELAY.as_millis(),
+        rows.last()
+            .map_or(0.0, |r| r.sim_threads as f64 / r.calls as f64)
+            .round()
+    );
+    let _ = writeln!(md, "- webhooks: {hooks}");
+    let _ = writeln!(md, "- `/call`: {call_rate}\n");
+
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
+    if let Some(top) = rows.iter().max_by_key(|r| r.calls) {
+        let s = &top.summary;
+        let n = top.calls;
+        let two = Duration::from_millis(2);
+        let _ = writeln!(
+            md,
+            "| p99 pacing jitter ≤ 2 ms at 1,000 calls | {} ms at {n} | {} |",
+            ms(s.jitter_p99),
+            verdict(n >= 1000 && s.jitter_p99 <= two)
+        );
+        let lost = s.lost + s.dropped_samples.div_ceil(160);
+        let _ = writeln!(
+            md,
+            "| 0 frames lost at 1,000 calls | {lost} at {n} | {} |",
+            verdict(n >= 1000 && lost == 0)
+        );
+        let _ = writeln!(
+            md,
+            "| caller→agent p99 ≤ 2 ms | {} ms at {n} | {} |",
+            ms(top.one_way_p99),
+            verdict(top.one_way_p99 <= two)
+        );
+        let _ = writeln!(
+            md,
+            "| ≤ 3 threads per call | {:.2} at {n} | {} |",
+            top.threads_per_call(),
+            verdict(top.threads_per_call() <= 3.0)
+        );
+        let _ = writeln!(
+            md,
+            "| ≤ 64 KiB RSS per call | {:.0} KiB at {n} | {} |",
+            top.rss_per_call(),
+            verdict(top.rss_per_call() <= 64.0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| idle RSS ≤ 4 MiB | {:.1} MiB | {} |",
+        idle.rss_kib as f64 / 1024.0,
+        verdict(idle.rss_kib <= 4096)
+    );
+    let rate: f64 = hooks
+        .split(" = ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let _ = writeln!(
+        md,
+        "| ≥ 5,000 webhook events/s | {rate:.0}/s | {} |",
+        verdict(rate >= 5000.0)
+    );
+    md
+}
