@@ -20,7 +20,8 @@ fail() {
     finish FAIL
 }
 export DEBIAN_FRONTEND=noninteractive
-main_pid() { systemctl show -p MainPID --value avr-core; }
+prop() { systemctl show -p "$1" --value avr-core; }
+main_pid() { prop MainPID; }
 wait_listening() { # until the service's Nth "listening" line, 10 s at most
     for _ in $(seq 100); do
         [ "$(journalctl -u avr-core -o cat | grep -c 'AVR AudioSocket Server listening on port 5001')" -ge "$1" ] &&
@@ -48,8 +49,12 @@ ok "sandbox applied: NoNewPrivs 1, seccomp filter on, no effective capabilities"
 grep -Eq '^Max open files +8192 +8192' "/proc/$pid/limits" || fail "LimitNOFILE not applied"
 ok "LimitNOFILE=8192 applied"
 
-echo "== a call through the sandboxed service (echo agent at the shipped STS_URL, failing webhooks)"
-echo 'WEBHOOK_URL=http://127.0.0.1:9/hook' >>/etc/avr-core/avr-core.env
+echo "== a call through the sandboxed service (echo agent at the shipped STS_URL, failing webhooks, HTTP on)"
+cat >>/etc/avr-core/avr-core.env <<'ENV'
+WEBHOOK_URL=http://127.0.0.1:9/hook
+HTTP_PORT=6001
+SHUTDOWN_GRACE=2s
+ENV
 systemctl restart avr-core
 wait_listening 2
 avr-core echo-sts --port 6030 >/tmp/echo.log 2>&1 &
@@ -77,6 +82,19 @@ if denied=$(journalctl -u avr-core -o cat | grep -iE 'not permitted|permission d
 fi
 ok "no EPERM/EACCES/EROFS in the service's log"
 
+# HTTP over bash's /dev/tcp: curl is not in a minbase root.
+http_get() {
+    exec 3<>"/dev/tcp/127.0.0.1/6001"
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$1" >&3
+    cat <&3
+    exec 3<&-
+}
+health=$(http_get /health)
+grep -q '{"status":"ok"}' <<<"$health" || fail "GET /health: $health"
+metrics=$(http_get /metrics)
+grep -Eq '^avr_calls_total 1$' <<<"$metrics" || fail "GET /metrics: $metrics"
+ok "HTTP on 127.0.0.1:6001: /health ok, /metrics counts the call (avr_calls_total 1)"
+
 echo "== upgrade: postinst restarts the service, the edited env file is kept"
 old_pid=$(main_pid)
 apt-get install -y -q /root/new.deb >/tmp/apt.log 2>&1 </dev/null || { cat /tmp/apt.log; fail "upgrade"; }
@@ -85,12 +103,20 @@ wait_listening 3
 grep -q '^WEBHOOK_URL=http://127.0.0.1:9/hook' /etc/avr-core/avr-core.env || fail "edited env file lost"
 ok "restarted on upgrade (pid $old_pid -> $(main_pid)), env file edit kept, version $(dpkg-query -W -f='${Version}' avr-core)"
 
-echo "== stop (SIGTERM)"
+echo "== stop (SIGTERM) with a call in progress: SHUTDOWN_GRACE=2s, then hang up, exit 0"
+avr-core simulate --addr 127.0.0.1:5001 --seconds 8 >/tmp/sim.log 2>&1 &
+sim=$!
+for _ in $(seq 50); do [ "$(journalctl -u avr-core -o cat | grep -c 'Call started')" -ge 2 ] && break; sleep 0.1; done
 start=$(date +%s%N)
 systemctl stop avr-core
 ms=$((($(date +%s%N) - start) / 1000000))
-[ "$(systemctl show -p Result --value avr-core)" = success ] || fail "stop result $(systemctl show -p Result --value avr-core)"
-ok "systemctl stop took $ms ms, result success (TimeoutStopSec 45 s)"
+wait "$sim" || { cat /tmp/sim.log; fail "the call saw protocol violations"; }
+# ExecMainCode 1 = CLD_EXITED: it exited by itself, not killed by the signal.
+main_exit="$(prop Result) $(prop ExecMainCode) $(prop ExecMainStatus)"
+[ "$main_exit" = "success 1 0" ] || fail "stop: Result ExecMainCode ExecMainStatus = $main_exit"
+grep -q 'hangup: *00 00 00 received' /tmp/sim.log || { cat /tmp/sim.log; fail "the live call got no hangup frame"; }
+if [ "$ms" -lt 1500 ] || [ "$ms" -ge 10000 ]; then fail "stop took $ms ms, expected about SHUTDOWN_GRACE (2 s)"; fi
+ok "systemctl stop took $ms ms: the live call ran out its 2 s grace, got 00 00 00, avr-core exited 0"
 systemctl start avr-core
 wait_listening 4
 
