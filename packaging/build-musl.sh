@@ -10,6 +10,7 @@ MAX_BYTES=${MAX_BYTES:-$((4 * 1024 * 1024))} # 4 MiB: the appliance budget
 
 if ! command -v musl-gcc >/dev/null; then
     echo "build-musl: installing musl-tools (musl-gcc, for ring's C code)"
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null
 fi
 if ! rustup target list --installed | grep -qx "$TARGET"; then

@@ -13,7 +13,7 @@ new_rpm=$(realpath "$2")
 TEST_NAME=test-rpm
 # shellcheck source=packaging/testroot.sh
 . packaging/testroot.sh
-command -v rpm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q rpm >/dev/null
+command -v rpm >/dev/null || host_install rpm
 testroot_setup chroot
 
 # --force-debian: Debian's rpm otherwise warns that apt should be used.

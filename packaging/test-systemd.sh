@@ -12,8 +12,7 @@ new_deb=$(realpath "$2")
 TEST_NAME=test-systemd
 # shellcheck source=packaging/testroot.sh
 . packaging/testroot.sh
-command -v systemd-nspawn >/dev/null ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd-container >/dev/null
+command -v systemd-nspawn >/dev/null || host_install systemd-container
 testroot_setup nspawn
 
 cp "$old_deb" "$root/root/old.deb"

@@ -17,6 +17,10 @@ packages=adduser,systemd,systemd-sysv
 cache="$work/bookworm-minbase-${packages//,/-}.tar.zst"
 root="$work/root-$TEST_NAME"
 
+host_install() { # host_install PACKAGE...: on the host, from Debian's archive
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
 ok() { echo "$TEST_NAME: ok: $*"; }
 fail() {
     echo "$TEST_NAME: FAIL: $*" >&2
@@ -51,8 +55,7 @@ testroot_setup() { # testroot_setup chroot|nspawn: nspawn mounts its own /proc
                 grep -oE 'https?://[^[:space:]]+' | head -n1 || true)
         fi
         mirror=${mirror:-http://deb.debian.org/debian}
-        command -v debootstrap >/dev/null ||
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+        command -v debootstrap >/dev/null || host_install debootstrap
         echo "$TEST_NAME: debootstrap bookworm minbase from $mirror (cached as $cache)"
         debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" \
             >"$work/debootstrap.log" 2>&1 || {
