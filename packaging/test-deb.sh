@@ -49,9 +49,6 @@ config=$(in_root runuser -u avr-core -- sh -c "set -a; . $env_file; exec avr-cor
     fail "check-config rejects the shipped env file: $config"
 check "the shipped env file is readable by avr-core and passes check-config" true
 check "the shipped env file binds HTTP to 127.0.0.1" grep -qx 'HTTP_BIND_ADDRESS=127.0.0.1' <<<"$config"
-check "the dead-letter file defaults to the state directory" \
-    grep -qx 'WEBHOOK_DEAD_LETTER_FILE=/var/lib/avr-core/webhook-dead-letter.jsonl' \
-    <<<"$(in_root runuser -u avr-core -- env STATE_DIRECTORY=/var/lib/avr-core STS_URL=ws://127.0.0.1:6030 avr-core check-config)"
 
 echo "== edit $env_file"
 sed -i 's|^STS_URL=.*|STS_URL=wss://agent.example.com/sts|' "$root$env_file"
