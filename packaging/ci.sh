@@ -88,7 +88,6 @@ for entry in "-rwxr-xr-x 0/0 ./usr/bin/avr-core" \
     "-rw-r--r-- 0/0 ./lib/systemd/system/avr-core.service" \
     "-rw-r----- 0/0 ./etc/avr-core/avr-core.env" \
     "-rw-r--r-- 0/0 ./usr/share/doc/avr-core/README.md" \
-    "-rw-r--r-- 0/0 ./usr/share/doc/avr-core/README-operators.md" \
     "-rw-r--r-- 0/0 ./usr/share/doc/avr-core/copyright"; do
     grep -qxF -- "$entry" <<<"$contents" || fail ".deb lacks: $entry"
     ok ".deb has ${entry##* } (${entry% *})"
@@ -111,7 +110,6 @@ for entry in "-rwxr-xr-x root:root  /usr/bin/avr-core" \
     "-rw-r--r-- root:root  /usr/lib/systemd/system/avr-core.service" \
     "-rw-r----- root:avr-core cn /etc/avr-core/avr-core.env" \
     "-rw-r--r-- root:root d /usr/share/doc/avr-core/README.md" \
-    "-rw-r--r-- root:root d /usr/share/doc/avr-core/README-operators.md" \
     "-rw-r--r-- root:root d /usr/share/licenses/avr-core/LICENSE"; do
     grep -qxF -- "$entry" <<<"$files" || fail ".rpm lacks: $entry (has: $files)"
     ok ".rpm has ${entry##* } (${entry% *})"
