@@ -320,13 +320,19 @@ impl Avr {
                 .unwrap_or(0)
         };
         let (mut calls, mut call_threads) = (0usize, 0usize);
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+        {
             let Ok(task) = task else { continue };
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             if comm.starts_with("call-") {
                 calls += 1;
             }
-            if ["call-", "sts-", "play-"].iter().any(|p| comm.starts_with(p)) {
+            if ["call-", "sts-", "play-"]
+                .iter()
+                .any(|p| comm.starts_with(p))
+            {
                 call_threads += 1;
             }
         }
