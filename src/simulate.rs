@@ -1241,18 +1241,9 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut record = None;
     let mut end = EndMode::Close;
 
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |what: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{flag} needs a value: {what}"))
-        };
+    let mut flags = Flags::new(args);
+    while let Some((arg, flag, inline)) = flags.next_flag() {
+        let mut value = |what: &str| flags.value(flag, inline, what);
         match flag {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--addr" => addr = value("HOST:PORT")?,
@@ -1365,6 +1356,39 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
     opts.dtmf = dtmf;
     opts.end = end;
     Ok(Parsed::Run(Box::new(Cli { opts, record })))
+}
+
+/// A `--flag value` / `--flag=value` command line, read one flag at a time.
+pub(crate) struct Flags<'a> {
+    it: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Flags<'a> {
+    pub(crate) fn new(args: &'a [String]) -> Self {
+        Flags { it: args.iter() }
+    }
+
+    /// The next argument, its flag part and its inline (`=`) value.
+    pub(crate) fn next_flag(&mut self) -> Option<(&'a str, &'a str, Option<&'a str>)> {
+        let arg = self.it.next()?.as_str();
+        Some(match arg.split_once('=') {
+            Some((flag, v)) if flag.starts_with("--") => (arg, flag, Some(v)),
+            _ => (arg, arg, None),
+        })
+    }
+
+    /// The value of `flag`: its inline one, else the next argument.
+    pub(crate) fn value(
+        &mut self,
+        flag: &str,
+        inline: Option<&str>,
+        what: &str,
+    ) -> Result<String, String> {
+        inline
+            .map(str::to_string)
+            .or_else(|| self.it.next().cloned())
+            .ok_or_else(|| format!("{flag} needs a value: {what}"))
+    }
 }
 
 /// Finite, non-negative, and small enough for a `Duration` (a day is plenty for a test call).

@@ -608,18 +608,9 @@ fn parse_args(args: &[String]) -> Result<Option<(LoadOptions, usize)>, String> {
     let mut ramp_ms = 1000u64;
     let mut delay_ms = 200u64;
     let mut show = 20usize;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |what: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{flag} needs a value: {what}"))
-        };
+    let mut flags = super::Flags::new(args);
+    while let Some((arg, flag, inline)) = flags.next_flag() {
+        let mut value = |what: &str| flags.value(flag, inline, what);
         let number = |v: String, what: &str, max: u64| {
             v.parse::<u64>()
                 .ok()
