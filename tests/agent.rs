@@ -10,7 +10,10 @@ use avr_core::simulate::{run_call, EndMode, EndedBy, SimReport};
 use serde_json::json;
 use support::avr::Avr;
 use support::sts::{StsConn, StsServer};
-use support::{assert_audio, call_options, non_silent, signal, to_bytes, to_samples, WAIT};
+use support::{
+    assert_audio, call_hung_up_by_server, call_options, non_silent, signal, to_bytes, to_samples,
+    WAIT,
+};
 
 /// Starts a simulated call in the background and waits for avr-core's `init` at the agent.
 fn call_with_agent(
@@ -159,20 +162,7 @@ fn an_unreachable_agent_hangs_up_at_once() {
     };
     let url = format!("ws://{dead}");
     let avr = Avr::start(&[("STS_URL", &url)]);
-    let (uuid, opts) = call_options(
-        avr.addr(),
-        Duration::from_secs(30),
-        EndMode::AwaitHangup(Duration::from_secs(30)),
-    );
-    let report = run_call(&opts).expect("call");
-
-    assert_eq!(
-        report.ended_by,
-        EndedBy::ServerHangup,
-        "{}",
-        report.summary()
-    );
-    assert!(report.violations.is_empty(), "{}", report.summary());
+    let (uuid, report) = call_hung_up_by_server(avr.addr(), Duration::from_secs(30));
     assert!(
         report.duration < Duration::from_secs(3),
         "{}",
@@ -196,19 +186,7 @@ fn an_agent_that_never_answers_the_handshake_times_out() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", silent.local_addr().unwrap());
     let avr = Avr::start(&[("STS_URL", &url), ("STS_CONNECT_TIMEOUT", "400ms")]);
-    let (uuid, opts) = call_options(
-        avr.addr(),
-        Duration::from_secs(30),
-        EndMode::AwaitHangup(Duration::from_secs(30)),
-    );
-    let report = run_call(&opts).expect("call");
-
-    assert_eq!(
-        report.ended_by,
-        EndedBy::ServerHangup,
-        "{}",
-        report.summary()
-    );
+    let (uuid, report) = call_hung_up_by_server(avr.addr(), Duration::from_secs(30));
     assert!(
         report.duration >= Duration::from_millis(400),
         "{}",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use avr_core::audiosocket;
 use avr_core::simulate::{run_call, AudioSource, EndMode, SimOptions};
 use support::avr::Avr;
-use support::sts::StsServer;
+use support::sts::{StsConn, StsServer};
 use support::{assert_audio, call_options, new_uuid, non_silent, signal, to_samples, WAIT};
 
 fn connect(avr: &Avr) -> TcpStream {
@@ -22,6 +22,17 @@ fn connect(avr: &Avr) -> TcpStream {
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     audiosocket::encode(kind, payload).unwrap()
+}
+
+/// A raw call (UUID sent) whose agent connection has received `init`.
+fn open_call(avr: &Avr, sts: &StsServer) -> (String, TcpStream, StsConn) {
+    let (uuid_bytes, uuid) = new_uuid();
+    let mut s = connect(avr);
+    s.write_all(&frame(0x01, &uuid_bytes)).unwrap();
+    let mut conn = sts.accept(WAIT).expect("agent connection");
+    conn.recv_until(WAIT, |m| m["type"] == "init")
+        .expect("init");
+    (uuid, s, conn)
 }
 
 /// Reads until EOF (or `limit`); returns what the server sent.
@@ -74,11 +85,7 @@ fn settles_to(avr: &Avr, threads: usize, fds: usize) {
 fn unknown_kinds_and_zero_length_audio_are_skipped_and_the_call_goes_on() {
     let sts = StsServer::start();
     let avr = Avr::start(&[("STS_URL", &sts.url())]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut s = connect(&avr);
-    s.write_all(&frame(0x01, &uuid_bytes)).unwrap();
-    let mut conn = sts.accept(WAIT).unwrap();
-    conn.recv_until(WAIT, |m| m["type"] == "init").unwrap();
+    let (uuid, mut s, mut conn) = open_call(&avr, &sts);
 
     let mut junk = Vec::new();
     for kind in [0x02u8, 0x42, 0x7f] {
@@ -118,11 +125,7 @@ fn unknown_kinds_and_zero_length_audio_are_skipped_and_the_call_goes_on() {
 fn a_65535_byte_frame_is_read_whole_and_framing_continues() {
     let sts = StsServer::start();
     let avr = Avr::start(&[("STS_URL", &sts.url())]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut s = connect(&avr);
-    s.write_all(&frame(0x01, &uuid_bytes)).unwrap();
-    let mut conn = sts.accept(WAIT).unwrap();
-    conn.recv_until(WAIT, |m| m["type"] == "init").unwrap();
+    let (uuid, mut s, mut conn) = open_call(&avr, &sts);
     // The largest frame the format allows (2 s of audio, odd length), then normal frames.
     s.write_all(&frame(0x10, &vec![0x11; 65_535])).unwrap();
     use base64::Engine as _;
@@ -148,11 +151,7 @@ fn a_65535_byte_frame_is_read_whole_and_framing_continues() {
 fn a_65535_byte_header_then_silence_keeps_the_call_until_the_peer_leaves() {
     let sts = StsServer::start();
     let avr = Avr::start(&[("STS_URL", &sts.url())]);
-    let (uuid_bytes, uuid) = new_uuid();
-    let mut s = connect(&avr);
-    s.write_all(&frame(0x01, &uuid_bytes)).unwrap();
-    let mut conn = sts.accept(WAIT).unwrap();
-    conn.recv_until(WAIT, |m| m["type"] == "init").unwrap();
+    let (uuid, mut s, mut conn) = open_call(&avr, &sts);
     // A header announcing 65535 bytes, a little of its payload, then nothing.
     s.write_all(&[0x10, 0xff, 0xff]).unwrap();
     s.write_all(&[0; 100]).unwrap();

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use avr_core::simulate::{run_call, EndMode, EndedBy};
+use avr_core::simulate::{run_call, EndMode};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use support::avr::Avr;
-use support::{assert_audio, call_options, non_silent, signal, to_bytes, to_samples, WAIT};
+use support::{
+    assert_audio, call_hung_up_by_server, call_options, non_silent, signal, to_bytes, to_samples,
+    WAIT,
+};
 use tungstenite::Message;
 
 /// A private CA and a `localhost` certificate it signed.
@@ -112,19 +115,7 @@ fn an_untrusted_certificate_ends_the_call_with_a_clear_reason() {
     let url = format!("wss://localhost:{port}");
     let avr = Avr::start(&[("STS_URL", &url)]);
 
-    let (uuid, opts) = call_options(
-        avr.addr(),
-        Duration::from_secs(20),
-        EndMode::AwaitHangup(Duration::from_secs(20)),
-    );
-    let report = run_call(&opts).expect("call");
-
-    assert_eq!(
-        report.ended_by,
-        EndedBy::ServerHangup,
-        "{}",
-        report.summary()
-    );
+    let (uuid, _report) = call_hung_up_by_server(avr.addr(), Duration::from_secs(20));
     let why = avr
         .wait_log(
             |l| l.contains(&format!("[{uuid}] Call ending: agent unreachable")),

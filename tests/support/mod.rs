@@ -9,7 +9,7 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use avr_core::simulate::{EndMode, SimOptions};
+use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions, SimReport};
 
 /// Generous bound for anything that should happen "promptly" on a busy 2-core CI box.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -83,4 +83,18 @@ pub fn call_options(addr: SocketAddr, duration: Duration, end: EndMode) -> (Stri
     opts.duration = duration;
     opts.end = end;
     (uuid, opts)
+}
+
+/// A call that waits for avr-core to hang up (at most `limit`); asserts that it did, cleanly.
+pub fn call_hung_up_by_server(addr: SocketAddr, limit: Duration) -> (String, SimReport) {
+    let (uuid, opts) = call_options(addr, limit, EndMode::AwaitHangup(limit));
+    let report = run_call(&opts).expect("call");
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    (uuid, report)
 }
