@@ -17,14 +17,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use avr_core::config::Config;
-use avr_core::demo::HookSink;
+use avr_core::demo::{loopback_command, HookSink};
 use avr_core::echo_sts::{EchoOptions, EchoServer};
 use avr_core::metrics::Metrics;
 use avr_core::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
@@ -243,21 +243,9 @@ struct Avr {
 
 impl Avr {
     fn start(sts_url: &str, webhook_url: &str, dead_letters: &std::path::Path) -> Avr {
-        let mut child = Command::new(binary())
-            .env_clear()
-            .env("STS_URL", sts_url)
-            .env("PORT", "0")
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("HTTP_PORT", "0")
-            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
-            .env("WEBHOOK_URL", webhook_url)
-            .env("WEBHOOK_DEAD_LETTER_FILE", dead_letters)
+        let mut child = loopback_command(&binary(), sts_url, webhook_url, dead_letters)
             .env("MAX_CALLS", "2000")
             .env("LOG_LEVEL", "warn,avr_core::server=info,avr_core=info")
-            .env("SHUTDOWN_GRACE", "1s")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("start avr-core (release build)");
         let stderr = child.stderr.take().expect("stderr");

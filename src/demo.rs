@@ -353,6 +353,30 @@ struct Server {
     ended: Receiver<String>,
 }
 
+/// avr-core as a child on ephemeral loopback ports (AudioSocket and HTTP), webhooks to
+/// `webhook_url`, its log on a piped stderr: the setup the demo and the benchmark share.
+pub fn loopback_command(
+    exe: &std::path::Path,
+    sts_url: &str,
+    webhook_url: &str,
+    dead_letters: &std::path::Path,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env_clear()
+        .env("STS_URL", sts_url)
+        .env("PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .env("HTTP_BIND_ADDRESS", "127.0.0.1")
+        .env("WEBHOOK_URL", webhook_url)
+        .env("WEBHOOK_DEAD_LETTER_FILE", dead_letters)
+        .env("SHUTDOWN_GRACE", "1s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 impl Server {
     fn start(
         sts_url: &str,
@@ -363,20 +387,8 @@ impl Server {
     ) -> Result<Server, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this executable to start avr-core: {e}"))?;
-        let mut cmd = Command::new(exe);
-        cmd.env_clear()
-            .env("STS_URL", sts_url)
-            .env("PORT", "0")
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("HTTP_PORT", "0")
-            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
-            .env("WEBHOOK_URL", webhook_url)
-            .env("WEBHOOK_DEAD_LETTER_FILE", dead_letters)
-            .env("LOG_LEVEL", "info")
-            .env("SHUTDOWN_GRACE", "1s")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = loopback_command(&exe, sts_url, webhook_url, dead_letters);
+        cmd.env("LOG_LEVEL", "info");
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start avr-core: {e}"))?;
