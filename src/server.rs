@@ -97,6 +97,8 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
     }
+    // Closed before it is said to be: from this line on, connections are refused.
+    drop(listener);
     log::info!("AudioSocket listener closed: no new calls are accepted");
     true
 }
