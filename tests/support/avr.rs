@@ -144,9 +144,13 @@ impl Avr {
             .unwrap_or_else(|| panic!("call {uuid} did not end; log:\n{}", self.log_text()))
     }
 
-    /// The event types logged for `uuid`, in order (the debug event sink's lines).
+    /// The event types logged for `uuid`, in order (the debug event sink's lines), once its
+    /// `call_ended` is logged: that comes after the call's summary line, so waiting for the
+    /// summary alone can miss it.
     pub fn events(&self, uuid: &str) -> Vec<String> {
         let tag = format!("[{uuid}] event ");
+        let ended = format!("{tag}{{\"uuid\":\"{uuid}\",\"type\":\"call_ended\"");
+        self.wait_log(|l| l.contains(&ended), Duration::from_secs(10));
         self.logs()
             .iter()
             .filter_map(|l| l.split_once(&tag).map(|(_, body)| body.to_string()))
