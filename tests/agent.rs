@@ -11,8 +11,8 @@ use serde_json::json;
 use support::avr::Avr;
 use support::sts::{StsConn, StsServer};
 use support::{
-    assert_audio, call_hung_up_by_server, call_options, non_silent, signal, to_bytes, to_samples,
-    WAIT,
+    assert_audio, assert_heard, call_hung_up_by_server, call_options, non_silent, signal, to_bytes,
+    to_samples, WAIT,
 };
 
 /// Starts a simulated call in the background and waits for avr-core's `init` at the agent.
@@ -60,13 +60,7 @@ fn a_three_second_burst_is_paced_out_in_real_time() {
     let first = report.time_to_first_frame.expect("frames");
     assert!(first < Duration::from_secs(1), "{}", report.summary());
     // All of the burst arrives, in order, spread over about its own length.
-    assert_audio(
-        &non_silent(&to_samples(&report.received)),
-        &burst,
-        false,
-        0,
-        &report.summary(),
-    );
+    assert_heard(&report, &burst);
     let (a, b) = speech_frames(&report).unwrap();
     let spread = report.arrivals[b] - report.arrivals[a];
     assert!(
@@ -137,13 +131,7 @@ fn agent_close_plays_queued_audio_then_hangs_up() {
     );
     assert!(report.hangup_received);
     // Every queued sample was played before the hangup.
-    assert_audio(
-        &non_silent(&to_samples(&report.received)),
-        &goodbye,
-        false,
-        0,
-        &report.summary(),
-    );
+    assert_heard(&report, &goodbye);
     assert!(
         report.duration < Duration::from_secs(10),
         "{}",
@@ -236,13 +224,7 @@ fn agent_garbage_is_logged_once_and_the_call_goes_on() {
 
     assert!(report.violations.is_empty(), "{}", report.summary());
     assert_eq!(report.ended_by, EndedBy::Client, "{}", report.summary());
-    assert_audio(
-        &non_silent(&to_samples(&report.received)),
-        &tail,
-        false,
-        0,
-        &report.summary(),
-    );
+    assert_heard(&report, &tail);
     avr.wait_call_ended(&uuid, WAIT);
     let logs = avr.call_logs(&uuid);
     let count = |needle: &str| logs.iter().filter(|l| l.contains(needle)).count();

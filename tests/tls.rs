@@ -13,10 +13,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use support::avr::Avr;
-use support::{
-    assert_audio, call_hung_up_by_server, call_options, non_silent, signal, to_bytes, to_samples,
-    WAIT,
-};
+use support::{assert_heard, call_hung_up_by_server, call_options, signal, to_bytes, WAIT};
 use tungstenite::Message;
 
 /// A private CA and a `localhost` certificate it signed.
@@ -96,13 +93,7 @@ fn a_wss_agent_behind_a_private_ca_carries_the_call() {
     let _ = std::fs::remove_file(&ca);
 
     assert!(report.violations.is_empty(), "{}", report.summary());
-    assert_audio(
-        &non_silent(&to_samples(&report.received)),
-        &hello,
-        false,
-        0,
-        &report.summary(),
-    );
+    assert_heard(&report, &hello);
     let init = agent.join().unwrap().expect("the agent got init over TLS");
     assert_eq!(init, json!({"type": "init", "uuid": uuid}));
     avr.wait_call_ended(&uuid, WAIT);

@@ -98,3 +98,9 @@ pub fn call_hung_up_by_server(addr: SocketAddr, limit: Duration) -> (String, Sim
     assert!(report.violations.is_empty(), "{}", report.summary());
     (uuid, report)
 }
+
+/// Asserts that what the caller heard, silence taken out, is exactly `expected`.
+pub fn assert_heard(report: &SimReport, expected: &[i16]) {
+    let heard = non_silent(&to_samples(&report.received));
+    assert_audio(&heard, expected, false, 0, &report.summary());
+}
