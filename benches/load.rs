@@ -196,8 +196,9 @@ struct Sample {
     rss_kib: u64,
     threads: usize,
     fds: usize,
-    /// Threads of calls (`call-*`, `sts-*`, `play-*`) per call (`call-*`), by thread name:
-    /// other threads (HTTP connections, webhook workers) do not blur it.
+    /// Threads that carry calls (`call-*`, `sts-*` while connecting, and the shared
+    /// `clock-*`) per call (`call-*`), by thread name: other threads (HTTP connections,
+    /// webhook workers) do not blur it.
     per_call_threads: f64,
 }
 
@@ -317,7 +318,7 @@ impl Avr {
             if comm.starts_with("call-") {
                 calls += 1;
             }
-            if ["call-", "sts-", "play-"]
+            if ["call-", "sts-", "clock-"]
                 .iter()
                 .any(|p| comm.starts_with(p))
             {

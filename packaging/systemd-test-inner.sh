@@ -48,6 +48,16 @@ sandbox="$(status_field "$pid" NoNewPrivs) $(status_field "$pid" Seccomp) $(stat
 ok "sandbox applied: NoNewPrivs 1, seccomp filter on, no effective capabilities"
 grep -Eq '^Max open files +8192 +8192' "/proc/$pid/limits" || fail "LimitNOFILE not applied"
 ok "LimitNOFILE=8192 applied"
+clocks=0
+for task in /proc/"$pid"/task/*; do
+    case "$(cat "$task/comm")" in clock-*) ;; *) continue ;; esac
+    nice=$(sed 's/.*) //' "$task/stat" | cut -d' ' -f17)
+    [ "$nice" = "-10" ] || fail "clock thread $(cat "$task/comm") runs at nice $nice, not -10 (LimitNICE, setpriority filter)"
+    clocks=$((clocks + 1))
+done
+[ "$clocks" -gt 0 ] || fail "no clock-* threads in avr-core"
+! journalctl -u avr-core -o cat | grep -q 'Playout clocks run at normal priority' || fail "clocks refused their priority"
+ok "$clocks playout clock threads at nice -10 (LimitNICE=-10, setpriority allowed by the seccomp filter)"
 
 echo "== a call through the sandboxed service (echo agent at the shipped STS_URL, failing webhooks, HTTP on)"
 cat >>/etc/avr-core/avr-core.env <<'ENV'

@@ -1,30 +1,38 @@
-//! One call: its three threads, its lifecycle and its teardown.
+//! One call: its thread, its lifecycle and its teardown.
 //!
 //! ```text
-//! Asterisk ──TCP──> [reader] ──Outbox──> [sts] ──WebSocket──> agent
-//! Asterisk <──TCP── [clock]  <─Playout── [sts] <──WebSocket── agent
+//! Asterisk ──TCP──> [call thread] ─────────────WebSocket──> agent
+//! Asterisk <──TCP── [clock] <─Playout── [call thread] <──WebSocket── agent
 //! ```
-//! The reader is the call's own thread (spawned by the listener). It starts the clock and the
-//! STS thread as soon as the UUID arrives, reads until Asterisk is gone, then joins both. Every
-//! way a call can end sets one [`EndReason`] (the first wins) and logs one line saying why.
+//! The call's thread (spawned by the listener) reads the UUID, puts the call on a playout
+//! clock (shared by many calls, see [`crate::clock`]) and starts a short-lived thread that
+//! connects to the agent. Then it sleeps in `poll(2)` on the AudioSocket, the WebSocket and
+//! the call's [`Bell`] (rung when the agent is connected and when the clock has hung up),
+//! forwarding each caller frame the moment it arrives and each agent message the moment it
+//! lands: one wake-up per message, none on a timer. Every way a call can end sets one
+//! [`EndReason`] (the first wins) and logs one line saying why.
 
 use std::ffi::CString;
-use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
+use rustix::event::{poll, PollFd, PollFlags};
 use serde_json::{json, Value};
 
 use crate::audiosocket::{self, Frame, FrameBuffer};
+use crate::clock::{Clocks, FinishedKind, Playout};
 use crate::config::{CodecChoice, Config};
 use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
-use crate::playout::{self, Ambient, Playout, Stop};
+use crate::playout::{self, Ambient, Stop};
 use crate::registry::Registry;
-use crate::sts::{self, Inbound, Outbox, Outgoing, PumpEnd};
+use crate::server::Bell;
+use crate::sts::{self, Backlog, Inbound, Link, LinkEnd, Outgoing, StsError, Ws};
 use crate::webhook::{Event, EventKind, Webhooks};
 
 /// How long a new connection may take to send its UUID (SPEC §3).
@@ -36,6 +44,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Stack of each per-call thread. Touched pages only count towards RSS.
 pub const THREAD_STACK: usize = 256 * 1024;
 
+/// Send buffer asked for on each AudioSocket (the kernel doubles it): about 2 s of 8 kHz
+/// audio. Asterisk reads every 20 ms, so it never needs more; with the default (autotuned
+/// up to megabytes) a caller that stopped reading, or a host that vanished, would swallow
+/// minutes of audio before the clock noticed it (`clock::WRITE_STALL`).
+const AUDIOSOCKET_SEND_BUFFER: usize = 16 * 1024;
+
 /// What every call shares: built once by `main`.
 pub struct CallContext {
     pub config: Arc<Config>,
@@ -46,6 +60,8 @@ pub struct CallContext {
     pub live: LiveCalls,
     /// `/call` metadata waiting for its call.
     pub registry: Arc<Registry>,
+    /// The playout clocks every call's audio to Asterisk is written by.
+    pub clocks: Clocks,
 }
 
 /// The calls in progress, so a shutdown can hang up those that outlive the grace period.
@@ -112,15 +128,11 @@ impl std::fmt::Display for EndReason {
     }
 }
 
-/// State the three threads of a call share.
+/// What the call's thread and the shutdown path share.
 struct Shared {
     uuid: String,
-    stream: TcpStream,
-    playout: Playout,
-    outbox: Outbox,
+    playout: Arc<Playout>,
     end: Mutex<Option<EndReason>>,
-    /// Set by the reader when it is done, so the clock knows it need not force a close.
-    reader_done: (Mutex<bool>, Condvar),
 }
 
 impl Shared {
@@ -160,9 +172,6 @@ impl Drop for CallSlot {
 /// Reads the UUID, bridges the call, tears it down. Runs on the call's own thread.
 pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlot) {
     let _ = stream.set_nodelay(true);
-    // Asterisk reads without blocking and drops calls that stall; a clock blocked on a peer
-    // that stopped reading must fail instead of hanging the call.
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let mut frames = FrameBuffer::new(audiosocket::MAX_PAYLOAD);
     let uuid = match read_uuid(&stream, &mut frames) {
         Ok(bytes) => audiosocket::uuid_text(&bytes),
@@ -171,6 +180,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
             return;
         }
     };
+    let _ = stream.set_read_timeout(None);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, AUDIOSOCKET_SEND_BUFFER);
     if let Ok(name) = CString::new(format!("call-{}", &uuid[..8])) {
         let _ = rustix::thread::set_name(&name);
     }
@@ -192,8 +203,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     ctx.events
         .emit(Event::new(&uuid, EventKind::CallStarted, json!({})));
 
-    let outbox = match Outbox::new() {
-        Ok(o) => o,
+    let bell = match Bell::new() {
+        Ok(b) => Arc::new(b),
         Err(e) => {
             log::error!("[{uuid}] Cannot create the call's wake-up eventfd: {e}; hanging up");
             let _ = (&stream).write_all(&audiosocket::HANGUP);
@@ -202,63 +213,85 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
             return;
         }
     };
+    let stream = Arc::new(stream);
+    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
     let shared = Arc::new(Shared {
         uuid: uuid.clone(),
-        stream,
-        playout: Playout::default(),
-        outbox,
+        playout: ctx.clocks.add(stream.clone(), ambient, bell.clone()),
         end: Mutex::new(None),
-        reader_done: (Mutex::new(false), Condvar::new()),
     });
-
     ctx.live.add(&shared);
 
-    let clock = spawn(&uuid, "play", {
-        let shared = shared.clone();
-        let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
-        move || clock_thread(&shared, ambient)
-    });
-    let agent = spawn(&uuid, "sts", {
-        let shared = shared.clone();
-        let timeout = ctx.config.sts_connect_timeout;
-        let tls = ctx.tls.clone();
-        let events = ctx.events.clone();
-        let metrics = ctx.metrics.clone();
+    log::info!(
+        "[{uuid}] Connecting to STS WebSocket: {}",
+        crate::config::mask_url_password(&sts_url)
+    );
+    let (connected_tx, connected) = crossbeam_channel::bounded(1);
+    let connector = spawn(&uuid, "sts", {
+        let (timeout, tls, bell) = (
+            ctx.config.sts_connect_timeout,
+            ctx.tls.clone(),
+            bell.clone(),
+        );
         move || {
-            let agent = Agent {
-                url: &sts_url,
-                metadata: metadata.as_ref(),
-                timeout,
-                tls: &tls,
-            };
-            sts_thread(&shared, &agent, &events, &metrics)
+            let _ = connected_tx.send(sts::connect(&sts_url, timeout, &tls));
+            bell.ring();
         }
     });
-
-    if clock.is_none() || agent.is_none() {
+    let agent = if connector.is_some() {
+        AgentSide::Connecting(connected)
+    } else {
         // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
         shared.end(EndReason::Internal(
-            "cannot start the call's threads; raise TasksMax or lower MAX_CALLS".into(),
+            "cannot start the call's STS thread; raise TasksMax or lower MAX_CALLS".into(),
         ));
-        shared.outbox.close();
         shared.playout.stop(Stop::Hangup);
-        if clock.is_none() {
-            let _ = (&shared.stream).write_all(&audiosocket::HANGUP);
-            let _ = shared.stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-    let reader = read_loop(&shared, &mut frames, ctx);
+        AgentSide::Gone
+    };
 
-    // Teardown: whichever side ended first, stop the others and wait for them.
-    shared.outbox.close();
-    *shared
-        .reader_done
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = true;
-    shared.reader_done.1.notify_all();
-    let clock_stats = clock.and_then(|h| h.join().ok()).unwrap_or_default();
-    let pump_stats = agent.and_then(|h| h.join().ok()).unwrap_or_default();
+    let mut bridge = Bridge {
+        shared: &shared,
+        stream: &stream,
+        bell: &bell,
+        ctx,
+        frames,
+        agent,
+        backlog: Backlog::default(),
+        init: Some(sts::init_message(&uuid, metadata.as_ref())),
+        link_stats: sts::LinkStats::default(),
+        caller: CallerStats::new(&uuid, ctx.config.audio_codec),
+        noted: Noted::default(),
+        close_by: None,
+        unparseable: false,
+    };
+    bridge.run();
+
+    // Teardown: nothing more to Asterisk, then the agent, then the connect thread.
+    shared.playout.stop(Stop::Quiet);
+    let clock_stats = ctx.clocks.remove(&shared.playout);
+    let (frames_in, codec) = (bridge.caller.frames_in, bridge.caller.codec);
+    let mut link_stats = bridge.link_stats;
+    match std::mem::replace(&mut bridge.agent, AgentSide::Gone) {
+        AgentSide::Up(link) => {
+            link_stats = link.stats;
+            link.close();
+        }
+        AgentSide::Connecting(connected) => {
+            // The caller left first: the agent still gets `init` and a proper close.
+            if let Ok(Ok(ws)) = connected.recv() {
+                if let Some(init) = bridge.init.take() {
+                    if let Ok(link) = Link::new(ws, init) {
+                        link.close();
+                    }
+                }
+            }
+        }
+        AgentSide::Gone => {}
+    }
+    drop(bridge);
+    if let Some(h) = connector {
+        let _ = h.join();
+    }
     ctx.metrics
         .playout_underruns
         .fetch_add(clock_stats.underruns, Relaxed);
@@ -274,17 +307,18 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         .unwrap_or_else(|| "unknown".into());
     log::info!(
         "[{uuid}] Call ended after {:.1} s: {reason}; codec {}, frames in {}, frames out {} \
-         ({} agent, {} underruns, {} late slots skipped), audio messages to agent {}, \
-         messages from agent {}",
+         ({} agent, {} underruns, {} late slots skipped), audio messages to agent {} ({} \
+         dropped: agent not reading), messages from agent {}",
         started.elapsed().as_secs_f64(),
-        reader.codec.map(|c| c.name()).unwrap_or("none"),
-        reader.frames_in,
+        codec.map(|c| c.name()).unwrap_or("none"),
+        frames_in,
         clock_stats.frames_out,
         clock_stats.agent_frames,
         clock_stats.underruns,
         clock_stats.late_slots,
-        pump_stats.audio_sent,
-        pump_stats.messages_received,
+        link_stats.audio_sent,
+        link_stats.dropped_for_backpressure,
+        link_stats.messages_received,
     );
     ctx.events
         .emit(Event::new(&uuid, EventKind::CallEnded, json!({})));
@@ -365,13 +399,67 @@ fn no_uuid(frames: &FrameBuffer) -> String {
     )
 }
 
-/// What the reader saw, for the closing log line.
-struct ReaderStats {
-    frames_in: u64,
-    codec: Option<Codec>,
+/// The agent side of a call.
+enum AgentSide {
+    /// The connect thread is at work; its result arrives here (and rings the bell).
+    Connecting(Receiver<Result<Ws, StsError>>),
+    Up(Box<Link>),
+    /// Never reached, closed or failed: caller audio has nowhere to go.
+    Gone,
 }
 
-/// Which oddities of the caller's stream were already logged (once per call each).
+/// The caller's stream as the call's thread has seen it so far.
+struct CallerStats {
+    frames_in: u64,
+    codec: Option<Codec>,
+    /// Still deciding the codec (`AUDIO_CODEC=auto`).
+    detector: Option<Detector>,
+}
+
+impl CallerStats {
+    fn new(uuid: &str, choice: CodecChoice) -> CallerStats {
+        let forced = match choice {
+            CodecChoice::Auto => {
+                return CallerStats {
+                    frames_in: 0,
+                    codec: None,
+                    detector: Some(Detector::new()),
+                }
+            }
+            CodecChoice::Ulaw => Codec::Ulaw,
+            CodecChoice::Alaw => Codec::Alaw,
+            CodecChoice::Slin => Codec::Slin,
+        };
+        log::info!(
+            "[{uuid}] Audio codec forced by AUDIO_CODEC: {}",
+            forced.name()
+        );
+        CallerStats {
+            frames_in: 0,
+            codec: Some(forced),
+            detector: None,
+        }
+    }
+
+    /// The codec of this frame: the detector's guess until it has decided.
+    fn codec_of(&mut self, uuid: &str, payload: &[u8]) -> Codec {
+        match (&mut self.detector, self.codec) {
+            (Some(det), _) => {
+                let guess = det.observe(payload);
+                if let Some(decided) = det.decided() {
+                    log::info!("[{uuid}] Audio codec detected: {}", decided.name());
+                    self.codec = Some(decided);
+                    self.detector = None;
+                }
+                guess
+            }
+            (None, Some(c)) => c,
+            (None, None) => Codec::Slin,
+        }
+    }
+}
+
+/// Which oddities of the call were already logged (once per call each).
 #[derive(Default)]
 struct Noted {
     wideband: bool,
@@ -379,62 +467,249 @@ struct Noted {
     malformed: bool,
     second_uuid: bool,
     backlog: bool,
+    backpressure: bool,
+    agent_unknown: bool,
+    agent_invalid: bool,
+    agent_odd: bool,
+    agent_full: bool,
 }
 
-fn read_loop(shared: &Shared, frames: &mut FrameBuffer, ctx: &CallContext) -> ReaderStats {
-    let uuid = &shared.uuid;
-    let _ = shared.stream.set_read_timeout(None);
-    let mut stats = ReaderStats {
-        frames_in: 0,
-        codec: None,
-    };
-    let mut detector = match ctx.config.audio_codec {
-        CodecChoice::Auto => Some(Detector::new()),
-        forced => {
-            let codec = match forced {
-                CodecChoice::Ulaw => Codec::Ulaw,
-                CodecChoice::Alaw => Codec::Alaw,
-                _ => Codec::Slin,
-            };
-            log::info!(
-                "[{uuid}] Audio codec forced by AUDIO_CODEC: {}",
-                codec.name()
-            );
-            stats.codec = Some(codec);
-            None
-        }
-    };
-    let mut noted = Noted::default();
-    loop {
+/// The call's thread after the UUID: everything it polls and what it knows.
+struct Bridge<'a> {
+    shared: &'a Shared,
+    stream: &'a TcpStream,
+    bell: &'a Bell,
+    ctx: &'a CallContext,
+    frames: FrameBuffer,
+    agent: AgentSide,
+    /// Caller audio and DTMF waiting for the agent to answer.
+    backlog: Backlog,
+    /// Sent first once connected.
+    init: Option<String>,
+    /// What a link that is gone carried.
+    link_stats: sts::LinkStats,
+    caller: CallerStats,
+    noted: Noted,
+    /// The clock has let go (hung up or failed): Asterisk has until then to close.
+    close_by: Option<Instant>,
+    /// The caller's stream can no longer be framed: read and discard until it closes.
+    unparseable: bool,
+}
+
+/// The caller's side is over.
+struct CallerGone;
+
+impl Bridge<'_> {
+    fn run(&mut self) {
         loop {
-            let frame = match frames.next_frame() {
+            let timeout = match self.close_by {
+                Some(by) => {
+                    let left = by.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Asterisk did not close after the hangup: close for it.
+                        let _ = self.stream.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    Some(rustix::event::Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: i64::from(left.subsec_nanos()),
+                    })
+                }
+                None => None,
+            };
+            let (caller, bell, agent) = {
+                let mut fds = [
+                    PollFd::new(self.stream, PollFlags::IN),
+                    PollFd::new(self.bell, PollFlags::IN),
+                    PollFd::new(self.stream, PollFlags::empty()),
+                ];
+                let mut watched = 2;
+                if let AgentSide::Up(link) = &self.agent {
+                    fds[2] = PollFd::from_borrowed_fd(link.fd(), link.interest());
+                    watched = 3;
+                }
+                match poll(&mut fds[..watched], timeout.as_ref()) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        self.shared
+                            .end(EndReason::Internal(format!("poll failed: {e}")));
+                        return;
+                    }
+                }
+                (fds[0].revents(), fds[1].revents(), fds[2].revents())
+            };
+            if !bell.is_empty() {
+                self.bell.clear();
+                self.on_bell();
+            }
+            if !agent.is_empty() {
+                self.on_agent_ready(agent);
+            }
+            if !caller.is_empty() && self.on_caller_ready().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The connect thread finished, or the clock let go of the call.
+    fn on_bell(&mut self) {
+        if let AgentSide::Connecting(rx) = &self.agent {
+            if let Ok(result) = rx.try_recv() {
+                self.on_connected(result);
+            }
+        }
+        if self.close_by.is_none() {
+            if let Some(finished) = self.shared.playout.finished() {
+                if let FinishedKind::WriteFailed(kind, why) = finished {
+                    // A reset or broken pipe is the caller leaving; the read says so.
+                    if !matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+                        self.shared.end(EndReason::WriteFailed(why));
+                    }
+                }
+                self.close_by = Some(Instant::now() + CLOSE_WAIT);
+            }
+        }
+    }
+
+    fn on_connected(&mut self, result: Result<Ws, StsError>) {
+        let uuid = &self.shared.uuid;
+        let ws = match result {
+            Ok(ws) => ws,
+            Err(e) => {
+                self.ctx.metrics.sts_connect_failures.fetch_add(1, Relaxed);
+                self.shared.end(EndReason::AgentUnreachable(e.to_string()));
+                self.shared.playout.stop(Stop::Hangup);
+                self.agent = AgentSide::Gone;
+                return;
+            }
+        };
+        log::info!("[{uuid}] Connected to STS");
+        let init = self.init.take().unwrap_or_default();
+        match Link::new(ws, init) {
+            Ok(link) => self.agent = AgentSide::Up(Box::new(link)),
+            Err(e) => return self.agent_gone(LinkEnd::Failed(e)),
+        }
+        // What the agent sent right behind its handshake response may already sit in
+        // tungstenite's buffer, where poll(2) cannot see it.
+        self.on_agent_ready(PollFlags::IN);
+        if !matches!(self.agent, AgentSide::Up(_)) {
+            return;
+        }
+        let backlog: Vec<Outgoing> = self.backlog.drain().collect();
+        for item in backlog {
+            self.forward(item);
+        }
+    }
+
+    fn on_agent_ready(&mut self, revents: PollFlags) {
+        let AgentSide::Up(link) = &mut self.agent else {
+            return;
+        };
+        let (shared, events, noted) = (self.shared, &self.ctx.events, &mut self.noted);
+        if let Some(end) = link.on_ready(revents, |msg| on_inbound(shared, events, noted, msg)) {
+            self.agent_gone(end);
+        }
+    }
+
+    /// The agent is gone: what it already sent is played (at most `DRAIN_LIMIT`), then the
+    /// clock hangs up so the dialplan continues.
+    fn agent_gone(&mut self, end: LinkEnd) {
+        if let AgentSide::Up(link) = std::mem::replace(&mut self.agent, AgentSide::Gone) {
+            self.link_stats = link.stats;
+        }
+        let why = match end {
+            LinkEnd::AgentClosed(why) => {
+                let queued = self.shared.playout.lock().audio.len() / 16;
+                format!("{why}; playing {queued} ms of queued audio, then hanging up")
+            }
+            LinkEnd::Failed(e) => format!("{e}; playing queued audio, then hanging up"),
+        };
+        self.shared.end(EndReason::AgentClosed(why));
+        self.shared.playout.stop(Stop::Drain {
+            until: Instant::now() + playout::DRAIN_LIMIT,
+        });
+    }
+
+    /// Sends caller audio or a digit to the agent, or keeps it until the agent answers.
+    fn forward(&mut self, item: Outgoing) {
+        let uuid = &self.shared.uuid;
+        match &mut self.agent {
+            AgentSide::Up(link) => {
+                let dropped = link.stats.dropped_for_backpressure;
+                if let Err(e) = link.send(item) {
+                    return self.agent_gone(LinkEnd::Failed(e));
+                }
+                if link.stats.dropped_for_backpressure > dropped
+                    && !std::mem::replace(&mut self.noted.backpressure, true)
+                {
+                    log::warn!(
+                        "[{uuid}] The agent is not reading caller audio (512 KiB unsent): \
+                         dropping caller audio until it does (logged once per call)"
+                    );
+                }
+            }
+            AgentSide::Connecting(_) => {
+                let pushed = self.backlog.push(item);
+                if pushed.dropped_bytes > 0 && !std::mem::replace(&mut self.noted.backlog, true) {
+                    log::warn!(
+                        "[{uuid}] The agent is not connected yet: keeping the newest 1 s of \
+                         caller audio, dropping older audio"
+                    );
+                }
+            }
+            AgentSide::Gone => {}
+        }
+    }
+
+    /// Reads what Asterisk sent and handles every whole frame.
+    fn on_caller_ready(&mut self) -> Result<(), CallerGone> {
+        let read = if self.unparseable {
+            let mut sink = [0u8; 4096];
+            (&mut &*self.stream).read(&mut sink)
+        } else {
+            self.frames.read_from(&mut &*self.stream)
+        };
+        let why = match read {
+            Ok(0) if self.frames.buffered() > 0 && !self.unparseable => format!(
+                "Asterisk closed the connection mid-frame ({} bytes)",
+                self.frames.buffered()
+            ),
+            Ok(0) => "Asterisk closed the connection".into(),
+            Ok(_) => return self.on_frames(),
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {
+                return Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => "connection reset".into(),
+            Err(e) => format!("read failed: {e}"),
+        };
+        self.shared.end(EndReason::CallerHangup(why));
+        Err(CallerGone)
+    }
+
+    fn on_frames(&mut self) -> Result<(), CallerGone> {
+        if self.unparseable {
+            return Ok(());
+        }
+        let uuid = &self.shared.uuid;
+        loop {
+            let frame = match self.frames.next_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => {
-                    shared.end(EndReason::Protocol(e.to_string()));
-                    shared.playout.stop(Stop::Hangup);
-                    return stats;
+                    self.shared.end(EndReason::Protocol(e.to_string()));
+                    self.shared.playout.stop(Stop::Hangup);
+                    self.unparseable = true;
+                    return Ok(());
                 }
             };
-            stats.frames_in += 1;
-            match frame {
+            self.caller.frames_in += 1;
+            let item = match frame {
                 Frame::Audio {
                     rate_hz: 8000,
                     payload,
                 } => {
-                    let codec = match (&mut detector, stats.codec) {
-                        (Some(det), _) => {
-                            let guess = det.observe(payload);
-                            if let Some(decided) = det.decided() {
-                                log::info!("[{uuid}] Audio codec detected: {}", decided.name());
-                                stats.codec = Some(decided);
-                                detector = None;
-                            }
-                            guess
-                        }
-                        (None, Some(c)) => c,
-                        (None, None) => Codec::Slin,
-                    };
+                    let codec = self.caller.codec_of(uuid, payload);
                     // Asterisk reads len/2 samples; a stray odd byte would shift every sample after it.
                     let payload = match codec {
                         Codec::Slin => &payload[..payload.len() & !1],
@@ -442,168 +717,84 @@ fn read_loop(shared: &Shared, frames: &mut FrameBuffer, ctx: &CallContext) -> Re
                     };
                     let mut pcm = Vec::with_capacity(payload.len() * 2);
                     g711::decode_into(codec, payload, &mut pcm);
-                    let pushed = shared.outbox.push(Outgoing::Audio(pcm));
-                    if pushed.dropped_bytes > 0 && !noted.backlog {
-                        noted.backlog = true;
-                        log::warn!(
-                            "[{uuid}] The agent is not taking caller audio (not connected yet \
-                             or stalled): keeping the newest 1 s, dropping older audio"
-                        );
-                    }
+                    Outgoing::Audio(pcm)
                 }
                 Frame::Audio { rate_hz, .. } => {
-                    if !std::mem::replace(&mut noted.wideband, true) {
+                    if !std::mem::replace(&mut self.noted.wideband, true) {
                         log::warn!(
                             "[{uuid}] Ignoring {rate_hz} Hz audio: only 8 kHz (kind 0x10) is \
                              supported; use c(slin) in the dialplan"
                         );
                     }
+                    continue;
                 }
                 Frame::Dtmf(digit) => {
                     log::info!("[{uuid}] DTMF digit: {digit}");
-                    shared.outbox.push(Outgoing::Dtmf(digit));
-                    ctx.events.emit(Event::new(
+                    self.ctx.events.emit(Event::new(
                         uuid,
                         EventKind::DtmfDigit,
                         json!({"digit": digit.to_string()}),
                     ));
+                    Outgoing::Dtmf(digit)
                 }
                 Frame::Hangup => {
-                    shared.end(EndReason::CallerHangup(
+                    self.shared.end(EndReason::CallerHangup(
                         "Asterisk sent a hangup frame".into(),
                     ));
-                    shared.playout.stop(Stop::Quiet);
-                    return stats;
+                    return Err(CallerGone);
                 }
                 Frame::Error(code) => {
-                    shared.end(EndReason::CallerHangup(format!(
+                    self.shared.end(EndReason::CallerHangup(format!(
                         "Asterisk sent an error frame {code:02x?}"
                     )));
-                    shared.playout.stop(Stop::Quiet);
-                    return stats;
+                    return Err(CallerGone);
                 }
                 Frame::Uuid(_) => {
-                    if !std::mem::replace(&mut noted.second_uuid, true) {
+                    if !std::mem::replace(&mut self.noted.second_uuid, true) {
                         log::warn!("[{uuid}] Ignoring a second UUID frame");
                     }
+                    continue;
                 }
                 Frame::Unknown { kind, len } => {
-                    if !std::mem::replace(&mut noted.unknown, true) {
+                    if !std::mem::replace(&mut self.noted.unknown, true) {
                         log::warn!(
                             "[{uuid}] Ignoring AudioSocket frames of unknown kind 0x{kind:02x} \
                              ({len} bytes); logged once per call"
                         );
                     }
+                    continue;
                 }
                 Frame::Malformed { kind, len, reason } => {
-                    if !std::mem::replace(&mut noted.malformed, true) {
+                    if !std::mem::replace(&mut self.noted.malformed, true) {
                         log::warn!(
                             "[{uuid}] Ignoring a malformed kind 0x{kind:02x} frame ({len} bytes: \
                              {reason}); logged once per call"
                         );
                     }
+                    continue;
                 }
-            }
-        }
-        let mut reader = &shared.stream;
-        match frames.read_from(&mut reader) {
-            Ok(0) => {
-                let why = if frames.buffered() > 0 {
-                    format!(
-                        "Asterisk closed the connection mid-frame ({} bytes)",
-                        frames.buffered()
-                    )
-                } else {
-                    "Asterisk closed the connection".into()
-                };
-                shared.end(EndReason::CallerHangup(why));
-                break;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                shared.end(EndReason::CallerHangup("connection reset".into()));
-                break;
-            }
-            Err(e) => {
-                shared.end(EndReason::CallerHangup(format!("read failed: {e}")));
-                break;
-            }
+            };
+            self.forward(item);
         }
     }
-    shared.playout.stop(Stop::Quiet);
-    stats
 }
 
-fn clock_thread(shared: &Shared, ambient: Option<playout::AmbientCursor>) -> playout::ClockStats {
-    let (stats, err) = playout::run_clock(&shared.stream, &shared.playout, ambient);
-    if let Some(e) = err {
-        if e.kind() != ErrorKind::BrokenPipe && e.kind() != ErrorKind::ConnectionReset {
-            shared.end(EndReason::WriteFailed(e.to_string()));
-        }
-    }
-    // Unless the reader is already done, we hung up or could not write: give Asterisk a
-    // moment to close its side, then close ours so the reader's blocking read returns.
-    let (lock, cv) = &shared.reader_done;
-    let done = lock.lock().unwrap_or_else(|e| e.into_inner());
-    let (done, _) = cv
-        .wait_timeout_while(done, CLOSE_WAIT, |d| !*d)
-        .unwrap_or_else(|e| e.into_inner());
-    if !*done {
-        let _ = shared.stream.shutdown(std::net::Shutdown::Both);
-    }
-    stats
-}
-
-/// Where and how the call's STS thread connects.
-struct Agent<'a> {
-    url: &'a str,
-    /// The `/call` payload, carried in `init`.
-    metadata: Option<&'a Value>,
-    timeout: Duration,
-    tls: &'a Arc<rustls::ClientConfig>,
-}
-
-fn sts_thread(
-    shared: &Shared,
-    agent: &Agent<'_>,
-    events: &Webhooks,
-    metrics: &Metrics,
-) -> sts::PumpStats {
+/// One message from the agent.
+fn on_inbound(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: Inbound) {
     let uuid = &shared.uuid;
-    let mut stats = sts::PumpStats::default();
-    log::info!(
-        "[{uuid}] Connecting to STS WebSocket: {}",
-        crate::config::mask_url_password(agent.url)
-    );
-    let mut ws = match sts::connect(agent.url, agent.timeout, agent.tls) {
-        Ok(ws) => ws,
-        Err(e) => {
-            metrics.sts_connect_failures.fetch_add(1, Relaxed);
-            shared.end(EndReason::AgentUnreachable(e.to_string()));
-            shared.playout.stop(Stop::Hangup);
-            return stats;
-        }
-    };
-    log::info!("[{uuid}] Connected to STS");
-    let init = sts::init_message(uuid, agent.metadata);
-    let mut noted_unknown = false;
-    let mut noted_invalid = false;
-    let mut noted_odd = false;
-    let mut noted_full = false;
-    let end = sts::pump(&mut ws, init, &shared.outbox, &mut stats, |msg| match msg {
+    match msg {
         Inbound::Audio {
             pcm,
             odd_byte_dropped,
         } => {
-            if odd_byte_dropped && !std::mem::replace(&mut noted_odd, true) {
+            if odd_byte_dropped && !std::mem::replace(&mut noted.agent_odd, true) {
                 log::warn!(
                     "[{uuid}] The agent sent audio of odd length; dropped the stray byte \
                      (logged once per call)"
                 );
             }
             let refused = shared.playout.lock().audio.push(&pcm, Instant::now());
-            if refused > 0 && !std::mem::replace(&mut noted_full, true) {
+            if refused > 0 && !std::mem::replace(&mut noted.agent_full, true) {
                 log::warn!(
                     "[{uuid}] The agent sent more than {} s of audio ahead of playback; \
                      dropping the excess",
@@ -631,41 +822,18 @@ fn sts_thread(
             log::warn!("[{uuid}] STS error: {message}");
         }
         Inbound::Unknown(kind) => {
-            if !std::mem::replace(&mut noted_unknown, true) {
+            if !std::mem::replace(&mut noted.agent_unknown, true) {
                 log::warn!(
                     "[{uuid}] Ignoring STS messages of unknown type {kind:?} (logged once per call)"
                 );
             }
         }
         Inbound::Invalid(why) => {
-            if !std::mem::replace(&mut noted_invalid, true) {
+            if !std::mem::replace(&mut noted.agent_invalid, true) {
                 log::warn!(
                     "[{uuid}] Ignoring an unusable STS message: {why} (logged once per call)"
                 );
             }
         }
-    });
-    // Caller audio has nowhere to go any more.
-    shared.outbox.close();
-    match end {
-        PumpEnd::Closed => {}
-        PumpEnd::AgentClosed(why) => {
-            let queued = shared.playout.lock().audio.len() / 16;
-            shared.end(EndReason::AgentClosed(format!(
-                "{why}; playing {queued} ms of queued audio, then hanging up"
-            )));
-            shared.playout.stop(Stop::Drain {
-                until: Instant::now() + playout::DRAIN_LIMIT,
-            });
-        }
-        PumpEnd::Failed(e) => {
-            shared.end(EndReason::AgentClosed(format!(
-                "{e}; playing queued audio, then hanging up"
-            )));
-            shared.playout.stop(Stop::Drain {
-                until: Instant::now() + playout::DRAIN_LIMIT,
-            });
-        }
     }
-    stats
 }

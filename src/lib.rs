@@ -4,6 +4,7 @@
 
 pub mod audiosocket;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod echo_sts;

@@ -14,6 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use avr_core::call::{CallContext, LiveCalls};
+use avr_core::clock::Clocks;
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::playout::Ambient;
@@ -179,6 +180,10 @@ fn serve() -> ExitCode {
         .map(|a| a.port())
         .unwrap_or(config.port);
 
+    let clocks = match Clocks::start(config.max_calls) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("cannot start the playout clock threads: {e}")),
+    };
     let ctx = Arc::new(CallContext {
         config: config.clone(),
         tls,
@@ -187,6 +192,7 @@ fn serve() -> ExitCode {
         metrics: metrics.clone(),
         live: LiveCalls::default(),
         registry,
+        clocks,
     });
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,

@@ -1,21 +1,17 @@
-//! The playout clock: one 320-byte slin frame to Asterisk every 20 ms, from the UUID to the
-//! hangup, whatever the agent does.
+//! What the playout clock plays: the agent's audio waiting for its 20 ms slots, the ambient
+//! noise under it, and how a call asks playout to end. Pure logic; the clock that writes it
+//! to Asterisk is [`crate::clock`].
 //!
 //! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6): a burst from
 //! the agent would leave as a burst of RTP and garble the caller's audio. So agent audio
-//! goes into [`AgentAudio`] and only this clock takes it out, on a monotonic deadline grid.
+//! goes into [`AgentAudio`] and only the clock takes it out, one frame per tick.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::audiosocket::{self, SLIN_FRAME_BYTES};
-
-/// One tick of the clock.
-pub const TICK: Duration = Duration::from_millis(20);
+use crate::audiosocket::SLIN_FRAME_BYTES;
 
 /// Agent audio held at most: 2 minutes. A runaway agent cannot exhaust memory.
 pub const MAX_QUEUED_BYTES: usize = 16_000 * 120;
@@ -211,129 +207,10 @@ pub enum Stop {
     Quiet,
 }
 
-/// The agent-audio queue and the clock's stop request, shared by the STS thread (which
-/// fills it) and the clock thread (which empties it).
-#[derive(Default)]
-pub struct Playout {
-    state: Mutex<PlayoutState>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-pub struct PlayoutState {
-    pub audio: AgentAudio,
-    stop: Option<Stop>,
-}
-
-impl Playout {
-    pub fn lock(&self) -> MutexGuard<'_, PlayoutState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Requests a stop; a weaker request never replaces a stronger one.
-    pub fn stop(&self, stop: Stop) {
-        let mut st = self.lock();
-        if st.stop.is_none_or(|s| stop > s) {
-            st.stop = Some(stop);
-        }
-        drop(st);
-        self.wake.notify_all();
-    }
-}
-
-/// What the clock did, for the call's closing log line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ClockStats {
-    pub frames_out: u64,
-    pub agent_frames: u64,
-    pub underruns: u64,
-    /// Ticks skipped because the thread woke up late (never caught up in a burst).
-    pub late_slots: u64,
-    pub hangup_sent: bool,
-}
-
-/// Runs the clock until a stop. Returns the stats and, if writing failed, why.
-pub fn run_clock(
-    stream: &TcpStream,
-    playout: &Playout,
-    mut ambient: Option<AmbientCursor>,
-) -> (ClockStats, Option<io::Error>) {
-    let mut stats = ClockStats::default();
-    let mut payload = [0u8; SLIN_FRAME_BYTES];
-    let mut next = Instant::now();
-    loop {
-        let (fill, hangup) = {
-            let mut st = playout.lock();
-            loop {
-                if matches!(st.stop, Some(Stop::Hangup | Stop::Quiet)) {
-                    break;
-                }
-                let now = Instant::now();
-                if now >= next {
-                    break;
-                }
-                st = playout
-                    .wake
-                    .wait_timeout(st, next - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            match st.stop {
-                Some(Stop::Quiet) => return (stats, None),
-                Some(Stop::Hangup) => (Fill::Silence, true),
-                Some(Stop::Drain { until }) if st.audio.is_empty() || Instant::now() >= until => {
-                    (Fill::Silence, true)
-                }
-                Some(Stop::Drain { .. }) => (st.audio.fill(&mut payload, true, next), false),
-                None => (st.audio.fill(&mut payload, false, next), false),
-            }
-        };
-        if hangup {
-            let result = hang_up(stream);
-            stats.hangup_sent = result.is_ok();
-            return (stats, result.err());
-        }
-        match fill {
-            Fill::Agent => stats.agent_frames += 1,
-            Fill::Underrun => stats.underruns += 1,
-            Fill::Silence => {}
-        }
-        if let Some(cursor) = ambient.as_mut() {
-            cursor.mix_into(&mut payload);
-        }
-        let frame = audiosocket::audio_frame(&payload);
-        if let Err(e) = (&*stream).write_all(&frame) {
-            return (stats, Some(e));
-        }
-        stats.frames_out += 1;
-
-        let skipped;
-        (next, skipped) = next_slot(next, Instant::now());
-        stats.late_slots += skipped;
-    }
-}
-
-/// The deadline after the slot at `current`, given the time `now`: the next slot on the
-/// 20 ms grid that is still ahead. Slots already past are skipped (and counted), never
-/// sent late in a burst.
-pub fn next_slot(current: Instant, now: Instant) -> (Instant, u64) {
-    let next = current + TICK;
-    if next > now {
-        return (next, 0);
-    }
-    let skipped = ((now - next).as_nanos() / TICK.as_nanos() + 1) as u64;
-    (next + TICK * skipped as u32, skipped)
-}
-
-/// Writes `00 00 00` and half-closes, so Asterisk's dialplan continues (SPEC §3).
-fn hang_up(stream: &TcpStream) -> io::Result<()> {
-    (&*stream).write_all(&audiosocket::HANGUP)?;
-    stream.shutdown(Shutdown::Write)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::TICK;
 
     fn take(a: &mut AgentAudio, last: bool, at: Instant) -> (Fill, Vec<u8>) {
         let mut out = [0xAAu8; SLIN_FRAME_BYTES];
@@ -445,30 +322,5 @@ mod tests {
         loud[..2].copy_from_slice(&32_700i16.to_le_bytes());
         cur.mix_into(&mut loud);
         assert_eq!(i16::from_le_bytes([loud[0], loud[1]]), i16::MAX);
-    }
-
-    #[test]
-    fn the_clock_keeps_its_grid_and_skips_late_slots() {
-        let t0 = Instant::now();
-        // On time, or a little late: the next slot is 20 ms after this one, not after now.
-        assert_eq!(next_slot(t0, t0), (t0 + TICK, 0));
-        assert_eq!(next_slot(t0, t0 + Duration::from_millis(7)), (t0 + TICK, 0));
-        // 45 ms late: slots at +20 and +40 are gone; the next frame goes at +60.
-        let (next, skipped) = next_slot(t0, t0 + Duration::from_millis(45));
-        assert_eq!((next, skipped), (t0 + TICK * 3, 2));
-        // Exactly on a slot boundary counts as missed (never two frames at the same instant).
-        assert_eq!(next_slot(t0, t0 + TICK), (t0 + TICK * 2, 1));
-    }
-
-    #[test]
-    fn stronger_stops_win() {
-        let p = Playout::default();
-        p.stop(Stop::Hangup);
-        p.stop(Stop::Drain {
-            until: Instant::now(),
-        });
-        assert_eq!(p.lock().stop, Some(Stop::Hangup));
-        p.stop(Stop::Quiet);
-        assert_eq!(p.lock().stop, Some(Stop::Quiet));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
@@ -13,21 +13,66 @@ use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use crate::audiosocket;
 use crate::call::{self, CallContext, CallSlot};
 
-/// Tells the listener to stop accepting. An eventfd the accept loop polls beside the listening
-/// socket: stopping needs no self-connection trick and no timeout loop.
-pub struct StopSignal {
+/// A wake-up a thread can `poll(2)` beside its sockets: an eventfd. Ringing it twice before
+/// it is cleared wakes the thread once.
+pub struct Bell {
     fd: OwnedFd,
 }
 
-impl StopSignal {
-    pub fn new() -> io::Result<StopSignal> {
-        Ok(StopSignal {
+impl Bell {
+    pub fn new() -> io::Result<Bell> {
+        Ok(Bell {
             fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         })
     }
 
-    pub fn trigger(&self) {
+    pub fn ring(&self) {
+        // Fails only if the counter would overflow, which means a ring is pending anyway.
         let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+    }
+
+    /// Forgets the rings so far; call it before looking at what they announce.
+    pub fn clear(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+
+    /// Waits for a ring (without clearing it); `false` on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        let limit = timeout.map(|t| rustix::event::Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        loop {
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match poll(&mut fds, limit.as_ref()) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl AsFd for Bell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Tells the listeners to stop accepting: a [`Bell`] the accept loops poll beside the
+/// listening socket, so stopping needs no self-connection trick and no timeout loop.
+pub struct StopSignal {
+    bell: Bell,
+}
+
+impl StopSignal {
+    pub fn new() -> io::Result<StopSignal> {
+        Ok(StopSignal { bell: Bell::new()? })
+    }
+
+    pub fn trigger(&self) {
+        self.bell.ring();
     }
 
     /// The next connection on `listener`, or `None` once the stop is triggered. The listener
@@ -36,7 +81,7 @@ impl StopSignal {
         loop {
             let mut fds = [
                 PollFd::new(listener, PollFlags::IN),
-                PollFd::new(&self.fd, PollFlags::IN),
+                PollFd::new(&self.bell.fd, PollFlags::IN),
             ];
             match poll(&mut fds, None) {
                 Ok(_) => {}

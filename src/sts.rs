@@ -1,21 +1,21 @@
 //! The speech-to-speech agent: its JSON messages and the WebSocket connection.
 //!
-//! tungstenite's blocking `WebSocket` cannot be split into read and write halves, so one
-//! thread owns it. That thread sleeps in `poll(2)` on the socket *and* on an eventfd that the
-//! caller-audio [`Outbox`] rings, then drains both without blocking: caller audio is
-//! forwarded the moment it arrives and nothing wakes up on a timer.
+//! tungstenite's blocking `WebSocket` cannot be split into read and write halves, so the
+//! call's one thread drives it without blocking ([`Link`]): it sleeps in `poll(2)` on the
+//! AudioSocket *and* the WebSocket, forwards caller audio the moment it is read and agent
+//! messages the moment they arrive, and nothing wakes up on a timer.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, ErrorKind};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::event::{poll, PollFd, PollFlags};
 use serde::Deserialize;
 use serde_json::Value;
 use tungstenite::protocol::WebSocketConfig;
@@ -26,7 +26,7 @@ use tungstenite::{Connector, HandshakeError, Message, WebSocket};
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// Caller audio held while the agent is not taking it: 1 s of 8 kHz s16le (SPEC §4).
-pub const OUTBOX_AUDIO_CAP: usize = 16_000;
+pub const BACKLOG_AUDIO_CAP: usize = 16_000;
 
 /// Why the agent could not be reached or was lost.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// Connects to `url` within `budget` (TCP, TLS and the WebSocket upgrade together), and
-/// leaves the socket non-blocking for [`pump`].
+/// leaves the socket non-blocking for [`Link`].
 pub fn connect(
     url: &str,
     budget: Duration,
@@ -320,7 +320,7 @@ fn audio(mut pcm: Vec<u8>) -> Inbound {
     }
 }
 
-// ---- the caller-to-agent queue ---------------------------------------------------------
+// ---- caller audio before the agent answers ---------------------------------------------
 
 /// Something the call sends to the agent.
 #[derive(Debug, PartialEq)]
@@ -330,20 +330,13 @@ pub enum Outgoing {
     Dtmf(char),
 }
 
-/// Caller audio and DTMF waiting for the STS thread, with an eventfd to wake it.
-///
-/// Audio is capped at [`OUTBOX_AUDIO_CAP`]: while the agent is connecting (or stalls) the
-/// newest second is kept and older audio is dropped, so memory stays bounded.
-pub struct Outbox {
-    state: Mutex<OutboxState>,
-    wake: OwnedFd,
-}
-
+/// Caller audio and DTMF that arrive while the agent is still connecting, sent after `init`
+/// (SPEC §4). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
+/// audio is dropped, so a slow agent cannot make memory grow; DTMF is always kept.
 #[derive(Default)]
-struct OutboxState {
+pub struct Backlog {
     items: VecDeque<Outgoing>,
     audio_bytes: usize,
-    closed: bool,
 }
 
 /// What a push did.
@@ -353,243 +346,224 @@ pub struct Pushed {
     pub dropped_bytes: usize,
 }
 
-impl Outbox {
-    pub fn new() -> io::Result<Outbox> {
-        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Outbox {
-            state: Mutex::new(OutboxState::default()),
-            wake,
-        })
-    }
-
-    /// Queues an item and wakes the STS thread if it may be asleep.
-    pub fn push(&self, item: Outgoing) -> Pushed {
+impl Backlog {
+    pub fn push(&mut self, item: Outgoing) -> Pushed {
         let mut dropped_bytes = 0;
-        let was_empty;
-        {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.closed {
-                return Pushed { dropped_bytes: 0 };
-            }
-            was_empty = st.items.is_empty();
-            if let Outgoing::Audio(pcm) = &item {
-                st.audio_bytes += pcm.len();
-            }
-            st.items.push_back(item);
-            // Drop the oldest audio, never the item just queued (however large it is).
-            while st.audio_bytes > OUTBOX_AUDIO_CAP {
-                let older = st.items.len() - 1;
-                let Some(pos) = st
-                    .items
-                    .iter()
-                    .take(older)
-                    .position(|i| matches!(i, Outgoing::Audio(_)))
-                else {
-                    break;
-                };
-                if let Some(Outgoing::Audio(old)) = st.items.remove(pos) {
-                    st.audio_bytes -= old.len();
-                    dropped_bytes += old.len();
-                }
-            }
+        if let Outgoing::Audio(pcm) = &item {
+            self.audio_bytes += pcm.len();
         }
-        // The consumer clears the eventfd before taking the queue, so a push into a
-        // non-empty queue is always seen without another wake-up.
-        if was_empty {
-            self.ring();
+        self.items.push_back(item);
+        // Drop the oldest audio, never the item just queued (however large it is).
+        while self.audio_bytes > BACKLOG_AUDIO_CAP {
+            let older = self.items.len() - 1;
+            let Some(pos) = self
+                .items
+                .iter()
+                .take(older)
+                .position(|i| matches!(i, Outgoing::Audio(_)))
+            else {
+                break;
+            };
+            if let Some(Outgoing::Audio(old)) = self.items.remove(pos) {
+                self.audio_bytes -= old.len();
+                dropped_bytes += old.len();
+            }
         }
         Pushed { dropped_bytes }
     }
 
-    /// Asks the STS thread to close the WebSocket and return.
-    pub fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        self.ring();
-    }
-
-    fn ring(&self) {
-        // Fails only if the counter would overflow, which means a wake-up is pending anyway.
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
-    }
-
-    /// Moves everything queued into `into`; returns whether the call asked to close.
-    fn take(&self, into: &mut Vec<Outgoing>) -> bool {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut buf);
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        into.extend(st.items.drain(..));
-        st.audio_bytes = 0;
-        st.closed
+    /// Everything queued, oldest first.
+    pub fn drain(&mut self) -> impl Iterator<Item = Outgoing> + '_ {
+        self.audio_bytes = 0;
+        self.items.drain(..)
     }
 }
 
-// ---- the pump --------------------------------------------------------------------------
+// ---- the open connection ---------------------------------------------------------------
 
-/// How a [`pump`] ended.
+/// How a connection ended.
 #[derive(Debug)]
-pub enum PumpEnd {
+pub enum LinkEnd {
     /// The agent closed the WebSocket (code and reason, if it gave them).
     AgentClosed(String),
-    /// The call asked to close ([`Outbox::close`]); a close frame was sent.
-    Closed,
     /// The connection broke.
     Failed(StsError),
 }
 
-/// Counts of what the pump forwarded, for the call's closing log line.
+/// Counts of what the connection carried, for the call's closing log line.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PumpStats {
+pub struct LinkStats {
     pub audio_sent: u64,
     pub messages_received: u64,
     pub dropped_for_backpressure: u64,
 }
 
-/// Sends `init`, then forwards the outbox to the agent and every agent message to
-/// `on_inbound`, until either side closes.
-pub fn pump(
-    ws: &mut Ws,
-    init: String,
-    outbox: &Outbox,
-    stats: &mut PumpStats,
-    mut on_inbound: impl FnMut(Inbound),
-) -> PumpEnd {
-    let mut batch = Vec::new();
-    let mut unflushed;
-    if let Err(e) = queue(ws, Message::text(init), stats) {
-        return PumpEnd::Failed(e);
-    }
-    let mut closing = false;
-    loop {
-        match flush(ws) {
-            Ok(pending) => unflushed = pending,
-            Err(e) => return PumpEnd::Failed(e),
-        }
-        if closing && !unflushed {
-            return PumpEnd::Closed;
-        }
+/// The open WebSocket to the agent, driven by the call's thread without blocking: the thread
+/// sleeps in `poll(2)` on the AudioSocket and on [`Link::fd`] with [`Link::interest`], sends
+/// caller audio the moment it is read, and calls [`Link::on_ready`] when the agent's side
+/// is ready. tungstenite's `WebSocket` cannot be split into read and write halves; one
+/// thread doing both, never blocked on either, adds no latency to either.
+pub struct Link {
+    ws: Ws,
+    pub stats: LinkStats,
+    /// tungstenite holds bytes the socket did not take yet.
+    unflushed: bool,
+}
 
-        let (ws_events, woken) = {
-            let mut ws_flags = PollFlags::IN;
-            if unflushed {
-                ws_flags |= PollFlags::OUT;
-            }
-            let mut fds = [
-                PollFd::new(tcp_of(ws.get_ref()), ws_flags),
-                PollFd::new(&outbox.wake, PollFlags::IN),
-            ];
-            // Once closing, the outbox is no longer read: leaving it in would spin.
-            let watched = if closing { 1 } else { 2 };
-            // While closing, give a slow agent a moment to take the close frame, no more.
-            let limit = rustix::event::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            };
-            match poll(&mut fds[..watched], closing.then_some(&limit)) {
-                Ok(0) if closing => return PumpEnd::Closed,
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return PumpEnd::Failed(StsError::Socket(format!("poll: {e}"))),
-            }
-            (fds[0].revents(), !closing && !fds[1].revents().is_empty())
+impl Link {
+    /// Takes a connection from [`connect`] and sends `init` first.
+    pub fn new(ws: Ws, init: String) -> Result<Link, StsError> {
+        let mut link = Link {
+            ws,
+            stats: LinkStats::default(),
+            unflushed: false,
         };
+        link.queue(Message::text(init))?;
+        link.flush()?;
+        Ok(link)
+    }
 
-        if woken {
-            if outbox.take(&mut batch) {
-                closing = true;
-                if let Err(e) = ws.close(None) {
-                    if !is_would_block(&e) {
-                        return PumpEnd::Closed;
-                    }
-                }
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        tcp_of(self.ws.get_ref()).as_fd()
+    }
+
+    /// What to poll the socket for: input always, output while bytes wait for room.
+    pub fn interest(&self) -> PollFlags {
+        if self.unflushed {
+            PollFlags::IN | PollFlags::OUT
+        } else {
+            PollFlags::IN
+        }
+    }
+
+    /// Sends caller audio or a digit. A full write buffer (the agent is not reading) drops
+    /// the message and counts it: caller audio is real time, a backlog is worth nothing.
+    pub fn send(&mut self, item: Outgoing) -> Result<(), StsError> {
+        let text = match item {
+            Outgoing::Audio(pcm) => {
+                self.stats.audio_sent += 1;
+                audio_message(&pcm)
             }
-            for item in batch.drain(..) {
-                if closing {
-                    continue;
-                }
-                let text = match item {
-                    Outgoing::Audio(pcm) => {
-                        stats.audio_sent += 1;
-                        audio_message(&pcm)
-                    }
-                    Outgoing::Dtmf(d) => dtmf_message(d),
-                };
-                if let Err(e) = queue(ws, Message::text(text), stats) {
-                    return PumpEnd::Failed(e);
-                }
+            Outgoing::Dtmf(d) => dtmf_message(d),
+        };
+        self.queue(Message::text(text))?;
+        self.flush()
+    }
+
+    /// Handles readiness from `poll`: flushes, then hands every complete agent message to
+    /// `on_inbound` until the socket has nothing more. `Some` when the connection is over.
+    pub fn on_ready(
+        &mut self,
+        revents: PollFlags,
+        mut on_inbound: impl FnMut(Inbound),
+    ) -> Option<LinkEnd> {
+        if revents.contains(PollFlags::OUT) {
+            if let Err(e) = self.flush() {
+                return Some(LinkEnd::Failed(e));
             }
         }
-
-        if ws_events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-            loop {
-                match ws.read() {
-                    Ok(Message::Text(t)) => {
-                        stats.messages_received += 1;
-                        on_inbound(parse_text(t.as_str()));
-                    }
-                    Ok(Message::Binary(b)) => {
-                        stats.messages_received += 1;
-                        on_inbound(parse_binary(b.to_vec()));
-                    }
-                    Ok(Message::Close(frame)) => {
-                        if closing {
-                            return PumpEnd::Closed;
-                        }
-                        let why = match frame {
-                            Some(f) if f.reason.is_empty() => format!("code {}", f.code),
-                            Some(f) => format!("code {}: {}", f.code, f.reason),
-                            None => "no close code".into(),
-                        };
-                        let _ = ws.flush();
-                        return PumpEnd::AgentClosed(why);
-                    }
-                    Ok(_) => {} // ping/pong: tungstenite answers pings itself
-                    Err(e) if is_would_block(&e) => break,
-                    Err(tungstenite::Error::ConnectionClosed)
-                    | Err(tungstenite::Error::AlreadyClosed) => {
-                        return if closing {
-                            PumpEnd::Closed
-                        } else {
-                            PumpEnd::AgentClosed("connection closed".into())
-                        };
-                    }
-                    Err(e) => {
-                        return if closing {
-                            PumpEnd::Closed
-                        } else {
-                            PumpEnd::Failed(StsError::Socket(e.to_string()))
-                        };
-                    }
+        if !revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            return None;
+        }
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    self.stats.messages_received += 1;
+                    on_inbound(parse_text(t.as_str()));
                 }
+                Ok(Message::Binary(b)) => {
+                    self.stats.messages_received += 1;
+                    on_inbound(parse_binary(b.to_vec()));
+                }
+                Ok(Message::Close(frame)) => {
+                    let why = match frame {
+                        Some(f) if f.reason.is_empty() => format!("code {}", f.code),
+                        Some(f) => format!("code {}: {}", f.code, f.reason),
+                        None => "no close code".into(),
+                    };
+                    // tungstenite queued the close reply; give it its chance.
+                    let _ = self.ws.flush();
+                    return Some(LinkEnd::AgentClosed(why));
+                }
+                Ok(_) => {} // ping/pong: tungstenite answers pings itself
+                Err(e) if is_would_block(&e) => break,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
+                    return Some(LinkEnd::AgentClosed("connection closed".into()))
+                }
+                Err(e) => return Some(LinkEnd::Failed(StsError::Socket(e.to_string()))),
             }
         }
+        // A read may have queued a pong.
+        self.flush().err().map(LinkEnd::Failed)
+    }
+
+    /// Sends a close frame and gives the agent [`CLOSE_LIMIT`] to take it and answer; the
+    /// call is over, so blocking its thread this long costs nothing.
+    pub fn close(mut self) {
+        let deadline = Instant::now() + CLOSE_LIMIT;
+        match self.ws.close(None) {
+            Ok(()) => {}
+            Err(e) if is_would_block(&e) => {}
+            Err(_) => return,
+        }
+        loop {
+            match self.ws.flush() {
+                Ok(()) => self.unflushed = false,
+                Err(e) if is_would_block(&e) => self.unflushed = true,
+                Err(_) => return,
+            }
+            match self.ws.read() {
+                Ok(_) => continue,
+                Err(e) if is_would_block(&e) => {}
+                Err(_) => return, // closed: the handshake is complete
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let limit = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(left.subsec_nanos()).max(1_000_000),
+            };
+            let mut fds = [PollFd::from_borrowed_fd(self.fd(), self.interest())];
+            match poll(&mut fds, Some(&limit)) {
+                Ok(0) => return,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Hands a message to tungstenite; a full write buffer (agent not reading) drops it.
+    fn queue(&mut self, msg: Message) -> Result<(), StsError> {
+        match self.ws.write(msg) {
+            Ok(()) => Ok(()),
+            Err(e) if is_would_block(&e) => Ok(()),
+            Err(tungstenite::Error::WriteBufferFull(_)) => {
+                self.stats.dropped_for_backpressure += 1;
+                Ok(())
+            }
+            Err(e) => Err(StsError::Socket(e.to_string())),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StsError> {
+        match self.ws.flush() {
+            Ok(()) => self.unflushed = false,
+            Err(e) if is_would_block(&e) => self.unflushed = true,
+            Err(tungstenite::Error::ConnectionClosed) => self.unflushed = false,
+            Err(e) => return Err(StsError::Socket(e.to_string())),
+        }
+        Ok(())
     }
 }
+
+/// After the call ends, how long the agent gets to take the close frame.
+const CLOSE_LIMIT: Duration = Duration::from_millis(999);
 
 fn is_would_block(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock)
-}
-
-/// Hands a message to tungstenite; a full write buffer (agent not reading) drops it.
-fn queue(ws: &mut Ws, msg: Message, stats: &mut PumpStats) -> Result<(), StsError> {
-    match ws.write(msg) {
-        Ok(()) => Ok(()),
-        Err(e) if is_would_block(&e) => Ok(()),
-        Err(tungstenite::Error::WriteBufferFull(_)) => {
-            stats.dropped_for_backpressure += 1;
-            Ok(())
-        }
-        Err(e) => Err(StsError::Socket(e.to_string())),
-    }
-}
-
-/// Flushes; `Ok(true)` when bytes are still waiting for the socket to become writable.
-fn flush(ws: &mut Ws) -> Result<bool, StsError> {
-    match ws.flush() {
-        Ok(()) => Ok(false),
-        Err(e) if is_would_block(&e) => Ok(true),
-        Err(tungstenite::Error::ConnectionClosed) => Ok(false),
-        Err(e) => Err(StsError::Socket(e.to_string())),
-    }
 }
 
 #[cfg(test)]
@@ -680,20 +654,25 @@ mod tests {
     }
 
     #[test]
-    fn outbox_keeps_the_newest_second() {
-        let outbox = Outbox::new().unwrap();
+    fn backlog_keeps_the_newest_second_and_every_digit() {
+        let mut backlog = Backlog::default();
         let mut dropped = 0;
+        backlog.push(Outgoing::Dtmf('1'));
         for i in 0..60u8 {
-            dropped += outbox.push(Outgoing::Audio(vec![i; 320])).dropped_bytes;
+            dropped += backlog.push(Outgoing::Audio(vec![i; 320])).dropped_bytes;
         }
-        outbox.push(Outgoing::Dtmf('5'));
+        backlog.push(Outgoing::Dtmf('5'));
         assert_eq!(dropped, 10 * 320);
-        let mut got = Vec::new();
-        assert!(!outbox.take(&mut got));
-        assert_eq!(got.len(), 51);
-        assert_eq!(got[0], Outgoing::Audio(vec![10; 320]));
-        assert_eq!(got[50], Outgoing::Dtmf('5'));
-        outbox.close();
-        assert!(outbox.take(&mut got));
+        let got: Vec<Outgoing> = backlog.drain().collect();
+        assert_eq!(got.len(), 52);
+        assert_eq!(got[0], Outgoing::Dtmf('1'));
+        assert_eq!(got[1], Outgoing::Audio(vec![10; 320]));
+        assert_eq!(got[51], Outgoing::Dtmf('5'));
+        assert_eq!(backlog.drain().count(), 0);
+        // A single message larger than the cap is kept whole.
+        assert_eq!(
+            backlog.push(Outgoing::Audio(vec![0; 20_000])).dropped_bytes,
+            0
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -273,4 +274,53 @@ fn ambient_noise_is_mixed_under_speech_and_fills_pauses() {
         .collect();
     assert_audio(&under_speech, &speech, false, 0, &report.summary());
     avr.wait_call_ended(&uuid, WAIT);
+}
+
+#[test]
+fn an_agent_that_speaks_in_the_same_packet_as_its_handshake_is_heard() {
+    // An agent that greets the caller at once: its first message travels in the same TCP
+    // write as its 101 response, so avr-core reads it together with the handshake (before
+    // it ever polls the socket) and must not leave it waiting for the agent's next packet.
+    let agent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", agent.local_addr().unwrap());
+    let greeting = signal(400); // 50 ms: small enough to arrive whole with the 101
+    let server = thread::spawn({
+        let audio = to_bytes(&greeting);
+        move || {
+            let (mut s, _) = agent.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .expect("a WebSocket key");
+            let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+            let text = json!({"type": "audio", "audio": base64_encode(&audio)}).to_string();
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            // One unmasked text frame (server to client), 16-bit length.
+            out.extend_from_slice(&[0x81, 126]);
+            out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+            s.write_all(&out).unwrap();
+            // Nothing more from the agent; take what avr-core sends until it closes.
+            std::io::copy(&mut s, &mut std::io::sink()).ok();
+        }
+    });
+    let avr = Avr::start(&[("STS_URL", &url)]);
+    let (uuid, opts) = call_options(avr.addr(), Duration::from_millis(2000), EndMode::Close);
+    let report = run_call(&opts).expect("call");
+
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    assert_heard(&report, &greeting);
+    avr.wait_call_ended(&uuid, WAIT);
+    server.join().unwrap();
 }

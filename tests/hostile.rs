@@ -326,3 +326,33 @@ fn a_normal_call_with_real_speech_survives_a_mid_call_unknown_frame() {
         .collect();
     assert_eq!(dtmf.len(), 2);
 }
+
+#[test]
+fn a_caller_that_stops_reading_is_hung_up_and_other_calls_keep_going() {
+    let sts = StsServer::start();
+    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    // Asterisk reads without blocking; a peer that stops reading is a dead call. Its
+    // receive buffer is made small so the server's side fills soon.
+    let (uuid, stuck, _conn) = open_call(&avr, &sts);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stuck, 2048).unwrap();
+    let started = Instant::now();
+
+    // While the clock keeps trying, another call on the same server is untouched.
+    normal_call_works(&avr, &sts);
+
+    let line = avr
+        .wait_log(
+            |l| l.contains(&format!("[{uuid}] Call ending: cannot write to Asterisk")),
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|| panic!("no write-failure line for {uuid}:\n{}", avr.log_text()));
+    assert!(
+        line.contains("has taken no audio for 1 s"),
+        "the reason says what happened: {line}"
+    );
+    // Its own thread ends too: no call is left hanging on a dead peer.
+    avr.wait_call_ended(&uuid, WAIT);
+    eprintln!("stalled call let go after {:?}", started.elapsed());
+    drop(stuck);
+    normal_call_works(&avr, &sts);
+}

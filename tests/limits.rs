@@ -78,7 +78,11 @@ fn fifty_calls_leave_no_threads_or_fds_behind() {
                 thread::spawn(move || run_call(&opts).expect("call"))
             })
             .collect();
-        peak_threads = peak_threads.max(avr.threads());
+        // Sampled while the calls run (each runs on its own thread).
+        while !handles.iter().all(|h| h.is_finished()) {
+            peak_threads = peak_threads.max(avr.threads());
+            thread::sleep(Duration::from_millis(5));
+        }
         for h in handles {
             h.join().unwrap();
         }
