@@ -227,7 +227,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         crate::config::mask_url_password(&sts_url)
     );
     let (connected_tx, connected) = crossbeam_channel::bounded(1);
-    let connector = spawn(&uuid, "sts", {
+    let thread = spawn(&uuid, "sts", {
         let (timeout, tls, bell) = (
             ctx.config.sts_connect_timeout,
             ctx.tls.clone(),
@@ -238,8 +238,11 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
             bell.ring();
         }
     });
-    let agent = if connector.is_some() {
-        AgentSide::Connecting(connected)
+    let agent = if let Some(thread) = thread {
+        AgentSide::Connecting(Connector {
+            result: connected,
+            thread,
+        })
     } else {
         // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
         shared.end(EndReason::Internal(
@@ -266,7 +269,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     };
     bridge.run();
 
-    // Teardown: nothing more to Asterisk, then the agent, then the connect thread.
+    // Teardown: nothing more to Asterisk, then the agent.
     shared.playout.stop(Stop::Quiet);
     let clock_stats = ctx.clocks.remove(&shared.playout);
     let (frames_in, codec) = (bridge.caller.frames_in, bridge.caller.codec);
@@ -276,9 +279,11 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
             link_stats = link.stats;
             link.close();
         }
-        AgentSide::Connecting(connected) => {
+        AgentSide::Connecting(connector) => {
             // The caller left first: the agent still gets `init` and a proper close.
-            if let Ok(Ok(ws)) = connected.recv() {
+            let result = connector.result.recv();
+            let _ = connector.thread.join();
+            if let Ok(Ok(ws)) = result {
                 if let Some(init) = bridge.init.take() {
                     if let Ok(link) = Link::new(ws, init) {
                         link.close();
@@ -289,9 +294,6 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         AgentSide::Gone => {}
     }
     drop(bridge);
-    if let Some(h) = connector {
-        let _ = h.join();
-    }
     ctx.metrics
         .playout_underruns
         .fetch_add(clock_stats.underruns, Relaxed);
@@ -401,11 +403,18 @@ fn no_uuid(frames: &FrameBuffer) -> String {
 
 /// The agent side of a call.
 enum AgentSide {
-    /// The connect thread is at work; its result arrives here (and rings the bell).
-    Connecting(Receiver<Result<Ws, StsError>>),
+    /// The connect thread is at work.
+    Connecting(Connector),
     Up(Box<Link>),
     /// Never reached, closed or failed: caller audio has nowhere to go.
     Gone,
+}
+
+/// The short-lived thread that connects to the agent: it sends its result, then rings the
+/// call's bell. Joined as soon as the result is in, so its stack is not kept for the call.
+struct Connector {
+    result: Receiver<Result<Ws, StsError>>,
+    thread: thread::JoinHandle<()>,
 }
 
 /// The caller's stream as the call's thread has seen it so far.
@@ -554,8 +563,13 @@ impl Bridge<'_> {
 
     /// The connect thread finished, or the clock let go of the call.
     fn on_bell(&mut self) {
-        if let AgentSide::Connecting(rx) = &self.agent {
-            if let Ok(result) = rx.try_recv() {
+        if let AgentSide::Connecting(connector) = &self.agent {
+            if let Ok(result) = connector.result.try_recv() {
+                if let AgentSide::Connecting(c) =
+                    std::mem::replace(&mut self.agent, AgentSide::Gone)
+                {
+                    let _ = c.thread.join();
+                }
                 self.on_connected(result);
             }
         }
