@@ -11,6 +11,7 @@ use avr_core::audiosocket;
 use avr_core::echo_sts::{EchoOptions, EchoServer};
 use avr_core::simulate::{run_call, EndMode, SimOptions};
 use support::avr::Avr;
+use support::http::RawCall;
 use support::{call_options, new_uuid, WAIT};
 
 fn echo() -> EchoServer {
@@ -102,4 +103,35 @@ fn fifty_calls_leave_no_threads_or_fds_behind() {
     }
     assert_eq!(avr.threads(), base_threads, "threads back to baseline");
     assert_eq!(avr.fds(), base_fds, "fds back to baseline");
+}
+
+#[test]
+fn a_connected_call_costs_one_thread() {
+    // A live call holds its own thread only: the agent-connect thread has ended once the
+    // agent answered, and the playout clocks are shared and were started with the server.
+    let agent = echo();
+    let avr = Avr::start(&[("STS_URL", &agent.url()), ("LOG_LEVEL", "info")]);
+    let base_threads = avr.threads();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (uuid_bytes, uuid) = new_uuid();
+            let call = RawCall::start(avr.addr(), uuid_bytes, 0);
+            avr.wait_log(|l| l.contains(&format!("[{uuid}] Connected to STS")), WAIT)
+                .expect("the agent answers");
+            call
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while avr.threads() != base_threads + calls.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        avr.threads(),
+        base_threads + calls.len(),
+        "one thread per connected call"
+    );
+    for call in &calls {
+        call.wait_more_frames(5, WAIT);
+        call.assert_flowing(Duration::from_secs(2), "a live call");
+    }
 }
