@@ -203,21 +203,28 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     ctx.events
         .emit(Event::new(&uuid, EventKind::CallStarted, json!({})));
 
-    let bell = match Bell::new() {
-        Ok(b) => Arc::new(b),
+    let stream = Arc::new(stream);
+    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
+    let setup = Bell::new().map(Arc::new).and_then(|bell| {
+        let playout = ctx.clocks.add(stream.clone(), ambient, bell.clone())?;
+        Ok((bell, playout))
+    });
+    let (bell, playout) = match setup {
+        Ok(v) => v,
         Err(e) => {
-            log::error!("[{uuid}] Cannot create the call's wake-up eventfd: {e}; hanging up");
-            let _ = (&stream).write_all(&audiosocket::HANGUP);
+            log::error!(
+                "[{uuid}] Call ending: avr-core could not carry the call (no wake-up eventfd \
+                 or playout clock: {e}); hanging up"
+            );
+            let _ = (&*stream).write_all(&audiosocket::HANGUP);
             ctx.events
                 .emit(Event::new(&uuid, EventKind::CallEnded, json!({})));
             return;
         }
     };
-    let stream = Arc::new(stream);
-    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
     let shared = Arc::new(Shared {
         uuid: uuid.clone(),
-        playout: ctx.clocks.add(stream.clone(), ambient, bell.clone()),
+        playout,
         end: Mutex::new(None),
     });
     ctx.live.add(&shared);

@@ -18,7 +18,6 @@
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -36,8 +35,8 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// without blocking, so a socket that stays full means the call is gone.
 pub const WRITE_STALL: Duration = Duration::from_secs(1);
 
-/// Calls per clock thread when `MAX_CALLS` calls are up: enough to cut wake-ups 16-fold,
-/// few enough that a tick is a few hundred microseconds of work.
+/// Calls per clock thread: enough to cut wake-ups 16-fold, few enough that a tick is a few
+/// hundred microseconds of work (8 and 32 measured no better: BENCHMARKS.md).
 pub const CALLS_PER_CLOCK: usize = 16;
 
 /// Clock threads at most, however large `MAX_CALLS` is.
@@ -51,8 +50,16 @@ pub const CLOCK_NICE: i32 = -10;
 /// Clock threads do little: a frame, a `send`, per call.
 const CLOCK_STACK: usize = 128 * 1024;
 
-/// The clock threads of the process.
+/// The clock threads of the process. The first starts with the server (so its priority is
+/// logged at startup); more start as calls need them, one per [`CALLS_PER_CLOCK`] calls in
+/// progress at the peak, and stay (an idle clock sleeps on its condvar).
 pub struct Clocks {
+    max: usize,
+    started: Mutex<Started>,
+}
+
+#[derive(Default)]
+struct Started {
     clocks: Vec<Arc<Clock>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -61,8 +68,6 @@ struct Clock {
     calls: Mutex<Calls>,
     /// Rung when the first call joins an idle clock, and on stop.
     wake: Condvar,
-    /// Calls on this clock, read without its lock to place new calls.
-    load: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -72,107 +77,129 @@ struct Calls {
 }
 
 impl Clocks {
-    /// Starts enough clocks for `max_calls` calls; an idle clock sleeps and costs a thread.
+    /// Starts the first clock; at most enough for `max_calls` calls will run.
     pub fn start(max_calls: usize) -> io::Result<Clocks> {
-        Clocks::start_n(max_calls.div_ceil(CALLS_PER_CLOCK).min(MAX_CLOCKS))
-    }
-
-    pub fn start_n(n: usize) -> io::Result<Clocks> {
-        let mut clocks = Clocks {
-            clocks: Vec::new(),
-            threads: Vec::new(),
+        let clocks = Clocks {
+            max: max_calls.div_ceil(CALLS_PER_CLOCK).clamp(1, MAX_CLOCKS),
+            started: Mutex::default(),
         };
-
-        for i in 0..n.max(1) {
-            let clock = Arc::new(Clock {
-                calls: Mutex::new(Calls::default()),
-                wake: Condvar::new(),
-                load: AtomicUsize::new(0),
-            });
-            let handle = thread::Builder::new()
-                .name(format!("clock-{i}"))
-                .stack_size(CLOCK_STACK)
-                .spawn({
-                    let clock = clock.clone();
-                    move || {
-                        // Nice is per thread on Linux: each clock raises its own.
-                        match (raise_priority(), i) {
-                            (Ok(()), 0) => log::debug!("Playout clocks run at nice {CLOCK_NICE}"),
-                            (Err(e), 0) => log::info!(
-                                "Playout clocks run at normal priority (nice {CLOCK_NICE} \
-                                 refused: {e}); if the CPU is overloaded callers may hear \
-                                 gaps. The packaged unit allows it (LimitNICE={CLOCK_NICE})"
-                            ),
-                            _ => {}
-                        }
-                        clock.run()
-                    }
-                })?;
-            clocks.clocks.push(clock);
-            clocks.threads.push(handle);
-        }
+        clocks.lock().start_clock()?;
         Ok(clocks)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Started> {
+        self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Puts a call on the first clock with room (so a few hundred calls wake a few clocks,
-    /// not all of them), else on the least busy one. Each clock's grid has its own phase, so
-    /// the load spreads over the 20 ms; the call's first frame goes out at its clock's next
-    /// tick (within 20 ms). `done` is rung when the clock has hung up or given up on it.
+    /// not all of them), starting a clock if none has room, else on the least busy one.
+    /// Each clock's grid has its own phase; the call's first frame goes out at its clock's
+    /// next tick (within 20 ms). `done` is rung when the clock has hung up or given up on
+    /// it. Fails only if no clock runs and none can be started.
     pub fn add(
         &self,
         stream: Arc<TcpStream>,
         ambient: Option<AmbientCursor>,
         done: Arc<Bell>,
-    ) -> Arc<Playout> {
-        let loads = self.clocks.iter().map(|c| c.load.load(Relaxed));
-        let index = loads
-            .clone()
-            .position(|n| n < CALLS_PER_CLOCK)
-            .unwrap_or_else(|| {
-                let least = loads.clone().min().unwrap_or(0);
-                loads.clone().position(|n| n == least).unwrap_or(0)
-            });
-        let clock = &self.clocks[index];
+    ) -> io::Result<Arc<Playout>> {
+        let mut started = self.lock();
+        let loads: Vec<usize> = started
+            .clocks
+            .iter()
+            .map(|c| c.lock().playing.len())
+            .collect();
+        let clock = match loads.iter().position(|&n| n < CALLS_PER_CLOCK) {
+            Some(i) => started.clocks[i].clone(),
+            None if started.clocks.len() < self.max => match started.start_clock() {
+                Ok(clock) => clock,
+                Err(e) => {
+                    log::error!("Cannot start another playout clock thread: {e}");
+                    least_busy(&started.clocks, &loads).ok_or(e)?
+                }
+            },
+            None => least_busy(&started.clocks, &loads)
+                .ok_or_else(|| io::Error::other("no playout clock is running"))?,
+        };
+        drop(started);
         let playout = Arc::new(Playout {
             stream,
-            clock: index,
+            clock: clock.clone(),
             state: Mutex::new(PlayoutState {
                 ambient,
                 ..PlayoutState::default()
             }),
             done,
         });
-        clock.load.fetch_add(1, Relaxed);
         let mut calls = clock.lock();
         calls.playing.push(playout.clone());
         if calls.playing.len() == 1 {
             clock.wake.notify_one();
         }
-        playout
+        Ok(playout)
     }
 
     /// Takes a call off its clock (the clock writes nothing more for it once this returns)
     /// and returns what the clock did for it.
     pub fn remove(&self, playout: &Arc<Playout>) -> ClockStats {
-        let clock = &self.clocks[playout.clock];
-        let mut calls = clock.lock();
-        let before = calls.playing.len();
-        calls.playing.retain(|p| !Arc::ptr_eq(p, playout));
-        if calls.playing.len() < before {
-            clock.load.fetch_sub(1, Relaxed);
-        }
-        drop(calls);
+        playout
+            .clock
+            .lock()
+            .playing
+            .retain(|p| !Arc::ptr_eq(p, playout));
         playout.lock().stats
+    }
+
+    /// Clock threads running now.
+    pub fn running(&self) -> usize {
+        self.lock().clocks.len()
+    }
+}
+
+fn least_busy(clocks: &[Arc<Clock>], loads: &[usize]) -> Option<Arc<Clock>> {
+    let i = (0..clocks.len()).min_by_key(|&i| loads[i])?;
+    Some(clocks[i].clone())
+}
+
+impl Started {
+    fn start_clock(&mut self) -> io::Result<Arc<Clock>> {
+        let i = self.clocks.len();
+        let clock = Arc::new(Clock {
+            calls: Mutex::new(Calls::default()),
+            wake: Condvar::new(),
+        });
+        let handle = thread::Builder::new()
+            .name(format!("clock-{i}"))
+            .stack_size(CLOCK_STACK)
+            .spawn({
+                let clock = clock.clone();
+                move || {
+                    // Nice is per thread on Linux: each clock raises its own.
+                    match (raise_priority(), i) {
+                        (Ok(()), 0) => log::debug!("Playout clocks run at nice {CLOCK_NICE}"),
+                        (Err(e), 0) => log::info!(
+                            "Playout clocks run at normal priority (nice {CLOCK_NICE} \
+                             refused: {e}); if the CPU is overloaded callers may hear \
+                             gaps. The packaged unit allows it (LimitNICE={CLOCK_NICE})"
+                        ),
+                        _ => {}
+                    }
+                    clock.run()
+                }
+            })?;
+        self.clocks.push(clock.clone());
+        self.threads.push(handle);
+        Ok(clock)
     }
 }
 
 impl Drop for Clocks {
     fn drop(&mut self) {
-        for clock in &self.clocks {
+        let mut started = self.lock();
+        for clock in &started.clocks {
             clock.lock().stopping = true;
             clock.wake.notify_all();
         }
-        for handle in self.threads.drain(..) {
+        for handle in started.threads.drain(..) {
             let _ = handle.join();
         }
     }
@@ -209,9 +236,7 @@ impl Clock {
                     .0;
                 continue;
             }
-            let before = calls.playing.len();
             calls.playing.retain(|p| p.tick(due, skipped, &mut payload));
-            self.load.fetch_sub(before - calls.playing.len(), Relaxed);
             let next;
             (next, skipped) = next_slot(due, Instant::now());
             slot = Some(next);
@@ -262,7 +287,7 @@ pub enum Finished {
 /// how the call wants playout to end. The call's thread fills it; the clock empties it.
 pub struct Playout {
     stream: Arc<TcpStream>,
-    clock: usize,
+    clock: Arc<Clock>,
     state: Mutex<PlayoutState>,
     done: Arc<Bell>,
 }
@@ -458,7 +483,10 @@ mod tests {
         let (server, _client) = pair();
         let p = Playout {
             stream: server,
-            clock: 0,
+            clock: Arc::new(Clock {
+                calls: Mutex::default(),
+                wake: Condvar::new(),
+            }),
             state: Mutex::default(),
             done: Arc::new(Bell::new().unwrap()),
         };
@@ -473,10 +501,10 @@ mod tests {
 
     #[test]
     fn a_hangup_is_the_last_frame_and_rings_the_call() {
-        let clocks = Clocks::start_n(1).unwrap();
+        let clocks = Clocks::start(1).unwrap();
         let (server, mut client) = pair();
         let bell = Arc::new(Bell::new().unwrap());
-        let p = clocks.add(server, None, bell.clone());
+        let p = clocks.add(server, None, bell.clone()).unwrap();
         p.lock().audio.push(&[7u8; 960], Instant::now());
         // Wait for the three agent frames, then hang up.
         let mut got = Vec::new();
@@ -499,15 +527,39 @@ mod tests {
     }
 
     #[test]
+    fn clocks_start_as_calls_need_them_up_to_the_limit() {
+        let clocks = Clocks::start(2 * CALLS_PER_CLOCK).unwrap();
+        assert_eq!(clocks.running(), 1, "one clock with the server");
+        let mut calls = Vec::new();
+        for n in 1..=3 * CALLS_PER_CLOCK {
+            let (server, client) = pair();
+            let bell = Arc::new(Bell::new().unwrap());
+            calls.push((clocks.add(server, None, bell).unwrap(), client));
+            let expected = n.div_ceil(CALLS_PER_CLOCK).min(2);
+            assert_eq!(clocks.running(), expected, "{n} calls");
+        }
+        // Past the limit, calls share the running clocks, and every call gets its frames.
+        for (_, client) in &mut calls {
+            let mut frame = [0u8; 323];
+            client.read_exact(&mut frame).unwrap();
+            assert_eq!(frame[..3], [0x10, 0x01, 0x40]);
+        }
+        for (p, _) in &calls {
+            clocks.remove(p);
+        }
+        assert_eq!(clocks.running(), 2, "clocks stay for the next calls");
+    }
+
+    #[test]
     fn a_caller_that_never_reads_is_let_go_after_the_stall_limit() {
-        let clocks = Clocks::start_n(1).unwrap();
+        let clocks = Clocks::start(1).unwrap();
         let (server, client) = pair();
         // Small buffers on both sides, so they fill within a second or two.
         rustix::net::sockopt::set_socket_send_buffer_size(&*server, 4096).unwrap();
         rustix::net::sockopt::set_socket_recv_buffer_size(&client, 4096).unwrap();
         let bell = Arc::new(Bell::new().unwrap());
         let started = Instant::now();
-        let p = clocks.add(server, None, bell.clone());
+        let p = clocks.add(server, None, bell.clone()).unwrap();
         assert!(bell.wait(Some(Duration::from_secs(60))));
         match p.finished() {
             Some(FinishedKind::WriteFailed(io::ErrorKind::TimedOut, _)) => {}
