@@ -3,13 +3,13 @@
 //!
 //! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6), so agent audio
 //! waits in each call's [`Playout`] and only a clock takes it out, on a monotonic 20 ms grid.
-//! Each clock thread serves a small group of calls (up to [`CALLS_PER_CLOCK`] on average): a
-//! tick writes the frame of every call it owns. A timer thread per call cost a thread and a
-//! wake-up per call every 20 ms, and on a 2-core PBX those wake-ups, not the work, were the
-//! limit (BENCHMARKS.md). One clock for all calls would be worse: a thread doing hundreds of
-//! writes per tick is the first the scheduler preempts when the machine is busy, and every
-//! call's audio would stutter with it. Small groups keep a tick as short as any other
-//! thread's turn.
+//! Each clock thread serves a small group of calls (up to [`CALLS_PER_CLOCK`], more only when
+//! no further clock thread can start): a tick writes the frame of every call it owns. A timer
+//! thread per call cost a thread and a wake-up per call every 20 ms, and on a 2-core PBX those
+//! wake-ups, not the work, were the limit (BENCHMARKS.md). One clock for all calls would be
+//! worse: a thread doing hundreds of writes per tick is the first the scheduler preempts when
+//! the machine is busy, and every call's audio would stutter with it. Small groups keep a tick
+//! as short as any other thread's turn.
 //!
 //! A clock never blocks on a caller: frames go out with `MSG_DONTWAIT`. Bytes a full socket
 //! did not take go first at the next tick and no new frame is made meanwhile (the slot is
