@@ -304,6 +304,9 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     ctx.metrics
         .playout_underruns
         .fetch_add(clock_stats.underruns, Relaxed);
+    ctx.metrics
+        .playout_late_slots
+        .fetch_add(clock_stats.late_slots, Relaxed);
 
     // Every thread is joined: the place is free before anyone reads that the call ended.
     drop(slot);

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub calls_rejected: AtomicU64,
     pub sts_connect_failures: AtomicU64,
     pub playout_underruns: AtomicU64,
+    pub playout_late_slots: AtomicU64,
     pub webhook_delivered: AtomicU64,
     pub webhook_failed: AtomicU64,
     pub webhook_retried: AtomicU64,
@@ -57,6 +58,13 @@ impl Metrics {
             "counter",
             "20 ms ticks where agent audio ran short mid-stream.",
             self.playout_underruns.load(Relaxed),
+        );
+        put(
+            "avr_playout_late_slots_total",
+            "counter",
+            "20 ms slots skipped because a playout clock woke late (CPU overloaded) or Asterisk \
+             was not reading.",
+            self.playout_late_slots.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -330,7 +330,12 @@ fn a_normal_call_with_real_speech_survives_a_mid_call_unknown_frame() {
 #[test]
 fn a_caller_that_stops_reading_is_hung_up_and_other_calls_keep_going() {
     let sts = StsServer::start();
-    let avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let url = sts.url();
+    let avr = Avr::start(&[
+        ("STS_URL", url.as_str()),
+        ("HTTP_PORT", "0"),
+        ("HTTP_BIND_ADDRESS", "127.0.0.1"),
+    ]);
     // Asterisk reads without blocking; a peer that stops reading is a dead call. Its
     // receive buffer is made small so the server's side fills soon.
     let (uuid, stuck, _conn) = open_call(&avr, &sts);
@@ -353,6 +358,17 @@ fn a_caller_that_stops_reading_is_hung_up_and_other_calls_keep_going() {
     // Its own thread ends too: no call is left hanging on a dead peer.
     avr.wait_call_ended(&uuid, WAIT);
     eprintln!("stalled call let go after {:?}", started.elapsed());
+    // The slots its full socket made the clock skip are counted for the operator.
+    let metrics = support::http::get(avr.http_addr(), "/metrics").body;
+    let late: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("avr_playout_late_slots_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no late-slot counter:\n{metrics}"));
+    assert!(
+        late >= 45,
+        "a 1 s stall skips about 50 slots, counted {late}"
+    );
     drop(stuck);
     normal_call_works(&avr, &sts);
 }

@@ -65,6 +65,7 @@ fn metrics_carry_the_spec_names() {
         "avr_calls_total",
         "avr_sts_connect_failures_total",
         "avr_playout_underruns_total",
+        "avr_playout_late_slots_total",
         "avr_webhook_deliveries_total{outcome=\"delivered\"}",
         "avr_webhook_queue_depth",
         "avr_webhook_dead_letters_total",
