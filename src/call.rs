@@ -529,10 +529,7 @@ impl Bridge<'_> {
                         let _ = self.stream.shutdown(Shutdown::Both);
                         return;
                     }
-                    Some(rustix::event::Timespec {
-                        tv_sec: left.as_secs() as i64,
-                        tv_nsec: i64::from(left.subsec_nanos()),
-                    })
+                    rustix::event::Timespec::try_from(left).ok()
                 }
                 None => None,
             };

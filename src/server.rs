@@ -39,10 +39,7 @@ impl Bell {
 
     /// Waits for a ring (without clearing it); `false` on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let limit = timeout.map(|t| rustix::event::Timespec {
-            tv_sec: t.as_secs() as i64,
-            tv_nsec: i64::from(t.subsec_nanos()),
-        });
+        let limit = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
         loop {
             let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
             match poll(&mut fds, limit.as_ref()) {

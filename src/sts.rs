@@ -522,12 +522,9 @@ impl Link {
             if left.is_zero() {
                 return;
             }
-            let limit = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: i64::from(left.subsec_nanos()).max(1_000_000),
-            };
+            let limit = rustix::event::Timespec::try_from(left).ok();
             let mut fds = [PollFd::from_borrowed_fd(self.fd(), self.interest())];
-            match poll(&mut fds, Some(&limit)) {
+            match poll(&mut fds, limit.as_ref()) {
                 Ok(0) => return,
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return,
