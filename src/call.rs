@@ -25,7 +25,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use serde_json::{json, Value};
 
 use crate::audiosocket::{self, Frame, FrameBuffer};
-use crate::clock::{Clocks, FinishedKind, Playout};
+use crate::clock::{Clocks, Finished, Playout};
 use crate::config::{CodecChoice, Config};
 use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
@@ -582,7 +582,7 @@ impl Bridge<'_> {
         }
         if self.close_by.is_none() {
             if let Some(finished) = self.shared.playout.finished() {
-                if let FinishedKind::WriteFailed(kind, why) = finished {
+                if let Finished::WriteFailed(kind, why) = finished {
                     // A reset or broken pipe is the caller leaving; the read says so.
                     if !matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
                         self.shared.end(EndReason::WriteFailed(why));

@@ -150,6 +150,7 @@ impl Clocks {
     }
 
     /// Clock threads running now.
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.lock().clocks.len()
     }
@@ -274,14 +275,24 @@ pub struct ClockStats {
 }
 
 /// Why a clock let go of a call by itself.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     /// It wrote `00 00 00` and shut down its side (a [`Stop::Hangup`] or a drained
     /// [`Stop::Drain`]).
     HungUp,
-    /// Writing failed (`BrokenPipe` and `ConnectionReset` mean the caller already left).
-    WriteFailed(io::Error),
+    /// Writing failed (`BrokenPipe` and `ConnectionReset` mean the caller already left):
+    /// the error's kind and text (an `io::Error` is not `Clone`).
+    WriteFailed(io::ErrorKind, String),
 }
+
+impl From<io::Error> for Finished {
+    fn from(e: io::Error) -> Finished {
+        Finished::WriteFailed(e.kind(), e.to_string())
+    }
+}
+
+/// A clock never waits for a caller's socket, and a caller that left is an error, not a signal.
+const SEND_FLAGS: SendFlags = SendFlags::DONTWAIT.union(SendFlags::NOSIGNAL);
 
 /// One call's place on a clock: the socket to Asterisk, the agent audio waiting for it and
 /// how the call wants playout to end. The call's thread fills it; the clock empties it.
@@ -322,11 +333,8 @@ impl Playout {
     }
 
     /// Why the clock let go of this call, once it has.
-    pub fn finished(&self) -> Option<FinishedKind> {
-        self.lock().finished.as_ref().map(|f| match f {
-            Finished::HungUp => FinishedKind::HungUp,
-            Finished::WriteFailed(e) => FinishedKind::WriteFailed(e.kind(), e.to_string()),
-        })
+    pub fn finished(&self) -> Option<Finished> {
+        self.lock().finished.clone()
     }
 
     /// Writes this slot's frame; `false` once the call is off the clock.
@@ -341,7 +349,7 @@ impl Playout {
         }
         if !st.unsent.is_empty() {
             if let Err(e) = self.send_unsent(&mut st) {
-                return self.finish(&mut st, Finished::WriteFailed(e));
+                return self.finish(&mut st, e.into());
             }
             if !st.unsent.is_empty() {
                 st.stats.late_slots += 1;
@@ -357,15 +365,14 @@ impl Playout {
             _ => false,
         };
         if hang_up {
-            st.unsent.extend_from_slice(&audiosocket::HANGUP);
             st.hanging_up = true;
-            if let Err(e) = self.send_unsent(&mut st) {
-                return self.finish(&mut st, Finished::WriteFailed(e));
+            if let Err(e) = self.write(&mut st, &audiosocket::HANGUP) {
+                return self.finish(&mut st, e.into());
             }
             if st.unsent.is_empty() {
                 return self.finish_hangup(&mut st);
             }
-            return true;
+            return true; // the rest of the hangup goes at the next tick
         }
 
         let last = matches!(st.stop, Some(Stop::Drain { .. }));
@@ -379,31 +386,31 @@ impl Playout {
         }
         let frame = audiosocket::audio_frame(payload);
         st.stats.frames_out += 1;
-        match send(
-            &*self.stream,
-            &frame,
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) if n == frame.len() => true,
-            Ok(n) => {
-                st.unsent.extend_from_slice(&frame[n..]);
-                st.stalled_since = Some(Instant::now());
-                true
-            }
-            Err(rustix::io::Errno::AGAIN) => {
-                st.unsent.extend_from_slice(&frame);
-                st.stalled_since = Some(Instant::now());
-                true
-            }
-            Err(e) => self.finish(&mut st, Finished::WriteFailed(e.into())),
+        match self.write(&mut st, &frame) {
+            Ok(()) => true,
+            Err(e) => self.finish(&mut st, e.into()),
         }
+    }
+
+    /// Sends `bytes` (nothing is unsent before them); keeps the tail the socket does not
+    /// take in `unsent`, to go first at the next tick.
+    fn write(&self, st: &mut PlayoutState, bytes: &[u8]) -> io::Result<()> {
+        let n = match send(&*self.stream, bytes, SEND_FLAGS) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if n < bytes.len() {
+            st.unsent.extend_from_slice(&bytes[n..]);
+            st.stalled_since = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// Sends what is left of `unsent`; fails once the caller has taken nothing for
     /// [`WRITE_STALL`].
     fn send_unsent(&self, st: &mut PlayoutState) -> io::Result<()> {
-        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-        match send(&*self.stream, &st.unsent, flags) {
+        match send(&*self.stream, &st.unsent, SEND_FLAGS) {
             Ok(n) => {
                 st.unsent.drain(..n);
                 if st.unsent.is_empty() {
@@ -443,13 +450,6 @@ impl Playout {
         self.done.ring();
         false
     }
-}
-
-/// [`Finished`] as the call's thread reads it (an `io::Error` is not `Clone`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishedKind {
-    HungUp,
-    WriteFailed(io::ErrorKind, String),
 }
 
 #[cfg(test)]
@@ -516,7 +516,7 @@ mod tests {
         p.stop(Stop::Hangup);
         client.read_to_end(&mut got).unwrap();
         assert!(bell.wait(Some(Duration::from_secs(5))));
-        assert_eq!(p.finished(), Some(FinishedKind::HungUp));
+        assert_eq!(p.finished(), Some(Finished::HungUp));
         assert_eq!(&got[got.len() - 3..], &audiosocket::HANGUP);
         assert_eq!((got.len() - 3) % 323, 0, "whole frames, then the hangup");
         assert!(got[..got.len() - 3]
@@ -562,7 +562,7 @@ mod tests {
         let p = clocks.add(server, None, bell.clone()).unwrap();
         assert!(bell.wait(Some(Duration::from_secs(60))));
         match p.finished() {
-            Some(FinishedKind::WriteFailed(io::ErrorKind::TimedOut, _)) => {}
+            Some(Finished::WriteFailed(io::ErrorKind::TimedOut, _)) => {}
             other => panic!("expected a stall, got {other:?}"),
         }
         assert!(started.elapsed() >= WRITE_STALL);

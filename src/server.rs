@@ -38,6 +38,7 @@ impl Bell {
     }
 
     /// Waits for a ring (without clearing it); `false` on timeout.
+    #[cfg(test)]
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let limit = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
         loop {

@@ -508,10 +508,8 @@ impl Link {
             Err(_) => return,
         }
         loop {
-            match self.ws.flush() {
-                Ok(()) => self.unflushed = false,
-                Err(e) if is_would_block(&e) => self.unflushed = true,
-                Err(_) => return,
+            if self.flush().is_err() {
+                return;
             }
             match self.ws.read() {
                 Ok(_) => continue,
