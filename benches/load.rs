@@ -13,6 +13,7 @@
 //! `AVR_BENCH_SECONDS` (marked audio per call, default 30) and `AVR_BENCH_STEPS`
 //! (comma-separated call counts) shorten a trial run.
 
+use avr_core::sys::lock;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,10 +25,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use avr_core::config::Config;
-use avr_core::demo::{loopback_command, HookSink};
-use avr_core::echo_sts::{EchoOptions, EchoServer};
 use avr_core::metrics::Metrics;
-use avr_core::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
+use avr_core::tools::demo::{loopback_command, HookSink};
+use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
 use avr_core::webhook::{Event, EventKind, Webhooks};
 
 const ECHO_DELAY: Duration = Duration::from_millis(200);
@@ -139,14 +140,14 @@ struct Tap(Arc<Mutex<Arrivals>>);
 type Arrivals = HashMap<String, Vec<(u32, Instant)>>;
 
 impl Tap {
-    fn into_fn(self) -> avr_core::echo_sts::AudioTap {
+    fn into_fn(self) -> avr_core::tools::echo_sts::AudioTap {
         Arc::new(move |label: &str, pcm: &[u8], at: Instant| {
             let mut seqs = pcm
                 .chunks_exact(2)
                 .filter_map(|p| frame_seq(i16::from_le_bytes([p[0], p[1]])));
             let Some(first) = seqs.next() else { return };
             let last = seqs.next_back().unwrap_or(first);
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = lock(&self.0);
             let frames = map.entry(label.to_string()).or_default();
             for seq in first..=last {
                 if frames.last().is_none_or(|&(prev, _)| seq > prev) {
@@ -158,7 +159,7 @@ impl Tap {
 
     /// Caller→agent latencies (µs, ascending) for the calls of `report`; clears the tap.
     fn one_way(&self, report: &LoadReport) -> Vec<u32> {
-        let map = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let map = std::mem::take(&mut *lock(&self.0));
         let mut out = Vec::new();
         for call in &report.calls {
             let (Some(t0), Some(frames)) = (call.started, map.get(&call.uuid)) else {
@@ -246,7 +247,10 @@ impl Avr {
     fn start(sts_url: &str, webhook_url: &str, dead_letters: &std::path::Path) -> Avr {
         let mut child = loopback_command(&binary(), sts_url, webhook_url, dead_letters)
             .env("MAX_CALLS", "2000")
-            .env("LOG_LEVEL", "warn,avr_core::server=info,avr_core=info")
+            .env(
+                "LOG_LEVEL",
+                "warn,avr_core::call::listener=info,avr_core=info",
+            )
             .spawn()
             .expect("start avr-core (release build)");
         let stderr = child.stderr.take().expect("stderr");

@@ -1,21 +1,26 @@
 //! avr-core: bridges Asterisk AudioSocket calls to speech-to-speech agents over WebSocket.
 //!
+//! The folders follow the data paths (docs/ARCHITECTURE.md):
+//! - [`proto`]: the wire formats, no sockets (AudioSocket frames, G.711, STS messages);
+//! - [`call`]: one call, from the AudioSocket listener to its end;
+//! - [`agent`]: the agent side of a call (the STS WebSocket);
+//! - [`playout`]: the agent's audio on its way to the caller, and the 20 ms clocks;
+//! - [`http`]: `/health`, `/call`, `/metrics`; [`registry`]: `/call` metadata waiting for
+//!   its call; [`webhook`]: the events;
+//! - [`config`], [`metrics`], [`sys`], [`time`]: what every path shares;
+//! - [`tools`]: what ships beside the product (simulator, echo agent, demo).
+//!
 //! `main.rs` wires these together; `tests/` and `benches/` drive the same code.
 
-pub mod audiosocket;
+pub mod agent;
 pub mod call;
-pub mod clock;
 pub mod config;
-pub mod demo;
-pub mod echo_sts;
-pub mod g711;
 pub mod http;
 pub mod metrics;
 pub mod playout;
+pub mod proto;
 pub mod registry;
-pub mod server;
-pub mod simulate;
-pub mod sts;
-pub mod sts_url;
+pub mod sys;
 pub mod time;
+pub mod tools;
 pub mod webhook;

@@ -13,15 +13,18 @@ use std::time::{Duration, Instant, SystemTime};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use avr_core::agent::sts;
+use avr_core::call::listener;
 use avr_core::call::{CallContext, LiveCalls};
-use avr_core::clock::Clocks;
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
+use avr_core::playout::clock::Clocks;
 use avr_core::playout::Ambient;
 use avr_core::registry::Registry;
-use avr_core::server::StopSignal;
+use avr_core::sys::StopSignal;
+use avr_core::tools::{demo, echo_sts, simulate};
 use avr_core::webhook::{self, Event, EventKind, Webhooks};
-use avr_core::{demo, echo_sts, http, server, simulate, sts, time};
+use avr_core::{http, time};
 
 const USAGE: &str = "\
 avr-core — bridges Asterisk AudioSocket calls to speech-to-speech AI agents
@@ -202,7 +205,7 @@ fn serve() -> ExitCode {
     let accept = thread::Builder::new().name("audiosocket".into()).spawn({
         let (ctx, stop, failed) = (ctx.clone(), stop.clone(), listener_failed.clone());
         move || {
-            if !server::serve(listener, ctx, &stop) {
+            if !listener::serve(listener, ctx, &stop) {
                 // A dead listener is fatal: take the graceful path so live calls finish.
                 failed.store(true, Relaxed);
                 let _ = signal_hook::low_level::raise(SIGTERM);

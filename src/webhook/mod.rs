@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sys::lock;
 use client::{Client, Message};
 use dead_letter::{DeadLetter, Entry};
 use dispatch::Drain;
@@ -315,11 +316,7 @@ impl Webhooks {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let control = inner
-            .control
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let control = lock(&inner.control).take();
         let Some(control) = control else {
             return ShutdownReport::default();
         };

@@ -117,10 +117,6 @@ impl Avr {
         }
     }
 
-    pub fn log_count(&self) -> usize {
-        self.logs.0.lock().unwrap().len()
-    }
-
     pub fn logs(&self) -> Vec<String> {
         self.logs.0.lock().unwrap().clone()
     }

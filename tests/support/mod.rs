@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: the real avr-core process, a scriptable agent.
-#![allow(dead_code)]
 
 pub mod avr;
 pub mod http;
@@ -9,7 +8,7 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use avr_core::simulate::{run_call, EndMode, EndedBy, SimOptions, SimReport};
+use avr_core::tools::simulate::{run_call, EndMode, EndedBy, SimOptions, SimReport};
 
 /// Generous bound for anything that should happen "promptly" on a busy 2-core CI box.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -4,7 +4,6 @@
 //! blocking socket cannot be read and written from two threads, so the thread reads with a
 //! short timeout and, between reads, writes what the test queued. `send_*` never blocks on
 //! a read, and everything avr-core sends waits in a channel for `recv*`.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

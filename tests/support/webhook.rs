@@ -4,7 +4,6 @@
 //! and handed to the test through a channel as soon as its body is read, before the answer.
 //! Answers come from a script the test queues (status, headers, body, delay), then from a
 //! default. Keep-alive is supported, as a real receiver would.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

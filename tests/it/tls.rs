@@ -1,19 +1,17 @@
 //! `wss://` agents: rustls with the ring provider, a private CA from SSL_CERT_FILE.
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use avr_core::simulate::{run_call, EndMode};
+use crate::support::avr::Avr;
+use crate::support::{assert_heard, call_hung_up_by_server, call_options, signal, to_bytes, WAIT};
+use avr_core::tools::simulate::{run_call, EndMode};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
-use support::avr::Avr;
-use support::{assert_heard, call_hung_up_by_server, call_options, signal, to_bytes, WAIT};
 use tungstenite::Message;
 
 /// A private CA and a `localhost` certificate it signed.

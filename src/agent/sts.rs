@@ -1,4 +1,4 @@
-//! The speech-to-speech agent: its JSON messages and the WebSocket connection.
+//! The speech-to-speech agent's WebSocket connection (the messages are in `proto::sts`).
 //!
 //! tungstenite's blocking `WebSocket` cannot be split into read and write halves, so the
 //! call's one thread drives it without blocking ([`Link`]): it sleeps in `poll(2)` on the
@@ -14,13 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use rustix::event::{poll, PollFd, PollFlags};
-use serde::Deserialize;
-use serde_json::Value;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, HandshakeError, Message, WebSocket};
+
+use crate::proto::sts::{audio_message, dtmf_message, parse_binary, parse_text, Inbound, Outgoing};
 
 /// The agent connection.
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -209,126 +208,7 @@ fn tcp_of(stream: &MaybeTlsStream<TcpStream>) -> &TcpStream {
     }
 }
 
-// ---- messages -------------------------------------------------------------------------
-
-/// `{"type":"init","uuid":…}`, with the `/call` metadata as `payload` when there is any.
-pub fn init_message(uuid: &str, metadata: Option<&Value>) -> String {
-    let mut msg = serde_json::json!({"type": "init", "uuid": uuid});
-    if let Some(meta) = metadata {
-        msg["payload"] = meta.clone();
-    }
-    msg.to_string()
-}
-
-/// `{"type":"audio","audio":"<base64>"}`, built without an intermediate JSON tree: this runs
-/// for every caller frame of every call.
-pub fn audio_message(pcm: &[u8]) -> String {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let mut out = String::with_capacity(28 + pcm.len().div_ceil(3) * 4);
-    out.push_str(r#"{"type":"audio","audio":""#);
-    engine.encode_string(pcm, &mut out);
-    out.push_str(r#""}"#);
-    out
-}
-
-/// `{"type":"dtmf_digit","digit":"5"}`.
-pub fn dtmf_message(digit: char) -> String {
-    serde_json::json!({"type": "dtmf_digit", "digit": digit.to_string()}).to_string()
-}
-
-/// A message from the agent, mapped to what the call does with it.
-#[derive(Debug, PartialEq)]
-pub enum Inbound {
-    /// 8 kHz s16le audio to play. `odd_byte_dropped` when the agent sent an odd length.
-    Audio {
-        pcm: Vec<u8>,
-        odd_byte_dropped: bool,
-    },
-    Interruption,
-    Transcript {
-        role: String,
-        text: String,
-    },
-    /// The agent reported an error; the call goes on.
-    AgentError(String),
-    /// A well-formed message of a type avr-core does not know.
-    Unknown(String),
-    /// Not a usable message (bad JSON, no type, bad base64, …).
-    Invalid(String),
-}
-
-#[derive(Deserialize)]
-struct Incoming {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    audio: Option<String>,
-    role: Option<String>,
-    text: Option<String>,
-    message: Option<Value>,
-    error: Option<Value>,
-}
-
-/// Maps one text frame from the agent.
-pub fn parse_text(text: &str) -> Inbound {
-    let msg: Incoming = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => return Inbound::Invalid(format!("not a JSON message ({e})")),
-    };
-    let Some(kind) = msg.kind else {
-        return Inbound::Invalid("message without a \"type\"".into());
-    };
-    match kind.as_str() {
-        "audio" => {
-            let Some(b64) = msg.audio else {
-                return Inbound::Invalid("audio message without an \"audio\" field".into());
-            };
-            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(pcm) => audio(pcm),
-                Err(e) => Inbound::Invalid(format!("audio is not valid base64 ({e})")),
-            }
-        }
-        "interruption" => Inbound::Interruption,
-        "transcript" => Inbound::Transcript {
-            role: msg.role.unwrap_or_else(|| "unknown".into()),
-            text: msg.text.unwrap_or_default(),
-        },
-        "error" => {
-            let detail = msg.message.or(msg.error).unwrap_or(Value::Null);
-            Inbound::AgentError(match detail {
-                Value::String(s) => s,
-                Value::Null => "(no message)".into(),
-                other => other.to_string(),
-            })
-        }
-        _ => Inbound::Unknown(kind),
-    }
-}
-
-/// Binary frames carry raw 8 kHz s16le audio.
-pub fn parse_binary(bytes: Vec<u8>) -> Inbound {
-    audio(bytes)
-}
-
-fn audio(mut pcm: Vec<u8>) -> Inbound {
-    let odd = pcm.len() % 2 == 1;
-    if odd {
-        pcm.pop();
-    }
-    Inbound::Audio {
-        pcm,
-        odd_byte_dropped: odd,
-    }
-}
-
 // ---- caller audio before the agent answers ---------------------------------------------
-
-/// Something the call sends to the agent.
-#[derive(Debug, PartialEq)]
-pub enum Outgoing {
-    /// 8 kHz s16le caller audio.
-    Audio(Vec<u8>),
-    Dtmf(char),
-}
 
 /// Caller audio and DTMF that arrive while the agent is still connecting, sent after `init`
 /// (SPEC §4). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
@@ -564,89 +444,6 @@ fn is_would_block(e: &tungstenite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn init_is_exact() {
-        assert_eq!(
-            init_message("550e8400-e29b-41d4-a716-446655440000", None),
-            r#"{"type":"init","uuid":"550e8400-e29b-41d4-a716-446655440000"}"#
-        );
-        let meta = serde_json::json!({"from": "2000"});
-        assert_eq!(
-            init_message("u", Some(&meta)),
-            r#"{"type":"init","uuid":"u","payload":{"from":"2000"}}"#
-        );
-    }
-
-    #[test]
-    fn audio_message_round_trips() {
-        let pcm: Vec<u8> = (0..=255u8).collect();
-        let text = audio_message(&pcm);
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["type"], "audio");
-        assert_eq!(
-            parse_text(&text),
-            Inbound::Audio {
-                pcm,
-                odd_byte_dropped: false
-            }
-        );
-    }
-
-    #[test]
-    fn dtmf_message_is_exact() {
-        assert_eq!(dtmf_message('#'), r##"{"type":"dtmf_digit","digit":"#"}"##);
-    }
-
-    #[test]
-    fn agent_messages_map() {
-        assert_eq!(
-            parse_text(r#"{"type":"interruption"}"#),
-            Inbound::Interruption
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"transcript","role":"agent","text":"hi"}"#),
-            Inbound::Transcript {
-                role: "agent".into(),
-                text: "hi".into()
-            }
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"error","message":"quota"}"#),
-            Inbound::AgentError("quota".into())
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"error","error":{"code":5}}"#),
-            Inbound::AgentError(r#"{"code":5}"#.into())
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"mark","name":"x"}"#),
-            Inbound::Unknown("mark".into())
-        );
-        assert!(matches!(parse_text("not json"), Inbound::Invalid(_)));
-        assert!(matches!(
-            parse_text(r#"{"audio":"AAA="}"#),
-            Inbound::Invalid(_)
-        ));
-        assert!(matches!(
-            parse_text(r#"{"type":"audio","audio":"@@@"}"#),
-            Inbound::Invalid(_)
-        ));
-        assert_eq!(
-            parse_text(r#"{"type":"audio","audio":"AAAA"}"#),
-            Inbound::Audio {
-                pcm: vec![0, 0],
-                odd_byte_dropped: true
-            }
-        );
-        assert_eq!(
-            parse_binary(vec![1, 2, 3, 4]),
-            Inbound::Audio {
-                pcm: vec![1, 2, 3, 4],
-                odd_byte_dropped: false
-            }
-        );
-    }
 
     #[test]
     fn backlog_keeps_the_newest_second_and_every_digit() {

@@ -1,17 +1,15 @@
 //! Whole calls: fake Asterisk → avr-core → the built-in echo agent, over real sockets.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use avr_core::echo_sts::{EchoEvent, EchoOptions, EchoServer};
-use avr_core::g711;
-use avr_core::simulate::{run_call, AudioSource, EndMode, SimCodec, SimOptions};
+use crate::support::avr::Avr;
+use crate::support::{assert_audio, new_uuid, non_silent, signal, to_samples, WAIT};
+use avr_core::proto::g711;
+use avr_core::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
+use avr_core::tools::simulate::{run_call, AudioSource, EndMode, SimCodec, SimOptions};
 use serde_json::{json, Value};
-use support::avr::Avr;
-use support::{assert_audio, new_uuid, non_silent, signal, to_samples, WAIT};
 
 const ECHO_DELAY: Duration = Duration::from_millis(300);
 

@@ -1,16 +1,14 @@
 //! Hostile HTTP clients: whatever they send, the process survives, `/health` keeps answering
 //! promptly, and a call that was live before the abuse keeps its 20 ms frames.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::avr::Avr;
-use support::http::{assert_healthy, get, post, read_response, send, RawCall};
-use support::sts::{StsConn, StsServer};
-use support::{new_uuid, WAIT};
+use crate::support::avr::Avr;
+use crate::support::http::{assert_healthy, get, post, read_response, send, RawCall};
+use crate::support::sts::{StsConn, StsServer};
+use crate::support::{new_uuid, WAIT};
 
 /// "Promptly", with room for a busy 2-core CI box.
 const PROMPT: Duration = Duration::from_secs(3);

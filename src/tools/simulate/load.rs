@@ -24,7 +24,7 @@ use super::{
     gaps, receive_into, sleep_until, window_max, EndedBy, Receiver, Shared, FRAME,
     SAMPLES_PER_FRAME,
 };
-use crate::audiosocket::{self, KIND_AUDIO, KIND_UUID};
+use crate::proto::audiosocket::{self, KIND_AUDIO, KIND_UUID};
 
 /// Longest marked audio: frame numbers must fit the marker (`k + 1 ≤ i16::MAX`).
 pub const MAX_MARKED: Duration = Duration::from_secs(600);

@@ -1,18 +1,16 @@
 //! Hostile and broken AudioSocket peers: each is handled as SPEC §3 says, the process
 //! survives, nothing leaks, and a normal call works afterwards.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use avr_core::audiosocket;
-use avr_core::simulate::{run_call, AudioSource, EndMode, SimOptions};
-use support::avr::Avr;
-use support::sts::{StsConn, StsServer};
-use support::{assert_heard, call_options, new_uuid, non_silent, signal, to_samples, WAIT};
+use crate::support::avr::Avr;
+use crate::support::sts::{StsConn, StsServer};
+use crate::support::{assert_heard, call_options, new_uuid, non_silent, signal, to_samples, WAIT};
+use avr_core::proto::audiosocket;
+use avr_core::tools::simulate::{run_call, AudioSource, EndMode, SimOptions};
 
 fn connect(avr: &Avr) -> TcpStream {
     let s = TcpStream::connect(avr.addr()).expect("connect");
@@ -58,7 +56,7 @@ fn normal_call_works(avr: &Avr, sts: &StsServer) {
     conn.recv_until(WAIT, |m| m["type"] == "init")
         .expect("init");
     let hello = signal(2400);
-    conn.send_audio(&support::to_bytes(&hello));
+    conn.send_audio(&crate::support::to_bytes(&hello));
     let report = sim.join().unwrap();
     assert!(report.violations.is_empty(), "{}", report.summary());
     assert_heard(&report, &hello);
@@ -151,7 +149,7 @@ fn a_65535_byte_header_then_silence_keeps_the_call_until_the_peer_leaves() {
     s.write_all(&[0; 100]).unwrap();
     // The caller still hears the agent: the clock does not wait for the reader.
     let hello = signal(800);
-    conn.send_audio(&support::to_bytes(&hello));
+    conn.send_audio(&crate::support::to_bytes(&hello));
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     s.set_read_timeout(Some(WAIT)).unwrap();
@@ -359,7 +357,7 @@ fn a_caller_that_stops_reading_is_hung_up_and_other_calls_keep_going() {
     avr.wait_call_ended(&uuid, WAIT);
     eprintln!("stalled call let go after {:?}", started.elapsed());
     // The slots its full socket made the clock skip are counted for the operator.
-    let metrics = support::http::get(avr.http_addr(), "/metrics").body;
+    let metrics = crate::support::http::get(avr.http_addr(), "/metrics").body;
     let late: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("avr_playout_late_slots_total "))

@@ -1,19 +1,17 @@
 //! `Webhooks` driven in-process against a real receiver: `call_initiated`, the bounded queue,
 //! and shutdown.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::webhook::{Reply, WebhookReceiver};
+use crate::support::WAIT;
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::webhook::{Event, EventKind, ShutdownReport, Webhooks};
 use serde_json::{json, Value};
-use support::webhook::{Reply, WebhookReceiver};
-use support::WAIT;
 
 fn dead_letter_path() -> PathBuf {
     std::env::temp_dir()

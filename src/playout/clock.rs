@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use rustix::net::{send, SendFlags};
 
-use crate::audiosocket::{self, SLIN_FRAME_BYTES};
 use crate::playout::{AgentAudio, AmbientCursor, Fill, Stop};
-use crate::server::Bell;
+use crate::proto::audiosocket::{self, SLIN_FRAME_BYTES};
+use crate::sys::lock;
+use crate::sys::Bell;
 
 /// One tick of the clock.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -88,7 +89,7 @@ impl Clocks {
     }
 
     fn lock(&self) -> MutexGuard<'_, Started> {
-        self.started.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.started)
     }
 
     /// Puts a call on the first clock with room (so a few hundred calls wake a few clocks,
@@ -208,7 +209,7 @@ impl Drop for Clocks {
 
 impl Clock {
     fn lock(&self) -> MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.calls)
     }
 
     /// Ticks while there are calls, sleeps on the condvar while there are none. The lock is
@@ -320,7 +321,7 @@ pub struct PlayoutState {
 
 impl Playout {
     pub fn lock(&self) -> MutexGuard<'_, PlayoutState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Requests a stop, applied at the next tick; a weaker request never replaces a

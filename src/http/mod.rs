@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::audiosocket;
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
+use crate::proto::audiosocket;
+use crate::proto::sts_url::effective_url;
 use crate::registry::{Entry, Registry};
-use crate::server::StopSignal;
-use crate::sts_url::effective_url;
+use crate::sys::lock;
+use crate::sys::StopSignal;
 
 /// What the service accepts and for how long; see the module doc.
 #[derive(Debug, Clone)]
@@ -1017,7 +1018,7 @@ impl Table {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Open>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.open)
     }
 
     fn admit(self: &Arc<Self>, stream: &TcpStream) -> Admission {

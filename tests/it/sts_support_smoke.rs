@@ -1,12 +1,10 @@
 //! The scriptable STS server behaves like a WebSocket agent (driven here by a plain client).
 
-mod support;
-
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::support::sts::{Received, StsServer};
 use serde_json::{json, Value};
-use support::sts::{Received, StsServer};
 use tungstenite::{Message, WebSocket};
 
 const WAIT: Duration = Duration::from_secs(3);

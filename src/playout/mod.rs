@@ -1,17 +1,19 @@
 //! What the playout clock plays: the agent's audio waiting for its 20 ms slots, the ambient
 //! noise under it, and how a call asks playout to end. Pure logic; the clock that writes it
-//! to Asterisk is [`crate::clock`].
+//! to Asterisk is [`crate::playout::clock`].
 //!
 //! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6): a burst from
 //! the agent would leave as a burst of RTP and garble the caller's audio. So agent audio
 //! goes into [`AgentAudio`] and only the clock takes it out, one frame per tick.
+
+pub mod clock;
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::audiosocket::SLIN_FRAME_BYTES;
+use crate::proto::audiosocket::SLIN_FRAME_BYTES;
 
 /// Agent audio held at most: 2 minutes. A runaway agent cannot exhaust memory.
 pub const MAX_QUEUED_BYTES: usize = 16_000 * 120;
@@ -210,7 +212,7 @@ pub enum Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::TICK;
+    use crate::playout::clock::TICK;
 
     fn take(a: &mut AgentAudio, last: bool, at: Instant) -> (Fill, Vec<u8>) {
         let mut out = [0xAAu8; SLIN_FRAME_BYTES];

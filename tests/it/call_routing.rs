@@ -1,19 +1,17 @@
 //! `/call` routing with a real webhook receiver: `call_initiated` decides the agent, all six
 //! events arrive in order, and a failing or confused receiver never breaks call setup.
 
-mod support;
-
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use avr_core::echo_sts::{EchoEvent, EchoOptions, EchoServer};
-use avr_core::simulate::{run_call, SimOptions};
+use crate::support::avr::Avr;
+use crate::support::http::post;
+use crate::support::webhook::{Reply, WebhookReceiver};
+use crate::support::{new_uuid, WAIT};
+use avr_core::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
+use avr_core::tools::simulate::{run_call, SimOptions};
 use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
-use support::avr::Avr;
-use support::http::post;
-use support::webhook::{Reply, WebhookReceiver};
-use support::{new_uuid, WAIT};
 
 const SECRET: &str = "s3cret-shared";
 

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::echo_sts::{EchoEvent, EchoOptions, EchoServer};
-use crate::simulate::{self, AudioSource, EndMode, SimOptions};
+use crate::sys::lock;
+use crate::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
+use crate::tools::simulate::{self, AudioSource, EndMode, SimOptions};
 
 /// How long the caller sends the melody (then a short tail, so its echo comes back).
 const MELODY: Duration = Duration::from_millis(3000);
@@ -113,10 +114,7 @@ fn run() -> Result<(), String> {
         let (timeline, seen) = (timeline.clone(), seen.clone());
         HookSink::start(move |at, body| {
             let (kind, text) = describe_hook(body);
-            seen.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .hooks
-                .push(kind);
+            lock(&seen).hooks.push(kind);
             timeline.at(at, "webhook", text);
         })
         .map_err(|e| format!("cannot start the webhook printer: {e}"))?
@@ -143,7 +141,7 @@ fn run() -> Result<(), String> {
     println!();
     let summary = result?;
     print!("{summary}");
-    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = lock(&seen);
     let mut missing = Vec::new();
     if !seen.codec {
         missing.push("avr-core did not log the detected codec".to_string());
@@ -219,11 +217,7 @@ fn call(server: &Server, timeline: &Timeline, seen: &Mutex<Seen>) -> Result<Stri
     );
     server.wait_call_ended(&uuid_text, SETTLE_LIMIT);
     wait_until(SETTLE_LIMIT, || {
-        seen.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .hooks
-            .iter()
-            .any(|k| k == "call_ended")
+        lock(seen).hooks.iter().any(|k| k == "call_ended")
     });
 
     let mut s = String::from("pacing at the caller (what Asterisk would see):\n");
@@ -312,7 +306,7 @@ fn watch_agent(events: Receiver<EchoEvent>, timeline: Timeline, seen: Arc<Mutex<
                     ),
                     EchoEvent::Received { text, .. } => {
                         if text.contains(r#""type":"init""#) {
-                            seen.lock().unwrap_or_else(|e| e.into_inner()).init = true;
+                            lock(&seen).init = true;
                         }
                         timeline.now("agent", format!("received {}", short(&text, 160)));
                     }
@@ -418,7 +412,7 @@ impl Server {
                         }
                     }
                     {
-                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut seen = lock(&seen);
                         seen.codec |= msg.contains("Audio codec detected");
                         if msg.contains("] [agent]: ") || msg.contains("] [user]: ") {
                             seen.transcripts += 1;

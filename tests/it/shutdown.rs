@@ -1,17 +1,15 @@
 //! Graceful shutdown (SPEC §7): SIGTERM stops new calls, lets live ones finish within
 //! SHUTDOWN_GRACE, hangs up the rest with `00 00 00`, and leaves no webhook event behind.
 
-mod support;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use avr_core::echo_sts::{EchoOptions, EchoServer};
-use avr_core::simulate::{run_call, EndMode, EndedBy};
+use crate::support::avr::Avr;
+use crate::support::{call_options, WAIT};
+use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::simulate::{run_call, EndMode, EndedBy};
 use serde_json::Value;
-use support::avr::Avr;
-use support::{call_options, WAIT};
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap()

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::audiosocket::{self, HEADER_LEN, KIND_AUDIO, KIND_DTMF, KIND_HANGUP, KIND_UUID};
-use crate::g711;
+use crate::proto::audiosocket::{self, HEADER_LEN, KIND_AUDIO, KIND_DTMF, KIND_HANGUP, KIND_UUID};
+use crate::proto::g711;
 
 mod load;
+use crate::sys::lock;
 pub use load::{frame_seq, marker, run_load, LoadCall, LoadOptions, LoadReport, LoadSummary};
 
 /// One audio frame: Asterisk's default ptime.
@@ -455,7 +456,7 @@ struct Shared {
 impl Shared {
     /// Records the end if nobody has yet; true if this call did.
     fn end(&self, by: EndedBy, at: Duration) -> bool {
-        let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut end = lock(&self.end);
         if end.is_some() {
             return false;
         }
@@ -465,7 +466,7 @@ impl Shared {
     }
 
     fn ended(&self) -> Option<(EndedBy, Duration)> {
-        *self.end.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.end)
     }
 
     fn is_live(&self) -> bool {

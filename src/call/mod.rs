@@ -5,12 +5,14 @@
 //! Asterisk <──TCP── [clock] <─Playout── [call thread] <──WebSocket── agent
 //! ```
 //! The call's thread (spawned by the listener) reads the UUID, puts the call on a playout
-//! clock (shared by many calls, see [`crate::clock`]) and starts a short-lived thread that
+//! clock (shared by many calls, see [`crate::playout::clock`]) and starts a short-lived thread that
 //! connects to the agent. Then it sleeps in `poll(2)` on the AudioSocket, the WebSocket and
 //! the call's [`Bell`] (rung when the agent is connected and when the clock has hung up),
 //! forwarding each caller frame the moment it arrives and each agent message the moment it
 //! lands: one wake-up per message, none on a timer. Every way a call can end sets one
 //! [`EndReason`] (the first wins) and logs one line saying why.
+
+pub mod listener;
 
 use std::ffi::CString;
 use std::io::{ErrorKind, Read, Write};
@@ -24,15 +26,17 @@ use crossbeam_channel::Receiver;
 use rustix::event::{poll, PollFd, PollFlags};
 use serde_json::{json, Value};
 
-use crate::audiosocket::{self, Frame, FrameBuffer};
-use crate::clock::{Clocks, Finished, Playout};
+use crate::agent::sts::{self, Backlog, Link, LinkEnd, StsError, Ws};
 use crate::config::{CodecChoice, Config};
-use crate::g711::{self, Codec, Detector};
 use crate::metrics::Metrics;
+use crate::playout::clock::{Clocks, Finished, Playout};
 use crate::playout::{self, Ambient, Stop};
+use crate::proto::audiosocket::{self, Frame, FrameBuffer};
+use crate::proto::g711::{self, Codec, Detector};
+use crate::proto::sts::{self as messages, Inbound, Outgoing};
 use crate::registry::Registry;
-use crate::server::Bell;
-use crate::sts::{self, Backlog, Inbound, Link, LinkEnd, Outgoing, StsError, Ws};
+use crate::sys::lock;
+use crate::sys::Bell;
 use crate::webhook::{Event, EventKind, Webhooks};
 
 /// How long a new connection may take to send its UUID (SPEC §3).
@@ -72,7 +76,7 @@ pub struct LiveCalls {
 
 impl LiveCalls {
     fn add(&self, call: &Arc<Shared>) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = lock(&self.calls);
         calls.retain(|c| c.strong_count() > 0);
         calls.push(Arc::downgrade(call));
     }
@@ -80,10 +84,7 @@ impl LiveCalls {
     /// Hangs up every call in progress (`00 00 00`, so each dialplan continues); returns
     /// how many there were.
     pub fn hang_up_all(&self) -> usize {
-        let calls: Vec<Arc<Shared>> = self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let calls: Vec<Arc<Shared>> = lock(&self.calls)
             .drain(..)
             .filter_map(|c| c.upgrade())
             .collect();
@@ -138,7 +139,7 @@ struct Shared {
 impl Shared {
     /// Records why the call ends; the first reason wins and is logged once.
     fn end(&self, reason: EndReason) {
-        let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut end = lock(&self.end);
         if end.is_none() {
             match &reason {
                 EndReason::CallerHangup(_) => log::info!("[{}] Call ending: {reason}", self.uuid),
@@ -267,7 +268,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         frames,
         agent,
         backlog: Backlog::default(),
-        init: Some(sts::init_message(&uuid, metadata.as_ref())),
+        init: Some(messages::init_message(&uuid, metadata.as_ref())),
         link_stats: sts::LinkStats::default(),
         caller: CallerStats::new(&uuid, ctx.config.audio_codec),
         noted: Noted::default(),
@@ -310,10 +311,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
 
     // Every thread is joined: the place is free before anyone reads that the call ended.
     drop(slot);
-    let reason = shared
-        .end
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let reason = lock(&shared.end)
         .clone()
         .map(|r| r.to_string())
         .unwrap_or_else(|| "unknown".into());

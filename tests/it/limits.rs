@@ -1,18 +1,16 @@
 //! MAX_CALLS and resource release: calls come and go, the process returns to its baseline.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use avr_core::audiosocket;
-use avr_core::echo_sts::{EchoOptions, EchoServer};
-use avr_core::simulate::{run_call, EndMode, SimOptions};
-use support::avr::Avr;
-use support::http::RawCall;
-use support::{call_options, new_uuid, WAIT};
+use crate::support::avr::Avr;
+use crate::support::http::RawCall;
+use crate::support::{call_options, new_uuid, WAIT};
+use avr_core::proto::audiosocket;
+use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::simulate::{run_call, EndMode, SimOptions};
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap()

@@ -2,20 +2,18 @@
 //! the whole-request deadline, the connection cap with its eviction of idle connections,
 //! and the 503 when every connection is being answered.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::http::{get, post, read_response};
+use crate::support::WAIT;
 use avr_core::config::Config;
 use avr_core::http::{self, Limits, Service};
 use avr_core::metrics::Metrics;
 use avr_core::registry::Registry;
 use crossbeam_channel::{Receiver, Sender};
-use support::http::{get, post, read_response};
-use support::WAIT;
 
 const UUID: &str = "935652e3-7c59-4edc-b17f-9646a9c2a265";
 
@@ -44,7 +42,7 @@ fn server(limits: Limits) -> (SocketAddr, Receiver<()>, Sender<()>) {
     });
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(avr_core::server::StopSignal::new().unwrap());
+    let stop = Arc::new(avr_core::sys::StopSignal::new().unwrap());
     http::spawn(listener, service, limits, stop).unwrap();
     (addr, entered, release)
 }

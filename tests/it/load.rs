@@ -1,7 +1,5 @@
 //! `avr-core simulate --calls N`: many marked calls against the real binary and the echo agent.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use avr_core::echo_sts::{EchoOptions, EchoServer};
-use avr_core::simulate::{frame_seq, run_load, LoadOptions};
-use support::avr::Avr;
+use crate::support::avr::Avr;
+use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::simulate::{frame_seq, run_load, LoadOptions};
 
 /// What the agent saw: per call uuid, the frame numbers in arrival order with their times.
 type Seen = Arc<Mutex<HashMap<String, Vec<(u32, Instant)>>>>;

@@ -1,15 +1,13 @@
 //! The HTTP service (SPEC §5) against the real binary: `/health`, `/metrics`, `/call` and the
 //! AudioSocket call that consumes it, and every error status with its JSON body.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::avr::Avr;
+use crate::support::http::{get, post, send, RawCall};
+use crate::support::sts::{StsConn, StsServer};
+use crate::support::{new_uuid, WAIT};
 use serde_json::{json, Value};
-use support::avr::Avr;
-use support::http::{get, post, send, RawCall};
-use support::sts::{StsConn, StsServer};
-use support::{new_uuid, WAIT};
 
 const SEED_PAYLOAD: &str =
     r#"{"from":"2000","to":"5001","uniqueid":"1770758888.32","channel":"PJSIP/2000-00000013"}"#;

@@ -1,20 +1,18 @@
 //! What avr-core does with what the agent sends: bursts, barge-in, closing, garbage, silence.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use avr_core::simulate::{run_call, EndMode, EndedBy, SimReport};
-use serde_json::json;
-use support::avr::Avr;
-use support::sts::{StsConn, StsServer};
-use support::{
+use crate::support::avr::Avr;
+use crate::support::sts::{StsConn, StsServer};
+use crate::support::{
     assert_audio, assert_heard, call_hung_up_by_server, call_options, non_silent, signal, to_bytes,
     to_samples, WAIT,
 };
+use avr_core::tools::simulate::{run_call, EndMode, EndedBy, SimReport};
+use serde_json::json;
 
 /// Starts a simulated call in the background and waits for avr-core's `init` at the agent.
 fn call_with_agent(

@@ -1,8 +1,6 @@
 //! Webhooks end to end: the real avr-core binary, its echo agent, a raw AudioSocket caller
 //! and a real HTTP receiver (tests/support/webhook.rs).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,12 +8,12 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use avr_core::echo_sts::{EchoEvent, EchoOptions, EchoServer};
+use crate::support::avr::Avr;
+use crate::support::webhook::{hex_hmac, Reply, Request, WebhookReceiver};
+use crate::support::WAIT;
+use avr_core::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
 use crossbeam_channel::Receiver;
 use serde_json::Value;
-use support::avr::Avr;
-use support::webhook::{hex_hmac, Reply, Request, WebhookReceiver};
-use support::WAIT;
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -55,7 +53,7 @@ impl Caller {
 
     /// `n` slin frames: `10 01 40` + 320 bytes.
     fn audio(&mut self, n: usize) {
-        let samples = support::to_bytes(&support::signal(160));
+        let samples = crate::support::to_bytes(&crate::support::signal(160));
         for _ in 0..n {
             let mut frame = vec![0x10, 0x01, 0x40];
             frame.extend_from_slice(&samples);
@@ -182,7 +180,7 @@ fn a_call_sends_every_event_in_order_signed_both_ways() {
         ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
     ]);
     let start = now_iso();
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let mut caller = Caller::dial(&avr, &uuid_bytes);
 
     let started = receiver.next(WAIT).expect("call_started");
@@ -303,7 +301,7 @@ fn plain_secret_and_event_filter() {
         ("WEBHOOK_EVENTS", "call_ended"),
     ]);
     let start = now_iso();
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let caller = Caller::dial(&avr, &uuid_bytes);
     caller.close();
     avr.wait_call_ended(&uuid, WAIT);
@@ -345,7 +343,7 @@ fn two_503s_then_200_make_three_attempts_with_one_webhook_id() {
         ("WEBHOOK_EVENTS", "call_started"),
         ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
     ]);
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let caller = Caller::dial(&avr, &uuid_bytes);
     let attempts = receiver.take(3, WAIT);
     caller.close();
@@ -398,7 +396,7 @@ fn a_400_is_final_and_dead_lettered() {
         ("WEBHOOK_EVENTS", "call_started"),
         ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
     ]);
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let caller = Caller::dial(&avr, &uuid_bytes);
     let first = receiver.next(WAIT).expect("one attempt");
     // No secret: no secret header and no Standard Webhooks headers.
@@ -463,7 +461,7 @@ fn a_redirect_is_not_followed() {
         ("WEBHOOK_EVENTS", "call_started"),
         ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
     ]);
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let caller = Caller::dial(&avr, &uuid_bytes);
     let first = receiver.next(WAIT).expect("one attempt");
     assert_eq!(first.path, "/events");
@@ -498,7 +496,7 @@ fn receiver_down_for_a_call_then_replay_delivers_everything_once() {
         ("WEBHOOK_SECRET", WHSEC),
         ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
     ]);
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let mut caller = Caller::dial(&avr, &uuid_bytes);
     wait_connected(&agent_events);
     caller.audio(55);
@@ -681,7 +679,7 @@ fn a_slow_receiver_does_not_delay_the_call() {
         ("WEBHOOK_TIMEOUT", "15s"),
         ("WEBHOOK_WORKERS", "1"),
     ]);
-    let (uuid_bytes, uuid) = support::new_uuid();
+    let (uuid_bytes, uuid) = crate::support::new_uuid();
     let mut caller = Caller::dial(&avr, &uuid_bytes);
     // call_started is at the receiver, which will sit on it for 10 s.
     let started = receiver.next(WAIT).expect("call_started");

@@ -1,0 +1,7 @@
+//! The wire formats, with no sockets: bytes and text in, values out, and back. Everything
+//! here is tested in place; the I/O loops that carry these formats live elsewhere.
+
+pub mod audiosocket;
+pub mod g711;
+pub mod sts;
+pub mod sts_url;

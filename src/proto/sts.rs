@@ -1,0 +1,212 @@
+//! The STS messages: what avr-core sends a speech-to-speech agent and what the agent sends
+//! back (docs/sts.md). Pure text and bytes, no sockets: the bridge and the echo agent both
+//! speak through these definitions.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `{"type":"init","uuid":…}`, with the `/call` metadata as `payload` when there is any.
+pub fn init_message(uuid: &str, metadata: Option<&Value>) -> String {
+    let mut msg = serde_json::json!({"type": "init", "uuid": uuid});
+    if let Some(meta) = metadata {
+        msg["payload"] = meta.clone();
+    }
+    msg.to_string()
+}
+
+/// `{"type":"audio","audio":"<base64>"}`, built without an intermediate JSON tree: this runs
+/// for every caller frame of every call.
+pub fn audio_message(pcm: &[u8]) -> String {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut out = String::with_capacity(28 + pcm.len().div_ceil(3) * 4);
+    out.push_str(r#"{"type":"audio","audio":""#);
+    engine.encode_string(pcm, &mut out);
+    out.push_str(r#""}"#);
+    out
+}
+
+/// `{"type":"dtmf_digit","digit":"5"}`.
+pub fn dtmf_message(digit: char) -> String {
+    serde_json::json!({"type": "dtmf_digit", "digit": digit.to_string()}).to_string()
+}
+
+/// A message from the agent, mapped to what the call does with it.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    /// 8 kHz s16le audio to play. `odd_byte_dropped` when the agent sent an odd length.
+    Audio {
+        pcm: Vec<u8>,
+        odd_byte_dropped: bool,
+    },
+    Interruption,
+    Transcript {
+        role: String,
+        text: String,
+    },
+    /// The agent reported an error; the call goes on.
+    AgentError(String),
+    /// A well-formed message of a type avr-core does not know.
+    Unknown(String),
+    /// Not a usable message (bad JSON, no type, bad base64, …).
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    audio: Option<String>,
+    role: Option<String>,
+    text: Option<String>,
+    message: Option<Value>,
+    error: Option<Value>,
+}
+
+/// Maps one text frame from the agent.
+pub fn parse_text(text: &str) -> Inbound {
+    let msg: Incoming = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Inbound::Invalid(format!("not a JSON message ({e})")),
+    };
+    let Some(kind) = msg.kind else {
+        return Inbound::Invalid("message without a \"type\"".into());
+    };
+    match kind.as_str() {
+        "audio" => {
+            let Some(b64) = msg.audio else {
+                return Inbound::Invalid("audio message without an \"audio\" field".into());
+            };
+            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+                Ok(pcm) => audio(pcm),
+                Err(e) => Inbound::Invalid(format!("audio is not valid base64 ({e})")),
+            }
+        }
+        "interruption" => Inbound::Interruption,
+        "transcript" => Inbound::Transcript {
+            role: msg.role.unwrap_or_else(|| "unknown".into()),
+            text: msg.text.unwrap_or_default(),
+        },
+        "error" => {
+            let detail = msg.message.or(msg.error).unwrap_or(Value::Null);
+            Inbound::AgentError(match detail {
+                Value::String(s) => s,
+                Value::Null => "(no message)".into(),
+                other => other.to_string(),
+            })
+        }
+        _ => Inbound::Unknown(kind),
+    }
+}
+
+/// Binary frames carry raw 8 kHz s16le audio.
+pub fn parse_binary(bytes: Vec<u8>) -> Inbound {
+    audio(bytes)
+}
+
+fn audio(mut pcm: Vec<u8>) -> Inbound {
+    let odd = pcm.len() % 2 == 1;
+    if odd {
+        pcm.pop();
+    }
+    Inbound::Audio {
+        pcm,
+        odd_byte_dropped: odd,
+    }
+}
+
+/// Something the call sends to the agent.
+#[derive(Debug, PartialEq)]
+pub enum Outgoing {
+    /// 8 kHz s16le caller audio.
+    Audio(Vec<u8>),
+    Dtmf(char),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_exact() {
+        assert_eq!(
+            init_message("550e8400-e29b-41d4-a716-446655440000", None),
+            r#"{"type":"init","uuid":"550e8400-e29b-41d4-a716-446655440000"}"#
+        );
+        let meta = serde_json::json!({"from": "2000"});
+        assert_eq!(
+            init_message("u", Some(&meta)),
+            r#"{"type":"init","uuid":"u","payload":{"from":"2000"}}"#
+        );
+    }
+
+    #[test]
+    fn audio_message_round_trips() {
+        let pcm: Vec<u8> = (0..=255u8).collect();
+        let text = audio_message(&pcm);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "audio");
+        assert_eq!(
+            parse_text(&text),
+            Inbound::Audio {
+                pcm,
+                odd_byte_dropped: false
+            }
+        );
+    }
+
+    #[test]
+    fn dtmf_message_is_exact() {
+        assert_eq!(dtmf_message('#'), r##"{"type":"dtmf_digit","digit":"#"}"##);
+    }
+
+    #[test]
+    fn agent_messages_map() {
+        assert_eq!(
+            parse_text(r#"{"type":"interruption"}"#),
+            Inbound::Interruption
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"transcript","role":"agent","text":"hi"}"#),
+            Inbound::Transcript {
+                role: "agent".into(),
+                text: "hi".into()
+            }
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"error","message":"quota"}"#),
+            Inbound::AgentError("quota".into())
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"error","error":{"code":5}}"#),
+            Inbound::AgentError(r#"{"code":5}"#.into())
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"mark","name":"x"}"#),
+            Inbound::Unknown("mark".into())
+        );
+        assert!(matches!(parse_text("not json"), Inbound::Invalid(_)));
+        assert!(matches!(
+            parse_text(r#"{"audio":"AAA="}"#),
+            Inbound::Invalid(_)
+        ));
+        assert!(matches!(
+            parse_text(r#"{"type":"audio","audio":"@@@"}"#),
+            Inbound::Invalid(_)
+        ));
+        assert_eq!(
+            parse_text(r#"{"type":"audio","audio":"AAAA"}"#),
+            Inbound::Audio {
+                pcm: vec![0, 0],
+                odd_byte_dropped: true
+            }
+        );
+        assert_eq!(
+            parse_binary(vec![1, 2, 3, 4]),
+            Inbound::Audio {
+                pcm: vec![1, 2, 3, 4],
+                odd_byte_dropped: false
+            }
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! The integration tests: the real avr-core binary and its in-process parts driven over
+//! loopback sockets by peers that behave like Asterisk, an STS agent, a webhook receiver and
+//! an HTTP client. One test binary (one link, one copy of the helpers); a file per area.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod agent;
+mod call_flow;
+mod call_routing;
+mod cli;
+mod demo;
+mod hostile;
+mod http;
+mod http_hostile;
+mod http_server;
+mod limits;
+mod load;
+mod shutdown;
+mod sts_support_smoke;
+mod tls;
+mod webhooks;
+mod webhooks_api;
