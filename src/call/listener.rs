@@ -5,7 +5,6 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use crate::call::{self, CallContext, CallSlot};
 use crate::proto::audiosocket;
@@ -20,20 +19,8 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
         log::error!("AudioSocket listener: cannot make it non-blocking: {e}");
         return false;
     }
-    while let Some(conn) = stop.accept(&listener) {
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("AudioSocket accept failed: {e}");
-                // Out of file descriptors: back off instead of spinning on the error.
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue, // already gone
-        };
+    let on_error = |e: &std::io::Error| log::warn!("AudioSocket accept failed: {e}");
+    while let Some((stream, peer)) = stop.accept(&listener, &on_error) {
         let Some(slot) = CallSlot::take(&ctx.metrics, max) else {
             ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
             log::warn!(

@@ -482,21 +482,11 @@ pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits, stop:
     let limits = Arc::new(limits);
     let mut evictions = Throttle::new("HTTP connections", Duration::from_secs(10));
     let mut refusals = Throttle::new("HTTP connections", Duration::from_secs(10));
-    let mut accept_errors = Throttle::new("HTTP accept errors", Duration::from_secs(10));
-    while let Some(conn) = stop.accept(&listener) {
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                accept_errors.note(|more| log::warn!("HTTP accept failed: {e}{more}"));
-                // Out of file descriptors: back off instead of spinning on the error.
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue, // already gone
-        };
+    let mut admit_errors = Throttle::new("HTTP connections", Duration::from_secs(10));
+    let mut failed_accepts = Throttle::new("HTTP accept errors", Duration::from_secs(10));
+    let mut on_error =
+        |e: &io::Error| failed_accepts.note(|more| log::warn!("HTTP accept failed: {e}{more}"));
+    while let Some((stream, peer)) = stop.accept(&listener, &mut on_error) {
         let slot = match table.admit(&stream) {
             Admission::Admitted { slot, evicted } => {
                 if let Some(idle) = evicted {
@@ -523,7 +513,7 @@ pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits, stop:
                 continue;
             }
             Admission::Failed(e) => {
-                accept_errors.note(|more| {
+                admit_errors.note(|more| {
                     log::warn!("HTTP: dropping the connection from {peer}: {e}{more}")
                 });
                 continue;

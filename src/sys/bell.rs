@@ -1,12 +1,18 @@
-//! Wake-ups a thread can `poll(2)` beside its sockets.
+//! Wake-ups a thread can `poll(2)` beside its sockets, and the accept loop that stops on one.
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-#[cfg(test)]
+use std::thread;
 use std::time::Duration;
 
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::event::{eventfd, EventfdFlags, PollFd, PollFlags};
+
+use super::poll;
+
+/// After a failed `accept(2)` (most often: out of file descriptors), how long the loop
+/// waits before trying again, instead of spinning on the error while calls end and free some.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A wake-up a thread can `poll(2)` beside its sockets: an eventfd. Ringing it twice before
 /// it is cleared wakes the thread once.
@@ -35,15 +41,8 @@ impl Bell {
     /// Waits for a ring (without clearing it); `false` on timeout.
     #[cfg(test)]
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
-        let limit = timeout.and_then(|t| rustix::event::Timespec::try_from(t).ok());
-        loop {
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match poll(&mut fds, limit.as_ref()) {
-                Ok(n) => return n > 0,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return false,
-            }
-        }
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 }
 
@@ -68,28 +67,49 @@ impl StopSignal {
         self.bell.ring();
     }
 
-    /// The next connection on `listener`, or `None` once the stop is triggered. The listener
-    /// must be non-blocking; the accepted stream is blocking.
-    pub fn accept(&self, listener: &TcpListener) -> Option<io::Result<TcpStream>> {
+    /// The next connection on `listener` and its peer, or `None` once the stop is triggered.
+    /// A failed `accept(2)` is handed to `on_error` (to log, throttled as the caller likes),
+    /// then retried after [`ACCEPT_BACKOFF`]; a connection already gone is skipped. The
+    /// listener must be non-blocking; the accepted stream is blocking.
+    pub fn accept(
+        &self,
+        listener: &TcpListener,
+        mut on_error: impl FnMut(&io::Error),
+    ) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let mut fds = [
                 PollFd::new(listener, PollFlags::IN),
                 PollFd::new(&self.bell.fd, PollFlags::IN),
             ];
-            match poll(&mut fds, None) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Some(Err(e.into())),
+            if let Err(e) = poll(&mut fds, None) {
+                on_error(&e);
+                thread::sleep(ACCEPT_BACKOFF);
+                continue;
             }
             if !fds[1].revents().is_empty() {
                 return None;
             }
-            match listener.accept() {
+            let accepted = listener.accept().and_then(|(stream, peer)| {
                 // Linux does not pass O_NONBLOCK on through accept(); make sure anyway.
-                Ok((s, _)) => return Some(s.set_nonblocking(false).map(|()| s)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Some(Err(e)),
+                stream.set_nonblocking(false)?;
+                Ok((stream, peer))
+            });
+            match accepted {
+                Ok(conn) => return Some(conn),
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    on_error(&e);
+                    thread::sleep(ACCEPT_BACKOFF);
+                }
             }
         }
     }
+}
+
+/// Nothing to accept after all, or a connection that was reset before it was accepted.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    )
 }
