@@ -175,7 +175,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     let _ = stream.set_nodelay(true);
     let mut frames = FrameBuffer::new(audiosocket::MAX_PAYLOAD);
     let uuid = match read_uuid(&stream, &mut frames) {
-        Ok(bytes) => audiosocket::uuid_text(&bytes),
+        Ok(bytes) => audiosocket::CallId::from_bytes(bytes).to_string(),
         Err(why) => {
             log::warn!("AudioSocket connection from {peer} closed: {why}");
             return;

@@ -338,8 +338,8 @@ fn parse_call(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
     };
     let uuid = match fields.get("uuid") {
         None | Some(Value::Null) => return Err(format!("\"uuid\" is missing; {SHAPE}")),
-        Some(Value::String(text)) => match audiosocket::uuid_bytes(text) {
-            Some(bytes) => audiosocket::uuid_text(&bytes),
+        Some(Value::String(text)) => match audiosocket::CallId::parse(text) {
+            Some(id) => id.to_string(),
             None => {
                 return Err(format!(
                     "\"uuid\" must be 8-4-4-4-12 hex digits like \

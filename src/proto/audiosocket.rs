@@ -259,51 +259,40 @@ pub fn encode(kind: u8, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
-/// Canonical lowercase `8-4-4-4-12` text: the call id in logs, webhooks and STS `init`.
-pub fn uuid_text(bytes: &[u8; 16]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+/// A call's id: the 16 bytes of the `0x01` frame, written as canonical lowercase
+/// `8-4-4-4-12` text in logs, webhooks, the STS `init` and `/call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallId(uuid::Uuid);
+
+impl CallId {
+    pub fn from_bytes(bytes: [u8; 16]) -> CallId {
+        CallId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    pub fn random() -> CallId {
+        CallId(uuid::Uuid::new_v4())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Parses `8-4-4-4-12` hex (any case). The other forms the `uuid` crate reads (braces,
+    /// no dashes, URNs) are refused, so `/call` lookups and logs only ever see the
+    /// canonical form.
+    pub fn parse(text: &str) -> Option<CallId> {
+        let dashed =
+            text.len() == 36 && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-');
+        if !dashed {
+            return None;
         }
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0x0f)]));
+        uuid::Uuid::try_parse(text).ok().map(CallId)
     }
-    s
 }
 
-/// Parses `8-4-4-4-12` hex (any case). Anything else (braces, missing dashes, URNs) is `None`,
-/// so `/call` lookups and logs only ever see the canonical form.
-pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
-    const DASHES: [usize; 4] = [8, 13, 18, 23];
-    let t = text.as_bytes();
-    if t.len() != 36 {
-        return None;
-    }
-    if DASHES.iter().any(|&i| t[i] != b'-') {
-        return None;
-    }
-    let mut nibbles = t
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !DASHES.contains(i))
-        .map(|(_, c)| hex_value(*c));
-    let mut out = [0u8; 16];
-    for byte in out.iter_mut() {
-        let hi = nibbles.next()??;
-        let lo = nibbles.next()??;
-        *byte = (hi << 4) | lo;
-    }
-    Some(out)
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
     }
 }
 
@@ -723,14 +712,20 @@ mod tests {
     }
 
     #[test]
-    fn uuid_text_round_trip() {
-        let text = uuid_text(&ID);
+    fn call_id_text_round_trip() {
+        let text = CallId::from_bytes(ID).to_string();
         assert_eq!(text, "12345678-9abc-def0-0123-456789abcdef");
-        assert_eq!(uuid_bytes(&text), Some(ID));
-        assert_eq!(uuid_bytes("12345678-9ABC-DEF0-0123-456789ABCDEF"), Some(ID));
-        assert_eq!(uuid_text(&[0; 16]), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(CallId::parse(&text), Some(CallId::from_bytes(ID)));
         assert_eq!(
-            uuid_text(&[0xff; 16]),
+            CallId::parse("12345678-9ABC-DEF0-0123-456789ABCDEF"),
+            Some(CallId::from_bytes(ID))
+        );
+        assert_eq!(
+            CallId::from_bytes([0; 16]).to_string(),
+            "00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(
+            CallId::from_bytes([0xff; 16]).to_string(),
             "ffffffff-ffff-ffff-ffff-ffffffffffff"
         );
         for bad in [
@@ -744,7 +739,7 @@ mod tests {
             "12345678-9abc-def0-0123-456789abcdé",
             "+2345678-9abc-def0-0123-456789abcdef",
         ] {
-            assert_eq!(uuid_bytes(bad), None, "{bad:?}");
+            assert_eq!(CallId::parse(bad), None, "{bad:?}");
         }
     }
 }

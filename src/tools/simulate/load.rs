@@ -482,7 +482,7 @@ pub fn run_load(opts: &LoadOptions) -> LoadReport {
                 }),
                 None => LoadCall::default(),
             };
-            call.uuid = audiosocket::uuid_text(&slot.uuid);
+            call.uuid = audiosocket::CallId::from_bytes(slot.uuid).to_string();
             call.sent = std::mem::take(&mut slot.sent);
             if call.error.is_none() {
                 call.error = slot.error.take();

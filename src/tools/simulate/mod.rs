@@ -324,7 +324,7 @@ pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
         end: Mutex::new(None),
         stop_reading: AtomicBool::new(false),
     });
-    let uuid = audiosocket::uuid_text(&opts.uuid);
+    let uuid = audiosocket::CallId::from_bytes(opts.uuid).to_string();
     log::debug!("[{uuid}] simulated call connected to {}", opts.addr);
 
     // Room for the whole call up front: the receiver should not reallocate while timing.
@@ -1250,12 +1250,16 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--addr" => addr = value("HOST:PORT")?,
             "--uuid" => {
                 let v = value("a UUID")?;
-                uuid = Some(audiosocket::uuid_bytes(&v).ok_or_else(|| {
-                    format!(
-                        "--uuid: {v:?} is not a UUID; expected 8-4-4-4-12 hex digits, \
+                uuid = Some(
+                    audiosocket::CallId::parse(&v)
+                        .map(|id| *id.as_bytes())
+                        .ok_or_else(|| {
+                            format!(
+                                "--uuid: {v:?} is not a UUID; expected 8-4-4-4-12 hex digits, \
                          e.g. 1b4e28ba-2fa1-11d2-883f-0016d3cca427"
-                    )
-                })?);
+                            )
+                        })?,
+                );
             }
             "--tone" | "--wav" | "--raw" => {
                 if let Some((other, _)) = audio {
@@ -1589,7 +1593,7 @@ mod tests {
              --codec alaw --end await --record /tmp/x.wav --tone 1000",
         );
         assert_eq!(
-            audiosocket::uuid_text(&cli.opts.uuid),
+            audiosocket::CallId::from_bytes(cli.opts.uuid).to_string(),
             "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
         );
         assert_eq!(cli.opts.duration, d(250));
