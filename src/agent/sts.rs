@@ -19,7 +19,9 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, HandshakeError, Message, WebSocket};
 
-use crate::proto::sts::{audio_message, dtmf_message, parse_binary, parse_text, Inbound, Outgoing};
+use crate::proto::sts::{
+    audio_message, dtmf_message, parse_binary, parse_text, FromAgent, ToAgent,
+};
 
 /// The agent connection.
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -215,7 +217,7 @@ fn tcp_of(stream: &MaybeTlsStream<TcpStream>) -> &TcpStream {
 /// audio is dropped, so a slow agent cannot make memory grow; DTMF is always kept.
 #[derive(Default)]
 pub struct Backlog {
-    items: VecDeque<Outgoing>,
+    items: VecDeque<ToAgent>,
     audio_bytes: usize,
 }
 
@@ -227,9 +229,9 @@ pub struct Pushed {
 }
 
 impl Backlog {
-    pub fn push(&mut self, item: Outgoing) -> Pushed {
+    pub fn push(&mut self, item: ToAgent) -> Pushed {
         let mut dropped_bytes = 0;
-        if let Outgoing::Audio(pcm) = &item {
+        if let ToAgent::Audio(pcm) = &item {
             self.audio_bytes += pcm.len();
         }
         self.items.push_back(item);
@@ -240,11 +242,11 @@ impl Backlog {
                 .items
                 .iter()
                 .take(older)
-                .position(|i| matches!(i, Outgoing::Audio(_)))
+                .position(|i| matches!(i, ToAgent::Audio(_)))
             else {
                 break;
             };
-            if let Some(Outgoing::Audio(old)) = self.items.remove(pos) {
+            if let Some(ToAgent::Audio(old)) = self.items.remove(pos) {
                 self.audio_bytes -= old.len();
                 dropped_bytes += old.len();
             }
@@ -253,7 +255,7 @@ impl Backlog {
     }
 
     /// Everything queued, oldest first.
-    pub fn drain(&mut self) -> impl Iterator<Item = Outgoing> + '_ {
+    pub fn drain(&mut self) -> impl Iterator<Item = ToAgent> + '_ {
         self.audio_bytes = 0;
         self.items.drain(..)
     }
@@ -318,24 +320,24 @@ impl Link {
 
     /// Sends caller audio or a digit. A full write buffer (the agent is not reading) drops
     /// the message and counts it: caller audio is real time, a backlog is worth nothing.
-    pub fn send(&mut self, item: Outgoing) -> Result<(), StsError> {
+    pub fn send(&mut self, item: ToAgent) -> Result<(), StsError> {
         let text = match item {
-            Outgoing::Audio(pcm) => {
+            ToAgent::Audio(pcm) => {
                 self.stats.audio_sent += 1;
                 audio_message(&pcm)
             }
-            Outgoing::Dtmf(d) => dtmf_message(d),
+            ToAgent::Dtmf(d) => dtmf_message(d),
         };
         self.queue(Message::text(text))?;
         self.flush()
     }
 
     /// Handles readiness from `poll`: flushes, then hands every complete agent message to
-    /// `on_inbound` until the socket has nothing more. `Some` when the connection is over.
+    /// `on_agent_message` until the socket has nothing more. `Some` when the connection is over.
     pub fn on_ready(
         &mut self,
         revents: PollFlags,
-        mut on_inbound: impl FnMut(Inbound),
+        mut on_agent_message: impl FnMut(FromAgent),
     ) -> Option<LinkEnd> {
         if revents.contains(PollFlags::OUT) {
             if let Err(e) = self.flush() {
@@ -349,11 +351,11 @@ impl Link {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
                     self.stats.messages_received += 1;
-                    on_inbound(parse_text(t.as_str()));
+                    on_agent_message(parse_text(t.as_str()));
                 }
                 Ok(Message::Binary(b)) => {
                     self.stats.messages_received += 1;
-                    on_inbound(parse_binary(b.to_vec()));
+                    on_agent_message(parse_binary(b.to_vec()));
                 }
                 Ok(Message::Close(frame)) => {
                     let why = match frame {
@@ -449,21 +451,21 @@ mod tests {
     fn backlog_keeps_the_newest_second_and_every_digit() {
         let mut backlog = Backlog::default();
         let mut dropped = 0;
-        backlog.push(Outgoing::Dtmf('1'));
+        backlog.push(ToAgent::Dtmf('1'));
         for i in 0..60u8 {
-            dropped += backlog.push(Outgoing::Audio(vec![i; 320])).dropped_bytes;
+            dropped += backlog.push(ToAgent::Audio(vec![i; 320])).dropped_bytes;
         }
-        backlog.push(Outgoing::Dtmf('5'));
+        backlog.push(ToAgent::Dtmf('5'));
         assert_eq!(dropped, 10 * 320);
-        let got: Vec<Outgoing> = backlog.drain().collect();
+        let got: Vec<ToAgent> = backlog.drain().collect();
         assert_eq!(got.len(), 52);
-        assert_eq!(got[0], Outgoing::Dtmf('1'));
-        assert_eq!(got[1], Outgoing::Audio(vec![10; 320]));
-        assert_eq!(got[51], Outgoing::Dtmf('5'));
+        assert_eq!(got[0], ToAgent::Dtmf('1'));
+        assert_eq!(got[1], ToAgent::Audio(vec![10; 320]));
+        assert_eq!(got[51], ToAgent::Dtmf('5'));
         assert_eq!(backlog.drain().count(), 0);
         // A single message larger than the cap is kept whole.
         assert_eq!(
-            backlog.push(Outgoing::Audio(vec![0; 20_000])).dropped_bytes,
+            backlog.push(ToAgent::Audio(vec![0; 20_000])).dropped_bytes,
             0
         );
     }

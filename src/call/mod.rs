@@ -33,7 +33,7 @@ use crate::playout::clock::{Clocks, Finished, Playout};
 use crate::playout::{self, Ambient, Stop};
 use crate::proto::audiosocket::{self, Frame, FrameBuffer};
 use crate::proto::g711::{self, Codec, Detector};
-use crate::proto::sts::{self as messages, Inbound, Outgoing};
+use crate::proto::sts::{self as messages, FromAgent, ToAgent};
 use crate::registry::Registry;
 use crate::sys::lock;
 use crate::sys::Bell;
@@ -615,7 +615,7 @@ impl Bridge<'_> {
         if !matches!(self.agent, AgentSide::Up(_)) {
             return;
         }
-        let backlog: Vec<Outgoing> = self.backlog.drain().collect();
+        let backlog: Vec<ToAgent> = self.backlog.drain().collect();
         for item in backlog {
             self.forward(item);
         }
@@ -626,7 +626,9 @@ impl Bridge<'_> {
             return;
         };
         let (shared, events, noted) = (self.shared, &self.ctx.events, &mut self.noted);
-        if let Some(end) = link.on_ready(revents, |msg| on_inbound(shared, events, noted, msg)) {
+        if let Some(end) =
+            link.on_ready(revents, |msg| on_agent_message(shared, events, noted, msg))
+        {
             self.agent_gone(end);
         }
     }
@@ -651,7 +653,7 @@ impl Bridge<'_> {
     }
 
     /// Sends caller audio or a digit to the agent, or keeps it until the agent answers.
-    fn forward(&mut self, item: Outgoing) {
+    fn forward(&mut self, item: ToAgent) {
         let uuid = &self.shared.uuid;
         match &mut self.agent {
             AgentSide::Up(link) => {
@@ -736,7 +738,7 @@ impl Bridge<'_> {
                     };
                     let mut pcm = Vec::with_capacity(payload.len() * 2);
                     g711::decode_into(codec, payload, &mut pcm);
-                    Outgoing::Audio(pcm)
+                    ToAgent::Audio(pcm)
                 }
                 Frame::Audio { rate_hz, .. } => {
                     if !std::mem::replace(&mut self.noted.wideband, true) {
@@ -754,7 +756,7 @@ impl Bridge<'_> {
                         EventKind::DtmfDigit,
                         json!({"digit": digit.to_string()}),
                     ));
-                    Outgoing::Dtmf(digit)
+                    ToAgent::Dtmf(digit)
                 }
                 Frame::Hangup => {
                     self.shared.end(EndReason::CallerHangup(
@@ -799,10 +801,10 @@ impl Bridge<'_> {
 }
 
 /// One message from the agent.
-fn on_inbound(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: Inbound) {
+fn on_agent_message(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: FromAgent) {
     let uuid = &shared.uuid;
     match msg {
-        Inbound::Audio {
+        FromAgent::Audio {
             pcm,
             odd_byte_dropped,
         } => {
@@ -821,7 +823,7 @@ fn on_inbound(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: Inboun
                 );
             }
         }
-        Inbound::Interruption => {
+        FromAgent::Interruption => {
             let dropped = shared.playout.lock().audio.clear();
             log::info!(
                 "[{uuid}] Interruption: dropped {} ms of queued agent audio",
@@ -829,7 +831,7 @@ fn on_inbound(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: Inboun
             );
             events.emit(Event::new(uuid, EventKind::Interruption, json!({})));
         }
-        Inbound::Transcript { role, text } => {
+        FromAgent::Transcript { role, text } => {
             log::info!("[{uuid}] [{role}]: {text}");
             events.emit(Event::new(
                 uuid,
@@ -837,17 +839,17 @@ fn on_inbound(shared: &Shared, events: &Webhooks, noted: &mut Noted, msg: Inboun
                 json!({"role": role, "text": text}),
             ));
         }
-        Inbound::AgentError(message) => {
+        FromAgent::AgentError(message) => {
             log::warn!("[{uuid}] STS error: {message}");
         }
-        Inbound::Unknown(kind) => {
+        FromAgent::Unknown(kind) => {
             if !std::mem::replace(&mut noted.agent_unknown, true) {
                 log::warn!(
                     "[{uuid}] Ignoring STS messages of unknown type {kind:?} (logged once per call)"
                 );
             }
         }
-        Inbound::Invalid(why) => {
+        FromAgent::Invalid(why) => {
             if !std::mem::replace(&mut noted.agent_invalid, true) {
                 log::warn!(
                     "[{uuid}] Ignoring an unusable STS message: {why} (logged once per call)"

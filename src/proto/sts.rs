@@ -33,7 +33,7 @@ pub fn dtmf_message(digit: char) -> String {
 
 /// A message from the agent, mapped to what the call does with it.
 #[derive(Debug, PartialEq)]
-pub enum Inbound {
+pub enum FromAgent {
     /// 8 kHz s16le audio to play. `odd_byte_dropped` when the agent sent an odd length.
     Audio {
         pcm: Vec<u8>,
@@ -64,52 +64,52 @@ struct Incoming {
 }
 
 /// Maps one text frame from the agent.
-pub fn parse_text(text: &str) -> Inbound {
+pub fn parse_text(text: &str) -> FromAgent {
     let msg: Incoming = match serde_json::from_str(text) {
         Ok(m) => m,
-        Err(e) => return Inbound::Invalid(format!("not a JSON message ({e})")),
+        Err(e) => return FromAgent::Invalid(format!("not a JSON message ({e})")),
     };
     let Some(kind) = msg.kind else {
-        return Inbound::Invalid("message without a \"type\"".into());
+        return FromAgent::Invalid("message without a \"type\"".into());
     };
     match kind.as_str() {
         "audio" => {
             let Some(b64) = msg.audio else {
-                return Inbound::Invalid("audio message without an \"audio\" field".into());
+                return FromAgent::Invalid("audio message without an \"audio\" field".into());
             };
             match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
                 Ok(pcm) => audio(pcm),
-                Err(e) => Inbound::Invalid(format!("audio is not valid base64 ({e})")),
+                Err(e) => FromAgent::Invalid(format!("audio is not valid base64 ({e})")),
             }
         }
-        "interruption" => Inbound::Interruption,
-        "transcript" => Inbound::Transcript {
+        "interruption" => FromAgent::Interruption,
+        "transcript" => FromAgent::Transcript {
             role: msg.role.unwrap_or_else(|| "unknown".into()),
             text: msg.text.unwrap_or_default(),
         },
         "error" => {
             let detail = msg.message.or(msg.error).unwrap_or(Value::Null);
-            Inbound::AgentError(match detail {
+            FromAgent::AgentError(match detail {
                 Value::String(s) => s,
                 Value::Null => "(no message)".into(),
                 other => other.to_string(),
             })
         }
-        _ => Inbound::Unknown(kind),
+        _ => FromAgent::Unknown(kind),
     }
 }
 
 /// Binary frames carry raw 8 kHz s16le audio.
-pub fn parse_binary(bytes: Vec<u8>) -> Inbound {
+pub fn parse_binary(bytes: Vec<u8>) -> FromAgent {
     audio(bytes)
 }
 
-fn audio(mut pcm: Vec<u8>) -> Inbound {
+fn audio(mut pcm: Vec<u8>) -> FromAgent {
     let odd = pcm.len() % 2 == 1;
     if odd {
         pcm.pop();
     }
-    Inbound::Audio {
+    FromAgent::Audio {
         pcm,
         odd_byte_dropped: odd,
     }
@@ -117,7 +117,7 @@ fn audio(mut pcm: Vec<u8>) -> Inbound {
 
 /// Something the call sends to the agent.
 #[derive(Debug, PartialEq)]
-pub enum Outgoing {
+pub enum ToAgent {
     /// 8 kHz s16le caller audio.
     Audio(Vec<u8>),
     Dtmf(char),
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(v["type"], "audio");
         assert_eq!(
             parse_text(&text),
-            Inbound::Audio {
+            FromAgent::Audio {
                 pcm,
                 odd_byte_dropped: false
             }
@@ -164,46 +164,46 @@ mod tests {
     fn agent_messages_map() {
         assert_eq!(
             parse_text(r#"{"type":"interruption"}"#),
-            Inbound::Interruption
+            FromAgent::Interruption
         );
         assert_eq!(
             parse_text(r#"{"type":"transcript","role":"agent","text":"hi"}"#),
-            Inbound::Transcript {
+            FromAgent::Transcript {
                 role: "agent".into(),
                 text: "hi".into()
             }
         );
         assert_eq!(
             parse_text(r#"{"type":"error","message":"quota"}"#),
-            Inbound::AgentError("quota".into())
+            FromAgent::AgentError("quota".into())
         );
         assert_eq!(
             parse_text(r#"{"type":"error","error":{"code":5}}"#),
-            Inbound::AgentError(r#"{"code":5}"#.into())
+            FromAgent::AgentError(r#"{"code":5}"#.into())
         );
         assert_eq!(
             parse_text(r#"{"type":"mark","name":"x"}"#),
-            Inbound::Unknown("mark".into())
+            FromAgent::Unknown("mark".into())
         );
-        assert!(matches!(parse_text("not json"), Inbound::Invalid(_)));
+        assert!(matches!(parse_text("not json"), FromAgent::Invalid(_)));
         assert!(matches!(
             parse_text(r#"{"audio":"AAA="}"#),
-            Inbound::Invalid(_)
+            FromAgent::Invalid(_)
         ));
         assert!(matches!(
             parse_text(r#"{"type":"audio","audio":"@@@"}"#),
-            Inbound::Invalid(_)
+            FromAgent::Invalid(_)
         ));
         assert_eq!(
             parse_text(r#"{"type":"audio","audio":"AAAA"}"#),
-            Inbound::Audio {
+            FromAgent::Audio {
                 pcm: vec![0, 0],
                 odd_byte_dropped: true
             }
         );
         assert_eq!(
             parse_binary(vec![1, 2, 3, 4]),
-            Inbound::Audio {
+            FromAgent::Audio {
                 pcm: vec![1, 2, 3, 4],
                 odd_byte_dropped: false
             }
