@@ -1,12 +1,21 @@
 //! Environment → validated [`Config`].
 //!
 //! Read once at startup and passed down, so nothing deep in the code calls `env::var`.
-//! Every error names the variable, the value and what is allowed (SPEC §2).
+//! Every variable is a row of [`vars::VARS`]; every error names the variable, the value and
+//! what is allowed (SPEC §2).
+
+mod env;
+pub mod vars;
+mod webhook;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use env::Env;
+pub use vars::usage_section;
+pub use webhook::{event_names, Signature, WebhookConfig};
 
 /// Which codec the caller sends; `Auto` detects it from the first frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,24 +26,28 @@ pub enum CodecChoice {
     Alaw,
 }
 
-/// What the webhook secret header carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signature {
-    /// The secret itself (the Node.js original's behaviour).
-    Plain,
-    /// Lowercase hex HMAC-SHA256 of the body, keyed by the secret.
-    HmacSha256,
-}
+impl CodecChoice {
+    /// The `AUDIO_CODEC` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodecChoice::Auto => "auto",
+            CodecChoice::Slin => "slin",
+            CodecChoice::Ulaw => "ulaw",
+            CodecChoice::Alaw => "alaw",
+        }
+    }
 
-/// The six webhook event types, in lifecycle order.
-pub const EVENT_TYPES: [&str; 6] = [
-    "call_initiated",
-    "call_started",
-    "transcription",
-    "interruption",
-    "dtmf_digit",
-    "call_ended",
-];
+    /// Asterisk's names for the G.711 laws (`pcmu`, `pcma`, `mulaw`) are accepted too.
+    fn parse(t: &str) -> Result<CodecChoice, String> {
+        match t.to_ascii_lowercase().as_str() {
+            "auto" => Ok(CodecChoice::Auto),
+            "slin" => Ok(CodecChoice::Slin),
+            "ulaw" | "mulaw" | "pcmu" => Ok(CodecChoice::Ulaw),
+            "alaw" | "pcma" => Ok(CodecChoice::Alaw),
+            _ => Err("one of auto, slin, ulaw, alaw".into()),
+        }
+    }
+}
 
 /// The effective configuration.
 #[derive(Debug, Clone)]
@@ -50,17 +63,7 @@ pub struct Config {
     pub audio_codec: CodecChoice,
     pub ambient_noise_file: Option<PathBuf>,
     pub ambient_noise_level: f32,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_secret_header: String,
-    pub webhook_signature: Signature,
-    pub webhook_timeout: Duration,
-    pub webhook_retry: u32,
-    /// Event types to send; all six by default.
-    pub webhook_events: Vec<String>,
-    pub webhook_queue_size: usize,
-    pub webhook_workers: usize,
-    pub webhook_dead_letter_file: PathBuf,
+    pub webhook: WebhookConfig,
     pub call_metadata_ttl: Duration,
     pub shutdown_grace: Duration,
     pub log_level: String,
@@ -96,8 +99,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Variables of the original's ASR→LLM→TTS pipeline mode, which avr-core does not support yet.
-const PIPELINE_VARS: [&str; 6] = [
+/// Variables (or prefixes) of the original's ASR→LLM→TTS pipeline mode, which avr-core does
+/// not support yet: read only to say so when `STS_URL` is missing.
+pub const PIPELINE_VARS: [&str; 6] = [
     "ASR_URL",
     "LLM_URL",
     "TTS_URL",
@@ -115,273 +119,80 @@ impl Config {
 
     /// Builds a config from `(name, value)` pairs; empty values count as unset.
     pub fn from_vars(vars: &[(String, String)]) -> Result<Config, ConfigError> {
-        let get = |name: &str| {
-            vars.iter()
-                .rev()
-                .find(|(k, v)| k == name && !v.trim().is_empty())
-                .map(|(_, v)| v.trim().to_string())
+        let env = Env::new(vars);
+        let Some(sts_url) = env.parse_opt("STS_URL", sts_url)? else {
+            return Err(missing_sts_url(&env));
         };
-
-        let sts_url = match get("STS_URL") {
-            Some(url) => {
-                validate_ws_url(&url).map_err(|allowed| ConfigError::Invalid {
-                    var: "STS_URL",
-                    value: url.clone(),
-                    allowed,
-                })?;
-                url
-            }
-            None => {
-                let pipeline = vars
-                    .iter()
-                    .find(|(k, v)| !v.is_empty() && PIPELINE_VARS.iter().any(|p| k.starts_with(p)));
-                let why = match pipeline {
-                    Some((k, _)) => format!(
-                        "{k} is set, but the ASR/LLM/TTS pipeline mode is not supported yet; \
-                         set STS_URL to a ws:// or wss:// speech-to-speech agent"
-                    ),
-                    None => "set it to the ws:// or wss:// URL of the speech-to-speech agent"
-                        .to_string(),
-                };
-                return Err(ConfigError::Missing {
-                    var: "STS_URL",
-                    why,
-                });
-            }
-        };
-
-        let webhook_url = match get("WEBHOOK_URL") {
-            Some(url) => {
-                let lower = url.to_ascii_lowercase();
-                if !(lower.starts_with("http://") || lower.starts_with("https://"))
-                    || url.parse::<tungstenite::http::Uri>().is_err()
-                {
-                    return Err(ConfigError::Invalid {
-                        var: "WEBHOOK_URL",
-                        value: url,
-                        allowed: "an http:// or https:// URL".into(),
-                    });
-                }
-                Some(url)
-            }
-            None => None,
-        };
-
-        let webhook_events = match get("WEBHOOK_EVENTS") {
-            None => EVENT_TYPES.iter().map(|s| s.to_string()).collect(),
-            Some(list) if list.eq_ignore_ascii_case("all") => {
-                EVENT_TYPES.iter().map(|s| s.to_string()).collect()
-            }
-            Some(list) => {
-                let mut out = Vec::new();
-                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if !EVENT_TYPES.contains(&item) {
-                        return Err(ConfigError::Invalid {
-                            var: "WEBHOOK_EVENTS",
-                            value: list.clone(),
-                            allowed: format!(
-                                "a comma list of {} (or \"all\"); {item:?} is unknown",
-                                EVENT_TYPES.join(", ")
-                            ),
-                        });
-                    }
-                    out.push(item.to_string());
-                }
-                out
-            }
-        };
-
-        let dead_letter_default = match get("STATE_DIRECTORY") {
-            // systemd may pass several colon-separated directories; the first is ours.
-            Some(dir) => PathBuf::from(dir.split(':').next().unwrap_or(&dir))
-                .join("webhook-dead-letter.jsonl"),
-            None => PathBuf::from("./webhook-dead-letter.jsonl"),
-        };
-
-        let secret_header = get("WEBHOOK_SECRET_HEADER").unwrap_or("X-AVR-WEBHOOK-SECRET".into());
-        if !is_header_name(&secret_header) {
-            return Err(ConfigError::Invalid {
-                var: "WEBHOOK_SECRET_HEADER",
-                value: secret_header,
-                allowed: "an HTTP header name (letters, digits, '-' and '_')".into(),
-            });
-        }
-
         Ok(Config {
-            port: parse_port(get("PORT"), "PORT", 5001)?,
-            bind_address: parse_ip(get("BIND_ADDRESS"), "BIND_ADDRESS")?,
-            http_port: match get("HTTP_PORT") {
-                Some(v) => Some(parse_port(Some(v), "HTTP_PORT", 0)?),
-                None => None,
-            },
-            http_bind_address: parse_ip(get("HTTP_BIND_ADDRESS"), "HTTP_BIND_ADDRESS")?,
-            http_token: get("HTTP_TOKEN"),
+            port: env.parse("PORT", env::port)?,
+            bind_address: env.parse("BIND_ADDRESS", env::ip_address)?,
+            http_port: env.parse_opt("HTTP_PORT", env::port)?,
+            http_bind_address: env.parse("HTTP_BIND_ADDRESS", env::ip_address)?,
+            http_token: env.parse_opt("HTTP_TOKEN", env::text)?,
             sts_url,
-            sts_connect_timeout: parse_duration_var(
-                get("STS_CONNECT_TIMEOUT"),
-                "STS_CONNECT_TIMEOUT",
-                Duration::from_millis(3000),
-            )?,
-            max_calls: parse_range(get("MAX_CALLS"), "MAX_CALLS", 500, 1, 100_000)?,
-            audio_codec: match get("AUDIO_CODEC")
-                .map(|s| s.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("auto") => CodecChoice::Auto,
-                Some("slin") => CodecChoice::Slin,
-                Some("ulaw") | Some("mulaw") | Some("pcmu") => CodecChoice::Ulaw,
-                Some("alaw") | Some("pcma") => CodecChoice::Alaw,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        var: "AUDIO_CODEC",
-                        value: other.to_string(),
-                        allowed: "one of auto, slin, ulaw, alaw".into(),
-                    })
-                }
-            },
-            ambient_noise_file: get("AMBIENT_NOISE_FILE").map(PathBuf::from),
-            ambient_noise_level: match get("AMBIENT_NOISE_LEVEL") {
-                None => 0.90,
-                Some(v) => match v.parse::<f32>() {
-                    Ok(x) if (0.0..=1.0).contains(&x) => x,
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            var: "AMBIENT_NOISE_LEVEL",
-                            value: v,
-                            allowed: "a gain from 0.0 to 1.0 (0 turns ambient noise off)".into(),
-                        })
-                    }
-                },
-            },
-            webhook_url,
-            webhook_secret: get("WEBHOOK_SECRET"),
-            webhook_secret_header: secret_header,
-            webhook_signature: match get("WEBHOOK_SIGNATURE")
-                .map(|s| s.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("plain") => Signature::Plain,
-                Some("hmac-sha256") => Signature::HmacSha256,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        var: "WEBHOOK_SIGNATURE",
-                        value: other.to_string(),
-                        allowed: "plain or hmac-sha256".into(),
-                    })
-                }
-            },
-            webhook_timeout: parse_duration_var(
-                get("WEBHOOK_TIMEOUT"),
-                "WEBHOOK_TIMEOUT",
-                Duration::from_millis(3000),
-            )?,
-            webhook_retry: parse_range(get("WEBHOOK_RETRY"), "WEBHOOK_RETRY", 0, 0, 20)? as u32,
-            webhook_events,
-            webhook_queue_size: parse_range(
-                get("WEBHOOK_QUEUE_SIZE"),
-                "WEBHOOK_QUEUE_SIZE",
-                1024,
-                1,
-                1_000_000,
-            )?,
-            webhook_workers: parse_range(get("WEBHOOK_WORKERS"), "WEBHOOK_WORKERS", 4, 1, 256)?,
-            webhook_dead_letter_file: get("WEBHOOK_DEAD_LETTER_FILE")
-                .map(PathBuf::from)
-                .unwrap_or(dead_letter_default),
-            call_metadata_ttl: parse_duration_var(
-                get("CALL_METADATA_TTL"),
-                "CALL_METADATA_TTL",
-                Duration::from_secs(60),
-            )?,
-            shutdown_grace: parse_duration_var(
-                get("SHUTDOWN_GRACE"),
-                "SHUTDOWN_GRACE",
-                Duration::from_secs(30),
-            )?,
-            log_level: get("LOG_LEVEL")
-                .or_else(|| get("RUST_LOG"))
-                .unwrap_or_else(|| "info".into()),
-            ssl_cert_file: get("SSL_CERT_FILE").map(PathBuf::from),
+            sts_connect_timeout: env.parse("STS_CONNECT_TIMEOUT", env::duration)?,
+            max_calls: env.parse("MAX_CALLS", |t| env::whole_number(t, 1, MAX_CALLS_LIMIT))?,
+            audio_codec: env.parse("AUDIO_CODEC", CodecChoice::parse)?,
+            ambient_noise_file: env.parse_opt("AMBIENT_NOISE_FILE", env::path)?,
+            ambient_noise_level: env.parse("AMBIENT_NOISE_LEVEL", gain)?,
+            webhook: WebhookConfig::read(&env)?,
+            call_metadata_ttl: env.parse("CALL_METADATA_TTL", env::duration)?,
+            shutdown_grace: env.parse("SHUTDOWN_GRACE", env::duration)?,
+            log_level: log_level(&env),
+            ssl_cert_file: env.parse_opt("SSL_CERT_FILE", env::path)?,
         })
     }
 
-    /// The effective configuration as `NAME=value` lines, secrets masked, for `check-config`.
+    /// The effective configuration as `NAME=value` lines, in table order, secrets masked,
+    /// for `check-config`.
     pub fn describe(&self) -> String {
-        let secret = |v: &Option<String>| match v {
-            Some(_) => "********".to_string(),
-            None => "(unset)".to_string(),
-        };
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let lines = [
-            ("PORT", self.port.to_string()),
-            ("BIND_ADDRESS", self.bind_address.to_string()),
-            (
-                "HTTP_PORT",
-                self.http_port
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "(unset: HTTP service off)".into()),
-            ),
-            ("HTTP_BIND_ADDRESS", self.http_bind_address.to_string()),
-            ("HTTP_TOKEN", secret(&self.http_token)),
-            ("STS_URL", mask_url_password(&self.sts_url)),
-            ("STS_CONNECT_TIMEOUT", ms(self.sts_connect_timeout)),
-            ("MAX_CALLS", self.max_calls.to_string()),
-            (
-                "AUDIO_CODEC",
-                format!("{:?}", self.audio_codec).to_ascii_lowercase(),
-            ),
-            (
-                "AMBIENT_NOISE_FILE",
-                self.ambient_noise_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(unset)".into()),
-            ),
-            (
-                "AMBIENT_NOISE_LEVEL",
-                format!("{:.2}", self.ambient_noise_level),
-            ),
-            (
-                "WEBHOOK_URL",
-                self.webhook_url
-                    .as_deref()
-                    .map(mask_url_password)
-                    .unwrap_or_else(|| "(unset: webhooks off)".into()),
-            ),
-            ("WEBHOOK_SECRET", secret(&self.webhook_secret)),
-            ("WEBHOOK_SECRET_HEADER", self.webhook_secret_header.clone()),
-            (
-                "WEBHOOK_SIGNATURE",
-                match self.webhook_signature {
-                    Signature::Plain => "plain".into(),
-                    Signature::HmacSha256 => "hmac-sha256".into(),
-                },
-            ),
-            ("WEBHOOK_TIMEOUT", ms(self.webhook_timeout)),
-            ("WEBHOOK_RETRY", self.webhook_retry.to_string()),
-            ("WEBHOOK_EVENTS", self.webhook_events.join(",")),
-            ("WEBHOOK_QUEUE_SIZE", self.webhook_queue_size.to_string()),
-            ("WEBHOOK_WORKERS", self.webhook_workers.to_string()),
-            (
-                "WEBHOOK_DEAD_LETTER_FILE",
-                self.webhook_dead_letter_file.display().to_string(),
-            ),
-            ("CALL_METADATA_TTL", ms(self.call_metadata_ttl)),
-            ("SHUTDOWN_GRACE", ms(self.shutdown_grace)),
-            ("LOG_LEVEL", self.log_level.clone()),
-            (
-                "SSL_CERT_FILE",
-                self.ssl_cert_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(unset)".into()),
-            ),
-        ];
-        let mut out = String::new();
-        for (k, v) in lines {
-            out.push_str(&format!("{k}={v}\n"));
-        }
-        out
+        vars::VARS
+            .iter()
+            .map(|var| format!("{}={}\n", var.name, var.shown(self)))
+            .collect()
+    }
+}
+
+/// The log filter of the process environment, for the subcommands that read nothing else
+/// (`simulate`, `echo-sts`, `webhooks`): `LOG_LEVEL`, else `RUST_LOG`, else the default.
+pub fn log_level_from_env() -> String {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    log_level(&Env::new(&vars))
+}
+
+fn log_level(env: &Env) -> String {
+    env.given("LOG_LEVEL")
+        .or_else(|| env.given("RUST_LOG"))
+        .or_else(|| env.text("LOG_LEVEL"))
+        .unwrap_or_default()
+}
+
+/// More concurrent calls than this would exceed any sane file-descriptor and thread limit.
+const MAX_CALLS_LIMIT: usize = 100_000;
+
+fn sts_url(t: &str) -> Result<String, String> {
+    validate_ws_url(t).map(|()| t.to_string())
+}
+
+/// `STS_URL` is missing: point at the pipeline-mode variable if that is what was meant.
+fn missing_sts_url(env: &Env) -> ConfigError {
+    let why = match env.first_with_prefix(&PIPELINE_VARS) {
+        Some(k) => format!(
+            "{k} is set, but the ASR/LLM/TTS pipeline mode is not supported yet; \
+             set STS_URL to a ws:// or wss:// speech-to-speech agent"
+        ),
+        None => "set it to the ws:// or wss:// URL of the speech-to-speech agent".to_string(),
+    };
+    ConfigError::Missing {
+        var: "STS_URL",
+        why,
+    }
+}
+
+fn gain(t: &str) -> Result<f32, String> {
+    match t.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err("a gain from 0.0 to 1.0 (0 turns ambient noise off)".into()),
     }
 }
 
@@ -432,77 +243,6 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
-fn is_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn parse_port(v: Option<String>, var: &'static str, default: u16) -> Result<u16, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(v) => v.parse::<u16>().map_err(|_| ConfigError::Invalid {
-            var,
-            value: v,
-            allowed: "a TCP port from 0 to 65535 (0 picks a free port)".into(),
-        }),
-    }
-}
-
-fn parse_ip(v: Option<String>, var: &'static str) -> Result<IpAddr, ConfigError> {
-    match v {
-        None => Ok(IpAddr::from([0, 0, 0, 0])),
-        Some(v) => v
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse()
-            .map_err(|_| ConfigError::Invalid {
-                var,
-                value: v,
-                allowed: "an IPv4 or IPv6 address, e.g. 0.0.0.0, 127.0.0.1 or ::".into(),
-            }),
-    }
-}
-
-fn parse_range(
-    v: Option<String>,
-    var: &'static str,
-    default: usize,
-    min: usize,
-    max: usize,
-) -> Result<usize, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ConfigError::Invalid {
-                var,
-                value: v,
-                allowed: format!("a whole number from {min} to {max}"),
-            }),
-        },
-    }
-}
-
-fn parse_duration_var(
-    v: Option<String>,
-    var: &'static str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(v) => match parse_duration(&v) {
-            Some(d) if d > Duration::ZERO && d <= Duration::from_secs(24 * 3600) => Ok(d),
-            _ => Err(ConfigError::Invalid {
-                var,
-                value: v,
-                allowed:
-                    "a duration above zero: milliseconds (3000) or with a unit (500ms, 3s, 2m)"
-                        .into(),
-            }),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,20 +264,111 @@ mod tests {
         assert_eq!(c.max_calls, 500);
         assert_eq!(c.audio_codec, CodecChoice::Auto);
         assert!((c.ambient_noise_level - 0.90).abs() < 1e-6);
-        assert_eq!(c.webhook_secret_header, "X-AVR-WEBHOOK-SECRET");
-        assert_eq!(c.webhook_signature, Signature::Plain);
-        assert_eq!(c.webhook_timeout, Duration::from_millis(3000));
-        assert_eq!(c.webhook_retry, 0);
-        assert_eq!(c.webhook_events.len(), 6);
-        assert_eq!(c.webhook_queue_size, 1024);
-        assert_eq!(c.webhook_workers, 4);
+        assert_eq!(c.webhook.secret_header, "X-AVR-WEBHOOK-SECRET");
+        assert_eq!(c.webhook.signature, Signature::Plain);
+        assert_eq!(c.webhook.timeout, Duration::from_millis(3000));
+        assert_eq!(c.webhook.retry, 0);
+        assert_eq!(c.webhook.events.len(), 6);
+        assert_eq!(c.webhook.queue_size, 1024);
+        assert_eq!(c.webhook.workers, 4);
         assert_eq!(
-            c.webhook_dead_letter_file,
+            c.webhook.dead_letter_file,
             PathBuf::from("./webhook-dead-letter.jsonl")
         );
         assert_eq!(c.call_metadata_ttl, Duration::from_secs(60));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.log_level, "info");
+    }
+
+    #[test]
+    fn describe_prints_every_variable_in_table_order() {
+        let c = Config::from_vars(&vars(&[("STS_URL", "ws://localhost:6030")])).unwrap();
+        assert_eq!(
+            c.describe(),
+            "PORT=5001\n\
+             BIND_ADDRESS=0.0.0.0\n\
+             HTTP_PORT=(unset: HTTP service off)\n\
+             HTTP_BIND_ADDRESS=0.0.0.0\n\
+             HTTP_TOKEN=(unset)\n\
+             STS_URL=ws://localhost:6030\n\
+             STS_CONNECT_TIMEOUT=3000ms\n\
+             MAX_CALLS=500\n\
+             AUDIO_CODEC=auto\n\
+             AMBIENT_NOISE_FILE=(unset)\n\
+             AMBIENT_NOISE_LEVEL=0.90\n\
+             WEBHOOK_URL=(unset: webhooks off)\n\
+             WEBHOOK_SECRET=(unset)\n\
+             WEBHOOK_SECRET_HEADER=X-AVR-WEBHOOK-SECRET\n\
+             WEBHOOK_SIGNATURE=plain\n\
+             WEBHOOK_TIMEOUT=3000ms\n\
+             WEBHOOK_RETRY=0\n\
+             WEBHOOK_EVENTS=call_initiated,call_started,transcription,interruption,dtmf_digit,call_ended\n\
+             WEBHOOK_QUEUE_SIZE=1024\n\
+             WEBHOOK_WORKERS=4\n\
+             WEBHOOK_DEAD_LETTER_FILE=./webhook-dead-letter.jsonl\n\
+             CALL_METADATA_TTL=60000ms\n\
+             SHUTDOWN_GRACE=30000ms\n\
+             LOG_LEVEL=info\n\
+             SSL_CERT_FILE=(unset)\n"
+        );
+    }
+
+    /// Each table variable, a value other than its default, and how `check-config` shows it:
+    /// proves parsing reads every row under its name and `describe` shows what was read.
+    const EVERY_VARIABLE: [(&str, &str, &str); 25] = [
+        ("PORT", "5002", "5002"),
+        ("BIND_ADDRESS", "[::1]", "::1"),
+        ("HTTP_PORT", "6001", "6001"),
+        ("HTTP_BIND_ADDRESS", "127.0.0.1", "127.0.0.1"),
+        ("HTTP_TOKEN", "tok", "********"),
+        ("STS_URL", "wss://u:p@agent/sts", "wss://u:****@agent/sts"),
+        ("STS_CONNECT_TIMEOUT", "2s", "2000ms"),
+        ("MAX_CALLS", "7", "7"),
+        ("AUDIO_CODEC", "PCMA", "alaw"),
+        ("AMBIENT_NOISE_FILE", "/n.raw", "/n.raw"),
+        ("AMBIENT_NOISE_LEVEL", "0.5", "0.50"),
+        ("WEBHOOK_URL", "http://h/e", "http://h/e"),
+        ("WEBHOOK_SECRET", "s", "********"),
+        ("WEBHOOK_SECRET_HEADER", "X-S", "X-S"),
+        ("WEBHOOK_SIGNATURE", "hmac-sha256", "hmac-sha256"),
+        ("WEBHOOK_TIMEOUT", "1m", "60000ms"),
+        ("WEBHOOK_RETRY", "2", "2"),
+        ("WEBHOOK_EVENTS", "call_ended", "call_ended"),
+        ("WEBHOOK_QUEUE_SIZE", "9", "9"),
+        ("WEBHOOK_WORKERS", "3", "3"),
+        ("WEBHOOK_DEAD_LETTER_FILE", "/d.jsonl", "/d.jsonl"),
+        ("CALL_METADATA_TTL", "5s", "5000ms"),
+        ("SHUTDOWN_GRACE", "500ms", "500ms"),
+        ("LOG_LEVEL", "debug", "debug"),
+        ("SSL_CERT_FILE", "/ca.pem", "/ca.pem"),
+    ];
+
+    #[test]
+    fn every_variable_is_read_and_shown() {
+        let names: Vec<&str> = EVERY_VARIABLE.iter().map(|(n, _, _)| *n).collect();
+        let table: Vec<&str> = vars::VARS.iter().map(|v| v.name).collect();
+        assert_eq!(names, table);
+        let given: Vec<(&str, &str)> = EVERY_VARIABLE.iter().map(|(n, v, _)| (*n, *v)).collect();
+        let text = Config::from_vars(&vars(&given)).unwrap().describe();
+        let expected: String = EVERY_VARIABLE
+            .iter()
+            .map(|(n, _, shown)| format!("{n}={shown}\n"))
+            .collect();
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn log_level_falls_back_to_rust_log() {
+        let level = |pairs: &[(&str, &str)]| Config::from_vars(&vars(pairs)).unwrap().log_level;
+        let sts = ("STS_URL", "ws://a:1");
+        assert_eq!(
+            level(&[sts, ("RUST_LOG", "avr_core=trace")]),
+            "avr_core=trace"
+        );
+        assert_eq!(
+            level(&[sts, ("RUST_LOG", "trace"), ("LOG_LEVEL", "warn")]),
+            "warn"
+        );
     }
 
     #[test]
@@ -624,7 +455,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            c.webhook_dead_letter_file,
+            c.webhook.dead_letter_file,
             PathBuf::from("/var/lib/avr-core/webhook-dead-letter.jsonl")
         );
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::client::{Client, Message, MAX_ANSWER_BYTES};
 use super::dead_letter::{self, DeadLetter};
 use super::{Event, EventKind};
-use crate::config::Config;
+use crate::config::WebhookConfig;
 
 const USAGE: &str = "\
 USAGE:
@@ -19,7 +19,7 @@ USAGE:
                                      WEBHOOK_DEAD_LETTER_FILE) once more, with its original
                                      webhook-id; keep only those that still fail (exit 0 if none)
 
-Both read the server's configuration from the environment (WEBHOOK_*, STS_URL).
+Both read only the WEBHOOK_* variables from the environment (STS_URL is not needed).
 ";
 
 /// Runs the subcommand in `args` (the words after `webhooks`).
@@ -33,16 +33,17 @@ pub fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let config = match Config::from_env() {
+    // Only the webhook variables: the tools run where the server's STS_URL is not set.
+    let config = match WebhookConfig::from_env() {
         Ok(c) => c,
         Err(e) => return fail(&format!("configuration error: {e}")),
     };
-    let Some(client) = Client::from_config(&config) else {
+    let Some(client) = Client::new(&config) else {
         return fail("WEBHOOK_URL is not set: there is no receiver to send to");
     };
     match (command, &args[1..]) {
         (Some("test"), []) => test(&client),
-        (Some("replay"), []) => replay(&client, config.webhook_dead_letter_file),
+        (Some("replay"), []) => replay(&client, config.dead_letter_file),
         (Some("replay"), [file]) => replay(&client, PathBuf::from(file)),
         _ => fail(&format!(
             "unknown arguments {args:?}; run `avr-core webhooks --help`"

@@ -11,7 +11,7 @@ use ureq::http::Uri;
 
 use super::policy::{self, AttemptError, StatusClass};
 use super::sign::Signer;
-use crate::config::{mask_url_password, Config};
+use crate::config::{mask_url_password, WebhookConfig};
 
 /// The most of a receiver's answer that is read: enough for a `call_initiated` answer or an
 /// error page, small enough that a hostile receiver cannot make avr-core buffer much.
@@ -70,15 +70,12 @@ pub struct Client {
 
 impl Client {
     /// `None` when `WEBHOOK_URL` is unset.
-    pub fn from_config(config: &Config) -> Option<Arc<Client>> {
-        let url = config.webhook_url.clone()?;
-        let signer = config.webhook_secret.as_deref().map(|secret| {
-            Signer::new(
-                secret,
-                &config.webhook_secret_header,
-                config.webhook_signature,
-            )
-        });
+    pub fn new(config: &WebhookConfig) -> Option<Arc<Client>> {
+        let url = config.url.clone()?;
+        let signer = config
+            .secret
+            .as_deref()
+            .map(|secret| Signer::new(secret, &config.secret_header, config.signature));
         let agent = ureq::Agent::config_builder()
             // An operator's HTTP_PROXY is for other traffic; webhooks go where WEBHOOK_URL says.
             .proxy(None)
@@ -86,7 +83,7 @@ impl Client {
             .max_redirects(0)
             .http_status_as_error(false)
             .user_agent(format!("avr-core/{}", env!("CARGO_PKG_VERSION")))
-            .timeout_global(Some(config.webhook_timeout))
+            .timeout_global(Some(config.timeout))
             .max_idle_age(MAX_IDLE_AGE)
             .build()
             .new_agent();
@@ -94,7 +91,7 @@ impl Client {
             agent,
             url,
             signer,
-            timeout: config.webhook_timeout,
+            timeout: config.timeout,
         }))
     }
 

@@ -103,8 +103,8 @@ impl std::fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
-/// A record to write and the line to log once it is written (or not).
-pub struct Entry {
+/// A dead letter on its way to the file, with the line to log once it is written (or not).
+pub struct PendingLetter {
     pub msg: Message,
     pub record: DeadLetter,
     /// What happened to the event, logged at `level` after the write.
@@ -112,12 +112,12 @@ pub struct Entry {
     pub level: log::Level,
 }
 
-/// Writes one entry, then logs its line (so a reader of the log finds the record in the
+/// Writes one dead letter, then logs its note (so a reader of the log finds the record in the
 /// file); a failed write is logged as a lost event, with the record itself so it can still be
 /// recovered from the log. Returns whether it was written.
-pub fn write_entry(path: &Path, entry: &Entry, metrics: &Metrics) -> bool {
-    let written = append(path, &entry.record.to_line());
-    log::log!(entry.level, "{}", entry.note);
+pub fn write_pending(path: &Path, pending: &PendingLetter, metrics: &Metrics) -> bool {
+    let written = append(path, &pending.record.to_line());
+    log::log!(pending.level, "{}", pending.note);
     match written {
         Ok(()) => {
             metrics.webhook_dead_letters.fetch_add(1, Relaxed);
@@ -126,9 +126,9 @@ pub fn write_entry(path: &Path, entry: &Entry, metrics: &Metrics) -> bool {
         Err(e) => {
             log::error!(
                 "[{}] {} Event LOST: {e}; the dead letter was: {}",
-                entry.msg.uuid,
-                entry.msg.tag(),
-                entry.record.to_line().trim_end()
+                pending.msg.uuid,
+                pending.msg.tag(),
+                pending.record.to_line().trim_end()
             );
             false
         }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::client::{Client, Message};
-use super::dead_letter::{DeadLetter, Entry};
+use super::dead_letter::{DeadLetter, PendingLetter};
 use super::policy::{self, AttemptError};
-use super::Shared;
+use super::Outbox;
 
 /// An event between acceptance and its final outcome.
 #[derive(Debug)]
@@ -241,14 +241,14 @@ pub struct Drain {
 
 /// The dispatcher thread.
 pub fn run(
-    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
     events: Receiver<Message>,
     control: Receiver<Drain>,
     jobs: Sender<Job>,
     results: Receiver<Done>,
     workers: usize,
 ) {
-    let mut sched = Scheduler::new(shared.max_attempts);
+    let mut sched = Scheduler::new(outbox.max_attempts);
     let mut drain: Option<Drain> = None;
     let mut events_open = true;
     let mut control_open = true;
@@ -265,7 +265,7 @@ pub fn run(
                     id: unsent.0.id,
                     result: Err(AttemptError::Request("no webhook worker is running".into())),
                 };
-                handle(&shared, &mut sched, done);
+                handle(&outbox, &mut sched, done);
             }
         }
         if let Some(d) = &drain {
@@ -278,8 +278,8 @@ pub fn run(
                         Some(e) => format!("shut down before delivery (last error: {e})"),
                         None => "shut down before delivery".to_string(),
                     };
-                    dead_letter_unfinished(&shared, &delivery, &why);
-                    shared.settle();
+                    dead_letter_unfinished(&outbox, &delivery, &why);
+                    outbox.settle();
                 }
                 break;
             }
@@ -304,7 +304,7 @@ pub fn run(
             },
             recv(results) -> done => {
                 if let Ok(done) = done {
-                    handle(&shared, &mut sched, done);
+                    handle(&outbox, &mut sched, done);
                 }
             },
             recv(control_rx) -> req => match req {
@@ -317,12 +317,12 @@ pub fn run(
                     sched.deadline = Some(req.deadline);
                     for delivery in sched.expire_retries_after(req.deadline) {
                         final_failure(
-                            &shared,
+                            &outbox,
                             &delivery.msg,
                             delivery.attempts,
                             delivery.last_error.as_ref(),
                         );
-                        shared.settle();
+                        outbox.settle();
                     }
                     drain = Some(req);
                 }
@@ -333,20 +333,20 @@ pub fn run(
     }
     // Workers exit once `jobs` is dropped; the writer drains its queue before replying.
     drop(jobs);
-    shared.flush_writer();
+    outbox.flush_writer();
     if let Some(d) = drain {
         let _ = d.done.send(());
     }
 }
 
-fn handle(shared: &Shared, sched: &mut Scheduler, done: Done) {
+fn handle(outbox: &Outbox, sched: &mut Scheduler, done: Done) {
     let Some(outcome) = sched.finish(done, Instant::now(), policy::random_unit()) else {
         return;
     };
     match outcome {
         Outcome::Delivered { delivery, status } => {
-            shared.delivered(&delivery.msg, delivery.attempts, status);
-            shared.settle();
+            outbox.delivered(&delivery.msg, delivery.attempts, status);
+            outbox.settle();
         }
         Outcome::Retrying {
             msg,
@@ -354,33 +354,33 @@ fn handle(shared: &Shared, sched: &mut Scheduler, done: Done) {
             error,
             delay,
         } => {
-            shared.note_retry(&msg, attempts, &error, delay);
+            outbox.note_retry(&msg, attempts, &error, delay);
         }
         Outcome::Failed(delivery) => {
             final_failure(
-                shared,
+                outbox,
                 &delivery.msg,
                 delivery.attempts,
                 delivery.last_error.as_ref(),
             );
-            shared.settle();
+            outbox.settle();
         }
     }
 }
 
 /// All attempts failed (or the error was final): the upstream failure line and a dead letter.
-fn final_failure(shared: &Shared, msg: &Message, attempts: u32, last_error: Option<&AttemptError>) {
-    shared.failed(failure_entry(shared, msg, attempts, last_error));
+fn final_failure(outbox: &Outbox, msg: &Message, attempts: u32, last_error: Option<&AttemptError>) {
+    outbox.failed(failure_letter(outbox, msg, attempts, last_error));
 }
 
 /// The dead letter of a final failure, and its log line in the upstream shape.
-pub fn failure_entry(
-    shared: &Shared,
+pub fn failure_letter(
+    outbox: &Outbox,
     msg: &Message,
     attempts: u32,
     last_error: Option<&AttemptError>,
-) -> Entry {
-    let url = shared.client.masked_url();
+) -> PendingLetter {
+    let url = outbox.client.masked_url();
     let (message, code, status) = match last_error {
         Some(e) => (
             e.to_string(),
@@ -396,7 +396,7 @@ pub fn failure_entry(
         msg.tag(),
     );
     let record = DeadLetter::new(msg, &url, attempts, &message, SystemTime::now());
-    Entry {
+    PendingLetter {
         msg: msg.clone(),
         record,
         note,
@@ -405,16 +405,16 @@ pub fn failure_entry(
 }
 
 /// An event the deadline caught before its final outcome.
-fn dead_letter_unfinished(shared: &Shared, delivery: &Delivery, why: &str) {
+fn dead_letter_unfinished(outbox: &Outbox, delivery: &Delivery, why: &str) {
     let msg = &delivery.msg;
-    let url = shared.client.masked_url();
+    let url = outbox.client.masked_url();
     let note = format!(
         "[{}] {} Not delivered: {why}; written to the dead-letter file",
         msg.uuid,
         msg.tag()
     );
     let record = DeadLetter::new(msg, &url, delivery.attempts, why, SystemTime::now());
-    shared.failed(Entry {
+    outbox.failed(PendingLetter {
         msg: (**msg).clone(),
         record,
         note,

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{event_names, Config};
 use crate::metrics::Metrics;
 use crate::sys::lock;
 use client::{Client, Message};
-use dead_letter::{DeadLetter, Entry};
+use dead_letter::{DeadLetter, PendingLetter};
 use dispatch::Drain;
 pub use event::{Event, EventKind};
 
@@ -52,18 +52,19 @@ pub struct Webhooks {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
     /// Taken by `shutdown`: later events go straight to the dead-letter file. Emitters hold
     /// the read lock while sending, so once `shutdown` has taken it, every accepted event is
     /// already in the channel for the dispatcher to drain.
     queue: RwLock<Option<Sender<Message>>>,
     control: Mutex<Option<Sender<Drain>>>,
-    /// `WEBHOOK_EVENTS`, indexed like [`EventKind::ALL`].
-    wanted: [bool; 6],
+    /// `WEBHOOK_EVENTS`: the kinds to send (at most six, so a scan is cheapest).
+    wanted: Vec<EventKind>,
 }
 
-/// What every webhook thread shares.
-pub(crate) struct Shared {
+/// The sending side every webhook thread uses: the receiver's client, the queue's accounting,
+/// the dead-letter writer and the running totals.
+pub(crate) struct Outbox {
     client: Arc<Client>,
     metrics: Arc<Metrics>,
     max_attempts: u32,
@@ -71,7 +72,7 @@ pub(crate) struct Shared {
     dead_letter_file: PathBuf,
     /// Accepted by `emit` and not yet delivered or dead-lettered: bounded by `queue_size`.
     depth: AtomicUsize,
-    writer: Sender<Entry>,
+    writer: Sender<PendingLetter>,
     flush: Sender<Sender<()>>,
     stats: Arc<Stats>,
 }
@@ -113,11 +114,12 @@ impl Webhooks {
 
     /// Starts the delivery threads for `WEBHOOK_URL`; without it, [`Webhooks::log_only`].
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> Webhooks {
-        let Some(client) = Client::from_config(config) else {
+        let config = &config.webhook;
+        let Some(client) = Client::new(config) else {
             return Webhooks::log_only();
         };
         if config
-            .webhook_secret
+            .secret
             .as_deref()
             .is_some_and(sign::Signer::whsec_undecodable)
         {
@@ -127,32 +129,32 @@ impl Webhooks {
                  reject; use a whsec_<base64> secret or one without the prefix"
             );
         }
-        let wanted = EventKind::ALL.map(|k| config.webhook_events.iter().any(|e| e == k.as_str()));
+        let wanted = config.events.clone();
         let (writer, writer_rx) = crossbeam_channel::unbounded();
         let (flush, flush_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
-        let shared = Arc::new(Shared {
+        let outbox = Arc::new(Outbox {
             client: client.clone(),
             metrics: metrics.clone(),
-            max_attempts: config.webhook_retry.saturating_add(1),
-            queue_size: config.webhook_queue_size,
-            dead_letter_file: config.webhook_dead_letter_file.clone(),
+            max_attempts: config.retry.saturating_add(1),
+            queue_size: config.queue_size,
+            dead_letter_file: config.dead_letter_file.clone(),
             depth: AtomicUsize::new(0),
             writer,
             flush,
             stats: stats.clone(),
         });
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.webhook_queue_size);
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_size);
         let (control_tx, control_rx) = crossbeam_channel::bounded(1);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (results_tx, results_rx) = crossbeam_channel::unbounded();
 
-        let path = config.webhook_dead_letter_file.clone();
+        let path = config.dead_letter_file.clone();
         let mut started = spawn("webhook-dead-letter", move || {
             writer_thread(&path, writer_rx, flush_rx, &metrics, &stats)
         });
         let mut workers = 0;
-        for n in 0..config.webhook_workers {
+        for n in 0..config.workers {
             let (client, jobs, results) = (client.clone(), jobs_rx.clone(), results_tx.clone());
             if spawn(&format!("webhook-worker-{n}"), move || {
                 dispatch::worker(client, jobs, results)
@@ -163,9 +165,9 @@ impl Webhooks {
         drop((jobs_rx, results_tx));
         started &= workers > 0;
         if started {
-            let shared = shared.clone();
+            let outbox = outbox.clone();
             started = spawn("webhook-dispatch", move || {
-                dispatch::run(shared, queue_rx, control_rx, jobs_tx, results_rx, workers)
+                dispatch::run(outbox, queue_rx, control_rx, jobs_tx, results_rx, workers)
             });
         }
         let (queue, control) = if started {
@@ -173,24 +175,24 @@ impl Webhooks {
                 "Webhooks to {} (events: {}; {workers} workers, queue {}, timeout {} ms, {} \
                  retries; dead letters to {})",
                 client.masked_url(),
-                config.webhook_events.join(","),
-                config.webhook_queue_size,
-                config.webhook_timeout.as_millis(),
-                config.webhook_retry,
-                config.webhook_dead_letter_file.display()
+                event_names(&config.events),
+                config.queue_size,
+                config.timeout.as_millis(),
+                config.retry,
+                config.dead_letter_file.display()
             );
             (Some(queue_tx), Some(control_tx))
         } else {
             log::error!(
                 "Cannot start the webhook threads: every event will be written to the \
                  dead-letter file {} instead of being sent",
-                config.webhook_dead_letter_file.display()
+                config.dead_letter_file.display()
             );
             (None, None)
         };
         Webhooks {
             inner: Some(Arc::new(Inner {
-                shared,
+                outbox,
                 queue: RwLock::new(queue),
                 control: Mutex::new(control),
                 wanted,
@@ -209,31 +211,31 @@ impl Webhooks {
         let body = event.body();
         log::debug!("[{}] event {body}", event.uuid);
         let msg = Message::new(&event.uuid, event.kind.as_str(), body);
-        let shared = &inner.shared;
+        let outbox = &inner.outbox;
         let queue = inner.queue.read().unwrap_or_else(|e| e.into_inner());
         let Some(queue) = queue.as_ref() else {
             // After shutdown the writer may be gone and the process about to exit: write now.
-            let entry = shared.unsent(msg, "webhooks are shut down", log::Level::Warn);
-            shared.metrics.webhook_failed.fetch_add(1, Relaxed);
-            shared.write_now(&entry);
+            let pending = outbox.unsent(msg, "webhooks are shut down", log::Level::Warn);
+            outbox.metrics.webhook_failed.fetch_add(1, Relaxed);
+            outbox.write_now(&pending);
             return;
         };
-        if !shared.reserve() {
+        if !outbox.reserve() {
             let why = format!(
                 "the webhook queue is full (WEBHOOK_QUEUE_SIZE={}; the receiver is slower \
                  than the calls)",
-                shared.queue_size
+                outbox.queue_size
             );
-            shared.failed(shared.unsent(msg, &why, log::Level::Warn));
+            outbox.failed(outbox.unsent(msg, &why, log::Level::Warn));
             return;
         }
         if let Err(e) = queue.try_send(msg) {
             // Cannot happen while `depth` bounds the queue; never lose the event if it does.
-            shared.settle();
+            outbox.settle();
             let msg = match e {
                 TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
             };
-            shared.failed(shared.unsent(
+            outbox.failed(outbox.unsent(
                 msg,
                 "the webhook queue is unavailable",
                 log::Level::Error,
@@ -253,17 +255,17 @@ impl Webhooks {
         };
         let body = event.body();
         log::debug!("[{}] event {body}", event.uuid);
-        let shared = &inner.shared;
+        let outbox = &inner.outbox;
         let msg = Message::new(&event.uuid, event.kind.as_str(), body);
         let deadline = Instant::now() + CALL_INITIATED_BUDGET;
         let mut attempts = 0;
         let error = loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = shared.client.timeout().min(left);
-            let error = match shared.client.attempt(&msg, timeout) {
+            let timeout = outbox.client.timeout().min(left);
+            let error = match outbox.client.attempt(&msg, timeout) {
                 Ok(answer) => {
-                    shared.delivered(&msg, attempts, answer.status);
+                    outbox.delivered(&msg, attempts, answer.status);
                     return match serde_json::from_slice(&answer.body) {
                         Ok(value) => Some(value),
                         Err(_) if answer.body.is_empty() => None,
@@ -280,7 +282,7 @@ impl Webhooks {
                 }
                 Err(e) => e,
             };
-            if !error.retryable() || attempts >= shared.max_attempts {
+            if !error.retryable() || attempts >= outbox.max_attempts {
                 break error;
             }
             let delay = policy::retry_delay(attempts, error.retry_after(), policy::random_unit());
@@ -288,14 +290,14 @@ impl Webhooks {
             if Instant::now() + delay + Duration::from_millis(100) >= deadline {
                 break error;
             }
-            shared.note_retry(&msg, attempts, &error, delay);
+            outbox.note_retry(&msg, attempts, &error, delay);
             // The caller of /call is waiting for exactly this: nothing else to do meanwhile.
             thread::sleep(delay);
         };
         // Written before returning, so the dead letter exists once /call has answered.
-        shared.metrics.webhook_failed.fetch_add(1, Relaxed);
-        shared.write_now(&dispatch::failure_entry(
-            shared,
+        outbox.metrics.webhook_failed.fetch_add(1, Relaxed);
+        outbox.write_now(&dispatch::failure_letter(
+            outbox,
             &msg,
             attempts,
             Some(&error),
@@ -310,7 +312,7 @@ impl Webhooks {
         let Some(inner) = &self.inner else {
             return ShutdownReport::default();
         };
-        let before = inner.shared.stats.snapshot();
+        let before = inner.outbox.stats.snapshot();
         inner
             .queue
             .write()
@@ -329,7 +331,7 @@ impl Webhooks {
                 log::error!("The webhook dispatcher did not finish its shutdown in time");
             }
         }
-        let after = inner.shared.stats.snapshot();
+        let after = inner.outbox.stats.snapshot();
         let report = ShutdownReport {
             delivered: after.delivered - before.delivered,
             dead_lettered: after.dead_lettered - before.dead_lettered,
@@ -347,12 +349,11 @@ impl Webhooks {
 
 impl Inner {
     fn wants(&self, kind: EventKind) -> bool {
-        let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.wanted[i]
+        self.wanted.contains(&kind)
     }
 }
 
-impl Shared {
+impl Outbox {
     /// Counts and logs an attempt that will be retried after `delay`.
     fn note_retry(
         &self,
@@ -400,17 +401,17 @@ impl Shared {
     }
 
     /// A final failure: counted, then handed to the dead-letter writer (which logs `note`).
-    fn failed(&self, entry: Entry) {
+    fn failed(&self, pending: PendingLetter) {
         self.metrics.webhook_failed.fetch_add(1, Relaxed);
-        if let Err(e) = self.writer.send(entry) {
+        if let Err(e) = self.writer.send(pending) {
             self.write_now(&e.into_inner());
         }
     }
 
     /// An event that never got an attempt.
-    fn unsent(&self, msg: Message, why: &str, level: log::Level) -> Entry {
+    fn unsent(&self, msg: Message, why: &str, level: log::Level) -> PendingLetter {
         let record = DeadLetter::new(&msg, &self.client.masked_url(), 0, why, SystemTime::now());
-        Entry {
+        PendingLetter {
             note: format!(
                 "[{}] {} Not sent: {why}; written to the dead-letter file",
                 msg.uuid,
@@ -422,8 +423,8 @@ impl Shared {
         }
     }
 
-    fn write_now(&self, entry: &Entry) {
-        let written = dead_letter::write_entry(&self.dead_letter_file, entry, &self.metrics);
+    fn write_now(&self, pending: &PendingLetter) {
+        let written = dead_letter::write_pending(&self.dead_letter_file, pending, &self.metrics);
         self.stats.count_write(written);
     }
 
@@ -449,24 +450,24 @@ impl Stats {
 /// The dead-letter writer: file I/O off the dispatcher's and the calls' threads.
 fn writer_thread(
     path: &std::path::Path,
-    entries: Receiver<Entry>,
+    letters: Receiver<PendingLetter>,
     flush: Receiver<Sender<()>>,
     metrics: &Metrics,
     stats: &Stats,
 ) {
-    let write = |entry: Entry| {
-        stats.count_write(dead_letter::write_entry(path, &entry, metrics));
+    let write = |pending: PendingLetter| {
+        stats.count_write(dead_letter::write_pending(path, &pending, metrics));
     };
     loop {
         crossbeam_channel::select! {
-            recv(entries) -> entry => match entry {
-                Ok(entry) => write(entry),
+            recv(letters) -> letter => match letter {
+                Ok(letter) => write(letter),
                 Err(_) => return,
             },
             recv(flush) -> reply => match reply {
                 Ok(reply) => {
-                    // Everything sent before the flush request is already in `entries`.
-                    entries.try_iter().for_each(write);
+                    // Everything sent before the flush request is already in `letters`.
+                    letters.try_iter().for_each(write);
                     let _ = reply.send(());
                 }
                 Err(_) => return,

@@ -666,6 +666,69 @@ fn webhooks_test_prints_the_answer() {
     assert!(stdout.contains("Retry-After: 5 s"), "{stdout}");
 }
 
+/// `webhooks test|replay` read only the `WEBHOOK_*` variables: they run on a machine (or in a
+/// shell) where the server's `STS_URL` is not set, and still refuse a bad webhook setting.
+#[test]
+fn webhooks_tools_need_only_the_webhook_variables() {
+    let receiver = WebhookReceiver::start();
+    let dead = temp_file("dead.jsonl");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_avr-core"))
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("run avr-core webhooks");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = receiver.url();
+
+    let (ok, stdout, stderr) = run(&["webhooks", "test"], &[("WEBHOOK_URL", &url)]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("OK: the receiver accepted the event"),
+        "{stdout}"
+    );
+    assert_eq!(
+        receiver.next(WAIT).expect("the sample event").kind(),
+        "call_started"
+    );
+
+    let (ok, stdout, stderr) = run(
+        &["webhooks", "replay"],
+        &[
+            ("WEBHOOK_URL", &url),
+            ("WEBHOOK_DEAD_LETTER_FILE", dead.to_str().unwrap()),
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("replayed 0: delivered 0, still failing 0"),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = run(
+        &["webhooks", "test"],
+        &[
+            ("WEBHOOK_URL", &url),
+            ("WEBHOOK_EVENTS", "call_started,call_answered"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("WEBHOOK_EVENTS=") && stderr.contains("\"call_answered\" is unknown"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["webhooks", "test"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("WEBHOOK_URL is not set"), "{stderr}");
+    assert!(receiver.next(Duration::from_millis(300)).is_none());
+}
+
 #[test]
 fn a_slow_receiver_does_not_delay_the_call() {
     let (agent, agent_events) = echo();

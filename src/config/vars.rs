@@ -1,0 +1,412 @@
+//! Every environment variable avr-core reads, in one table.
+//!
+//! The table is the single list: parsing takes each default from it ([`super::env::Env`]),
+//! `check-config` prints its rows in order ([`super::Config::describe`]), `--help` lists them
+//! ([`usage_section`]), and a test holds README.md's table and packaging/avr-core.env to it.
+//! Adding a variable means one row here, its field, and one line that parses it.
+//!
+//! Not in the table, on purpose: `RUST_LOG` (read when `LOG_LEVEL` is unset, like the
+//! original), `STATE_DIRECTORY` (set by systemd, not by the operator; it places the default
+//! dead-letter file), and the original's pipeline-mode variables ([`super::PIPELINE_VARS`]),
+//! which are only read to explain why avr-core refuses to start without `STS_URL`.
+
+use super::{mask_url_password, Config};
+
+/// What an unset variable means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnset {
+    /// This value is used, parsed exactly like one the operator gave.
+    Value(&'static str),
+    /// Nothing is used; the text (possibly empty) says what that turns off.
+    Off(&'static str),
+    /// avr-core refuses to start.
+    Required,
+    /// Computed from elsewhere; the text says how.
+    Derived(&'static str),
+}
+
+/// One environment variable.
+pub struct Var {
+    pub name: &'static str,
+    pub when_unset: WhenUnset,
+    /// What it means and what it allows, in one line.
+    pub meaning: &'static str,
+    /// Shown as `********` by `check-config`.
+    pub secret: bool,
+    /// The effective value as `check-config` shows it; `None` when unset.
+    pub show: fn(&Config) -> Option<String>,
+}
+
+impl Var {
+    /// The default as `--help` shows it.
+    pub fn default_text(&self) -> String {
+        match self.when_unset {
+            WhenUnset::Value(v) => v.to_string(),
+            WhenUnset::Off("") => "unset".to_string(),
+            WhenUnset::Off(off) => format!("unset: {off}"),
+            WhenUnset::Required => "required".to_string(),
+            WhenUnset::Derived(how) => how.to_string(),
+        }
+    }
+
+    /// `check-config`'s text for this variable in `config`.
+    pub fn shown(&self, config: &Config) -> String {
+        match ((self.show)(config), self.when_unset) {
+            (Some(_), _) if self.secret => "********".to_string(),
+            (Some(value), _) => value,
+            (None, WhenUnset::Off(off)) if !off.is_empty() => format!("(unset: {off})"),
+            (None, _) => "(unset)".to_string(),
+        }
+    }
+}
+
+/// Milliseconds with their unit, as `check-config` shows every duration.
+fn ms(d: std::time::Duration) -> Option<String> {
+    Some(format!("{}ms", d.as_millis()))
+}
+
+fn display(p: &Option<std::path::PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
+}
+
+/// Every variable, in `check-config` order.
+pub const VARS: [Var; 25] = [
+    Var {
+        name: "PORT",
+        when_unset: WhenUnset::Value("5001"),
+        meaning: "AudioSocket TCP port (0 picks a free port)",
+        secret: false,
+        show: |c| Some(c.port.to_string()),
+    },
+    Var {
+        name: "BIND_ADDRESS",
+        when_unset: WhenUnset::Value("0.0.0.0"),
+        meaning: "AudioSocket bind address (IPv4 or IPv6)",
+        secret: false,
+        show: |c| Some(c.bind_address.to_string()),
+    },
+    Var {
+        name: "HTTP_PORT",
+        when_unset: WhenUnset::Off("HTTP service off"),
+        meaning: "port of the HTTP service (/health, /call, /metrics)",
+        secret: false,
+        show: |c| c.http_port.map(|p| p.to_string()),
+    },
+    Var {
+        name: "HTTP_BIND_ADDRESS",
+        when_unset: WhenUnset::Value("0.0.0.0"),
+        meaning: "HTTP service bind address",
+        secret: false,
+        show: |c| Some(c.http_bind_address.to_string()),
+    },
+    Var {
+        name: "HTTP_TOKEN",
+        when_unset: WhenUnset::Off(""),
+        meaning: "if set, POST /call needs \"Authorization: Bearer <token>\"",
+        secret: true,
+        show: |c| c.http_token.clone(),
+    },
+    Var {
+        name: "STS_URL",
+        when_unset: WhenUnset::Required,
+        meaning: "ws:// or wss:// URL of the speech-to-speech agent",
+        secret: false,
+        show: |c| Some(mask_url_password(&c.sts_url)),
+    },
+    Var {
+        name: "STS_CONNECT_TIMEOUT",
+        when_unset: WhenUnset::Value("3000"),
+        meaning: "budget for TCP + TLS + WebSocket handshake with the agent",
+        secret: false,
+        show: |c| ms(c.sts_connect_timeout),
+    },
+    Var {
+        name: "MAX_CALLS",
+        when_unset: WhenUnset::Value("500"),
+        meaning: "concurrent calls; the next one is hung up",
+        secret: false,
+        show: |c| Some(c.max_calls.to_string()),
+    },
+    Var {
+        name: "AUDIO_CODEC",
+        when_unset: WhenUnset::Value("auto"),
+        meaning: "caller codec: auto (detect), slin, ulaw, alaw",
+        secret: false,
+        show: |c| Some(c.audio_codec.as_str().to_string()),
+    },
+    Var {
+        name: "AMBIENT_NOISE_FILE",
+        when_unset: WhenUnset::Off(""),
+        meaning: "raw 8 kHz 16-bit LE mono PCM, looped under the call",
+        secret: false,
+        show: |c| display(&c.ambient_noise_file),
+    },
+    Var {
+        name: "AMBIENT_NOISE_LEVEL",
+        when_unset: WhenUnset::Value("0.90"),
+        meaning: "ambient noise gain 0.0-1.0 (0 turns it off)",
+        secret: false,
+        show: |c| Some(format!("{:.2}", c.ambient_noise_level)),
+    },
+    Var {
+        name: "WEBHOOK_URL",
+        when_unset: WhenUnset::Off("webhooks off"),
+        meaning: "http:// or https:// receiver of call events",
+        secret: false,
+        show: |c| c.webhook.url.as_deref().map(mask_url_password),
+    },
+    Var {
+        name: "WEBHOOK_SECRET",
+        when_unset: WhenUnset::Off(""),
+        meaning: "shared secret sent with every event",
+        secret: true,
+        show: |c| c.webhook.secret.clone(),
+    },
+    Var {
+        name: "WEBHOOK_SECRET_HEADER",
+        when_unset: WhenUnset::Value("X-AVR-WEBHOOK-SECRET"),
+        meaning: "header that carries the secret",
+        secret: false,
+        show: |c| Some(c.webhook.secret_header.clone()),
+    },
+    Var {
+        name: "WEBHOOK_SIGNATURE",
+        when_unset: WhenUnset::Value("plain"),
+        meaning: "plain (the secret itself) or hmac-sha256 (of the body)",
+        secret: false,
+        show: |c| Some(c.webhook.signature.as_str().to_string()),
+    },
+    Var {
+        name: "WEBHOOK_TIMEOUT",
+        when_unset: WhenUnset::Value("3000"),
+        meaning: "per delivery attempt",
+        secret: false,
+        show: |c| ms(c.webhook.timeout),
+    },
+    Var {
+        name: "WEBHOOK_RETRY",
+        when_unset: WhenUnset::Value("0"),
+        meaning: "additional attempts after the first, with backoff",
+        secret: false,
+        show: |c| Some(c.webhook.retry.to_string()),
+    },
+    Var {
+        name: "WEBHOOK_EVENTS",
+        when_unset: WhenUnset::Value("all"),
+        meaning: "comma list of event types to send, or all",
+        secret: false,
+        show: |c| Some(super::webhook::event_names(&c.webhook.events)),
+    },
+    Var {
+        name: "WEBHOOK_QUEUE_SIZE",
+        when_unset: WhenUnset::Value("1024"),
+        meaning: "events waiting for delivery; more go to the dead-letter file",
+        secret: false,
+        show: |c| Some(c.webhook.queue_size.to_string()),
+    },
+    Var {
+        name: "WEBHOOK_WORKERS",
+        when_unset: WhenUnset::Value("4"),
+        meaning: "delivery threads",
+        secret: false,
+        show: |c| Some(c.webhook.workers.to_string()),
+    },
+    Var {
+        name: "WEBHOOK_DEAD_LETTER_FILE",
+        when_unset: WhenUnset::Derived(
+            "$STATE_DIRECTORY/webhook-dead-letter.jsonl, else ./webhook-dead-letter.jsonl",
+        ),
+        meaning: "where undeliverable events go (see webhooks replay)",
+        secret: false,
+        show: |c| Some(c.webhook.dead_letter_file.display().to_string()),
+    },
+    Var {
+        name: "CALL_METADATA_TTL",
+        when_unset: WhenUnset::Value("60s"),
+        meaning: "how long /call metadata waits for its AudioSocket call",
+        secret: false,
+        show: |c| ms(c.call_metadata_ttl),
+    },
+    Var {
+        name: "SHUTDOWN_GRACE",
+        when_unset: WhenUnset::Value("30s"),
+        meaning: "on SIGTERM, how long live calls may continue",
+        secret: false,
+        show: |c| ms(c.shutdown_grace),
+    },
+    Var {
+        name: "LOG_LEVEL",
+        when_unset: WhenUnset::Value("info"),
+        meaning: "error, warn, info, debug, trace or a RUST_LOG filter (RUST_LOG works too)",
+        secret: false,
+        show: |c| Some(c.log_level.clone()),
+    },
+    Var {
+        name: "SSL_CERT_FILE",
+        when_unset: WhenUnset::Off(""),
+        meaning: "extra CA certificates (PEM) for a wss:// agent behind a private CA",
+        secret: false,
+        show: |c| display(&c.ssl_cert_file),
+    },
+];
+
+/// The row of `name`, if it is a configuration variable.
+pub fn find(name: &str) -> Option<&'static Var> {
+    VARS.iter().find(|v| v.name == name)
+}
+
+/// Width of the name column of [`usage_section`]: the longest name and two spaces.
+const NAME_COLUMN: usize = 26;
+
+/// The CONFIGURATION part of `avr-core --help`: one line per variable, in table order.
+pub fn usage_section() -> String {
+    let mut out = String::from("CONFIGURATION (environment; README.md explains each variable):\n");
+    for var in &VARS {
+        let default = match var.when_unset {
+            WhenUnset::Required => "required".to_string(),
+            _ => format!("default {}", var.default_text()),
+        };
+        out.push_str(&format!(
+            "    {:<NAME_COLUMN$}{}; {default}\n",
+            var.name, var.meaning
+        ));
+    }
+    out.push_str("\nDurations are milliseconds (3000) or carry a unit (500ms, 3s, 2m).\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const README: &str = include_str!("../../README.md");
+    const PACKAGED_ENV: &str = include_str!("../../packaging/avr-core.env");
+
+    fn names() -> BTreeSet<&'static str> {
+        VARS.iter().map(|v| v.name).collect()
+    }
+
+    /// Fails naming what `file` lacks and what it has beyond the table.
+    fn assert_lists_the_table(file: &str, listed: &BTreeSet<&str>) {
+        let table = names();
+        let missing: Vec<_> = table.difference(listed).collect();
+        let extra: Vec<_> = listed.difference(&table).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{file} lacks {missing:?} and lists {extra:?}, which are not in config::vars::VARS"
+        );
+    }
+
+    /// `(variable, default cell)` of each row of README's configuration table; the variable
+    /// is the first `code` word of the row (`LOG_LEVEL` in "`LOG_LEVEL` (or `RUST_LOG`)").
+    fn readme_rows() -> Vec<(String, String)> {
+        let section = README
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README.md has a ## Configuration section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let name = cells[1].split('`').nth(1).unwrap_or("").to_string();
+                (name, cells[2].replace('`', ""))
+            })
+            .collect()
+    }
+
+    /// `(variable, value, commented out)` of each `VAR=value` or `#VAR=value` line.
+    fn packaged_assignments() -> Vec<(&'static str, &'static str, bool)> {
+        PACKAGED_ENV
+            .lines()
+            .filter_map(|line| {
+                let (commented, line) = match line.strip_prefix('#') {
+                    Some(rest) => (true, rest),
+                    None => (false, line),
+                };
+                let (name, value) = line.split_once('=')?;
+                let is_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                is_name.then_some((name, value, commented))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_are_unique() {
+        assert_eq!(names().len(), VARS.len());
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_table_with_its_defaults() {
+        let rows = readme_rows();
+        let listed: BTreeSet<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(listed.len(), rows.len(), "a variable is listed twice");
+        assert_lists_the_table("README.md", &listed);
+        for (name, default) in &rows {
+            let var = find(name).unwrap();
+            match var.when_unset {
+                WhenUnset::Value(v) | WhenUnset::Derived(v) => {
+                    assert_eq!(default, v, "README's default of {name}")
+                }
+                WhenUnset::Off(_) => assert_eq!(default, "unset", "README's default of {name}"),
+                WhenUnset::Required => assert!(default.contains("required"), "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_packaged_env_file_lists_exactly_the_table_and_is_valid() {
+        let lines = packaged_assignments();
+        let listed: BTreeSet<&str> = lines.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(listed.len(), lines.len(), "a variable is listed twice");
+        assert_lists_the_table("packaging/avr-core.env", &listed);
+        // A commented-out example shows the default it stands for.
+        for (name, value, commented) in &lines {
+            if let (true, WhenUnset::Value(default)) = (commented, find(name).unwrap().when_unset) {
+                assert_eq!(value, &default, "avr-core.env's #{name}= example");
+            }
+        }
+        // What the package sets is a configuration avr-core accepts.
+        let active: Vec<(String, String)> = lines
+            .iter()
+            .filter(|(_, _, commented)| !commented)
+            .map(|(n, v, _)| (n.to_string(), v.to_string()))
+            .collect();
+        if let Err(e) = Config::from_vars(&active) {
+            panic!("packaging/avr-core.env is not valid: {e}");
+        }
+    }
+
+    #[test]
+    fn usage_lists_every_variable_once_with_its_default() {
+        let usage = usage_section();
+        for var in &VARS {
+            let lines: Vec<&str> = usage
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(var.name))
+                .collect();
+            assert_eq!(lines.len(), 1, "{}:\n{usage}", var.name);
+            assert!(lines[0].contains(var.meaning), "{}", lines[0]);
+        }
+        assert!(usage.contains("STS_URL"), "{usage}");
+        assert!(usage.contains("; default 5001\n"), "{usage}");
+        assert!(
+            usage.contains("speech-to-speech agent; required\n"),
+            "{usage}"
+        );
+        assert!(
+            usage.contains("; default unset: HTTP service off\n"),
+            "{usage}"
+        );
+        let longest = VARS.iter().map(|v| v.name.len()).max().unwrap();
+        assert!(
+            longest + 2 <= NAME_COLUMN,
+            "the name column is too narrow for {longest}"
+        );
+    }
+}
