@@ -22,14 +22,14 @@ pub const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// What a call needs from its `/call`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub struct CallMetadata {
     /// The effective STS URL, webhook override and payload parameters included.
     pub sts_url: String,
     /// The `/call` payload, sent to the agent in `init`.
     pub payload: Map<String, Value>,
 }
 
-impl Entry {
+impl CallMetadata {
     /// Approximate memory held, for the byte bound.
     fn weight(&self) -> usize {
         let payload = serde_json::to_string(&self.payload).map_or(0, |s| s.len());
@@ -51,19 +51,20 @@ pub struct Registry {
     ttl: Duration,
     max_entries: usize,
     max_bytes: usize,
-    inner: Mutex<Inner>,
+    entries: Mutex<Entries>,
 }
 
 struct Stored {
-    entry: Entry,
+    metadata: CallMetadata,
     expires: Instant,
     weight: usize,
     /// Tells this entry from an earlier one under the same uuid in `order`.
     seq: u64,
 }
 
+/// The entries and their insertion order, under one lock.
 #[derive(Default)]
-struct Inner {
+struct Entries {
     map: HashMap<String, Stored>,
     /// `(seq, uuid)` in insertion order, which is expiry order as the TTL is fixed. Records of
     /// replaced or taken entries stay until they reach the front or the next compaction.
@@ -72,7 +73,7 @@ struct Inner {
     next_seq: u64,
 }
 
-impl Inner {
+impl Entries {
     /// Removes the oldest live entry; `None` when empty.
     fn pop_oldest(&mut self) -> Option<(String, Stored)> {
         while let Some((seq, uuid)) = self.order.pop_front() {
@@ -118,53 +119,54 @@ impl Registry {
             ttl,
             max_entries: max_entries.max(1),
             max_bytes,
-            inner: Mutex::new(Inner::default()),
+            entries: Mutex::new(Entries::default()),
         }
     }
 
-    /// Stores `entry` under the canonical `uuid` until `now + ttl`, replacing an earlier one.
-    pub fn insert(&self, uuid: &str, entry: Entry, now: Instant) -> Inserted {
-        let weight = entry.weight();
-        let mut inner = self.lock();
-        inner.purge(now);
+    /// Stores `metadata` under the canonical `uuid` until `now + ttl`, replacing an earlier
+    /// one.
+    pub fn insert(&self, uuid: &str, metadata: CallMetadata, now: Instant) -> Inserted {
+        let weight = metadata.weight();
+        let mut entries = self.lock();
+        entries.purge(now);
         let mut done = Inserted {
-            replaced: inner.remove(uuid).is_some(),
+            replaced: entries.remove(uuid).is_some(),
             evicted: Vec::new(),
         };
-        while !inner.map.is_empty()
-            && (inner.map.len() >= self.max_entries || inner.bytes + weight > self.max_bytes)
+        while !entries.map.is_empty()
+            && (entries.map.len() >= self.max_entries || entries.bytes + weight > self.max_bytes)
         {
-            match inner.pop_oldest() {
+            match entries.pop_oldest() {
                 Some((old, _)) => done.evicted.push(old),
                 None => break,
             }
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        inner.bytes += weight;
-        inner.map.insert(
+        let seq = entries.next_seq;
+        entries.next_seq += 1;
+        entries.bytes += weight;
+        entries.map.insert(
             uuid.to_string(),
             Stored {
-                entry,
+                metadata,
                 expires: now + self.ttl,
                 weight,
                 seq,
             },
         );
-        inner.order.push_back((seq, uuid.to_string()));
+        entries.order.push_back((seq, uuid.to_string()));
         // Stale records pile up when entries are taken or replaced faster than they expire;
         // dropping them once they outnumber live ones keeps `order` bounded at O(1) amortised.
-        if inner.order.len() > 2 * inner.map.len() + 64 {
-            let Inner { map, order, .. } = &mut *inner;
+        if entries.order.len() > 2 * entries.map.len() + 64 {
+            let Entries { map, order, .. } = &mut *entries;
             order.retain(|(seq, uuid)| map.get(uuid).is_some_and(|s| s.seq == *seq));
         }
         done
     }
 
     /// Removes and returns the entry for `uuid` unless it expired at `now`.
-    pub fn take(&self, uuid: &str, now: Instant) -> Option<Entry> {
+    pub fn take(&self, uuid: &str, now: Instant) -> Option<CallMetadata> {
         let stored = self.lock().remove(uuid)?;
-        (stored.expires > now).then_some(stored.entry)
+        (stored.expires > now).then_some(stored.metadata)
     }
 
     /// Entries currently held (expired ones included until the next purge).
@@ -176,9 +178,9 @@ impl Registry {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A panic while holding the lock leaves consistent data: every update is one step.
-        lock(&self.inner)
+        lock(&self.entries)
     }
 }
 
@@ -187,11 +189,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn entry(url: &str) -> Entry {
+    fn metadata(url: &str) -> CallMetadata {
         let Value::Object(payload) = json!({"from": "2000"}) else {
             unreachable!()
         };
-        Entry {
+        CallMetadata {
             sts_url: url.into(),
             payload,
         }
@@ -203,10 +205,13 @@ mod tests {
     fn take_returns_the_entry_once() {
         let reg = Registry::new(TTL);
         let t0 = Instant::now();
-        assert_eq!(reg.insert("a", entry("ws://x/1"), t0), Inserted::default());
+        assert_eq!(
+            reg.insert("a", metadata("ws://x/1"), t0),
+            Inserted::default()
+        );
         assert_eq!(
             reg.take("a", t0 + Duration::from_secs(1)),
-            Some(entry("ws://x/1"))
+            Some(metadata("ws://x/1"))
         );
         assert_eq!(reg.take("a", t0 + Duration::from_secs(1)), None);
         assert!(reg.is_empty());
@@ -216,14 +221,14 @@ mod tests {
     fn entries_expire_after_the_ttl() {
         let reg = Registry::new(TTL);
         let t0 = Instant::now();
-        reg.insert("a", entry("ws://x/1"), t0);
+        reg.insert("a", metadata("ws://x/1"), t0);
         assert_eq!(reg.take("a", t0 + TTL), None, "expired exactly at the TTL");
         assert!(reg.is_empty(), "an expired entry is freed when asked for");
 
-        reg.insert("b", entry("ws://x/2"), t0);
-        reg.insert("c", entry("ws://x/3"), t0 + Duration::from_secs(30));
+        reg.insert("b", metadata("ws://x/2"), t0);
+        reg.insert("c", metadata("ws://x/3"), t0 + Duration::from_secs(30));
         // Inserting after b's TTL purges b without anyone asking for it.
-        reg.insert("d", entry("ws://x/4"), t0 + TTL + Duration::from_secs(1));
+        reg.insert("d", metadata("ws://x/4"), t0 + TTL + Duration::from_secs(1));
         assert_eq!(reg.len(), 2);
         assert!(reg.take("c", t0 + TTL + Duration::from_secs(1)).is_some());
     }
@@ -232,14 +237,14 @@ mod tests {
     fn a_second_call_for_the_same_uuid_replaces_the_first() {
         let reg = Registry::new(TTL);
         let t0 = Instant::now();
-        reg.insert("a", entry("ws://x/1"), t0);
-        let again = reg.insert("a", entry("ws://x/2"), t0 + Duration::from_secs(50));
+        reg.insert("a", metadata("ws://x/1"), t0);
+        let again = reg.insert("a", metadata("ws://x/2"), t0 + Duration::from_secs(50));
         assert!(again.replaced);
         // The replacement has its own TTL: the first one's expiry does not remove it.
-        reg.insert("z", entry("ws://x/z"), t0 + Duration::from_secs(70));
+        reg.insert("z", metadata("ws://x/z"), t0 + Duration::from_secs(70));
         assert_eq!(
             reg.take("a", t0 + Duration::from_secs(71)),
-            Some(entry("ws://x/2"))
+            Some(metadata("ws://x/2"))
         );
     }
 
@@ -248,11 +253,15 @@ mod tests {
         let reg = Registry::with_bounds(TTL, 3, usize::MAX);
         let t0 = Instant::now();
         for (i, uuid) in ["a", "b", "c"].iter().enumerate() {
-            reg.insert(uuid, entry("ws://x"), t0 + Duration::from_millis(i as u64));
+            reg.insert(
+                uuid,
+                metadata("ws://x"),
+                t0 + Duration::from_millis(i as u64),
+            );
         }
         reg.take("b", t0); // a stale record in the middle must not count
-        reg.insert("d", entry("ws://x"), t0);
-        let full = reg.insert("e", entry("ws://x"), t0);
+        reg.insert("d", metadata("ws://x"), t0);
+        let full = reg.insert("e", metadata("ws://x"), t0);
         assert_eq!(full.evicted, vec!["a".to_string()]);
         assert_eq!(reg.len(), 3);
         assert!(reg.take("a", t0).is_none());
@@ -261,12 +270,12 @@ mod tests {
 
     #[test]
     fn the_byte_bound_evicts_too() {
-        let one = entry("ws://x").weight();
+        let one = metadata("ws://x").weight();
         let reg = Registry::with_bounds(TTL, 100, 2 * one);
         let t0 = Instant::now();
-        reg.insert("a", entry("ws://x"), t0);
-        reg.insert("b", entry("ws://x"), t0);
-        assert_eq!(reg.insert("c", entry("ws://x"), t0).evicted, vec!["a"]);
+        reg.insert("a", metadata("ws://x"), t0);
+        reg.insert("b", metadata("ws://x"), t0);
+        assert_eq!(reg.insert("c", metadata("ws://x"), t0).evicted, vec!["a"]);
         assert_eq!(reg.len(), 2);
     }
 
@@ -275,20 +284,20 @@ mod tests {
         let reg = Registry::new(TTL);
         let t0 = Instant::now();
         for _ in 0..10_000 {
-            reg.insert("same", entry("ws://x"), t0);
+            reg.insert("same", metadata("ws://x"), t0);
         }
         for i in 0..10_000 {
             let uuid = format!("u{i}");
-            reg.insert(&uuid, entry("ws://x"), t0);
+            reg.insert(&uuid, metadata("ws://x"), t0);
             reg.take(&uuid, t0);
         }
-        let inner = reg.lock();
-        assert_eq!(inner.map.len(), 1);
+        let entries = reg.lock();
+        assert_eq!(entries.map.len(), 1);
         assert!(
-            inner.order.len() <= 2 * inner.map.len() + 65,
+            entries.order.len() <= 2 * entries.map.len() + 65,
             "{}",
-            inner.order.len()
+            entries.order.len()
         );
-        assert_eq!(inner.bytes, entry("ws://x").weight());
+        assert_eq!(entries.bytes, metadata("ws://x").weight());
     }
 }

@@ -1,8 +1,9 @@
 //! Small pieces over the operating system that every path shares: wake-ups, `poll(2)`
-//! without `EINTR`, an accept loop that stops and backs off, and a mutex lock that survives
-//! a panicked holder.
+//! without `EINTR`, an accept loop that stops and backs off, a mutex lock that survives a
+//! panicked holder, and a throttle for log lines that can recur many times a second.
 
 mod bell;
+mod throttle;
 
 use std::io;
 use std::sync::{Mutex, MutexGuard};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, Timespec};
 
 pub use bell::{Bell, StopSignal, ACCEPT_BACKOFF};
+pub use throttle::Throttle;
 
 /// Locks `mutex`, taking the data even if a thread panicked while holding it: the state
 /// guarded here (counters, queues, tables) stays consistent between statements, and one

@@ -11,9 +11,8 @@
 //! `Audio codec detected`), and the child is killed and reaped before the demo exits.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use serde_json::Value;
 
 use crate::sys::lock;
 use crate::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
+use crate::tools::http_sink::{HttpSink, Reply};
 use crate::tools::simulate::{self, AudioSource, EndMode, SimOptions};
 
 /// How long the caller sends the melody (then a short tail, so its echo comes back).
@@ -511,108 +511,25 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
     ))
 }
 
-/// A minimal webhook receiver on 127.0.0.1: answers `200` to every request, keeps connections
-/// alive (the webhook client pools them), and hands each body to a callback with its arrival
-/// time. Used by the demo to print events and by the benchmark to count them.
+/// The demo's webhook printer on 127.0.0.1: answers `200` to every request and hands each
+/// body to a callback with its arrival time. Used by the demo to print events and by the
+/// benchmark to count them.
 pub struct HookSink {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    sink: HttpSink,
 }
-
-/// Request heads bigger than this are not webhooks; the connection is dropped.
-const MAX_HEAD: usize = 16 * 1024;
-/// Bodies bigger than this are not webhooks either.
-const MAX_BODY: usize = 1024 * 1024;
-
-type OnRequest = dyn Fn(Instant, &[u8]) + Send + Sync;
 
 impl HookSink {
     pub fn start(
         on_request: impl Fn(Instant, &[u8]) + Send + Sync + 'static,
     ) -> io::Result<HookSink> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let on_request: Arc<OnRequest> = Arc::new(on_request);
-        let stopped = stop.clone();
-        thread::Builder::new()
-            .name("hook-sink".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopped.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let on_request = on_request.clone();
-                    let _ = thread::Builder::new()
-                        .name("hook-sink-conn".into())
-                        .stack_size(128 * 1024)
-                        .spawn(move || serve_hooks(stream, &*on_request));
-                }
-            })?;
-        Ok(HookSink { addr, stop })
+        let sink = HttpSink::start(move |request| {
+            on_request(Instant::now(), &request.body);
+            Reply::ok()
+        })?;
+        Ok(HookSink { sink })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/events", self.addr)
-    }
-}
-
-impl Drop for HookSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag and closes the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
-
-/// Requests in sequence on one connection until the client closes or sends garbage.
-fn serve_hooks(mut stream: TcpStream, on_request: &OnRequest) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        // Parse what we have; read more until one whole request is buffered.
-        let (head_len, body_len, close) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let header = |name: &str| {
-                        req.headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case(name))
-                            .and_then(|h| std::str::from_utf8(h.value).ok())
-                    };
-                    let len: usize = match header("content-length").map(|v| v.trim().parse()) {
-                        Some(Ok(len)) if len <= MAX_BODY => len,
-                        None => 0,
-                        _ => return,
-                    };
-                    let close =
-                        header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-                    if buf.len() >= n + len {
-                        break (n, len, close);
-                    }
-                }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
-                _ => return,
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        on_request(Instant::now(), &buf[head_len..head_len + body_len]);
-        buf.drain(..head_len + body_len);
-        let reply: &[u8] = if close {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        } else {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-        };
-        if stream.write_all(reply).is_err() || close {
-            return;
-        }
+        format!("http://{}/events", self.sink.addr())
     }
 }

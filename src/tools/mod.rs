@@ -3,4 +3,5 @@
 
 pub mod demo;
 pub mod echo_sts;
+pub mod http_sink;
 pub mod simulate;

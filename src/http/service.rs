@@ -1,0 +1,587 @@
+//! The routes of the HTTP service: what `/health`, `/call` and `/metrics` answer, given a
+//! whole request. No socket here: [`Service::respond`] answers a request as the server
+//! would, which is how the unit tests and tools drive it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::proto::audiosocket;
+use crate::proto::sts_url::effective_url;
+use crate::registry::{CallMetadata, Registry};
+
+/// Step 2 of `/call`: sends `call_initiated` for `(uuid, payload)` and returns the
+/// receiver's JSON answer, if any. Blocking, bounded by the caller (≤ 10 s).
+pub type CallInitiated = Box<dyn Fn(&str, &Map<String, Value>) -> Option<Value> + Send + Sync>;
+
+/// The routes and what they share with the calls.
+pub struct Service {
+    sts_url: String,
+    token: Option<String>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    call_initiated: CallInitiated,
+}
+
+/// An answer, with the reason for the log line when it is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// The `error` text of an error answer.
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn json(status: u16, body: &Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json; charset=utf-8",
+            headers: Vec::new(),
+            body: body.to_string(),
+            error: None,
+        }
+    }
+
+    /// `{"error": "<message>"}`.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        let message = message.into();
+        Response {
+            error: Some(message.clone()),
+            ..Response::json(status, &json!({ "error": message }))
+        }
+    }
+
+    pub(super) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// The three endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    Health,
+    Metrics,
+    Call,
+}
+
+impl Service {
+    /// `call_initiated` starts as "no webhook" (no answer); see [`with_call_initiated`].
+    ///
+    /// [`with_call_initiated`]: Service::with_call_initiated
+    pub fn new(config: &Config, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Service {
+        Service {
+            sts_url: config.sts_url.clone(),
+            token: config.http_token.clone(),
+            registry,
+            metrics,
+            call_initiated: Box::new(|_, _| None),
+        }
+    }
+
+    /// Sets step 2 of `/call`, e.g. the webhook's `call_initiated`.
+    pub fn with_call_initiated(
+        mut self,
+        hook: impl Fn(&str, &Map<String, Value>) -> Option<Value> + Send + Sync + 'static,
+    ) -> Service {
+        self.call_initiated = Box::new(hook);
+        self
+    }
+
+    /// Answers one complete request, as the server does: for tests and tools.
+    pub fn respond(
+        &self,
+        method: &str,
+        target: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Response {
+        match self.check(
+            method,
+            target,
+            authorization,
+            Some(body.len() as u64),
+            usize::MAX,
+        ) {
+            Ok(route) => self.handle(route, method, body),
+            Err(refused) => refused,
+        }
+    }
+
+    /// Everything decided from the head alone, before any body is read: 404, 405, 401, 413.
+    pub(super) fn check(
+        &self,
+        method: &str,
+        target: &str,
+        authorization: Option<&str>,
+        content_length: Option<u64>,
+        max_body: usize,
+    ) -> Result<Route, Response> {
+        // Express's default routing, which the Node.js original uses: case-insensitive, one
+        // trailing slash allowed, query ignored.
+        let path = request_path(target);
+        let trimmed = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        let route = [
+            ("/health", Route::Health),
+            ("/metrics", Route::Metrics),
+            ("/call", Route::Call),
+        ]
+        .into_iter()
+        .find(|(p, _)| p.eq_ignore_ascii_case(trimmed))
+        .map(|(_, r)| r)
+        .ok_or_else(|| {
+            Response::error(
+                404,
+                format!(
+                    "no such endpoint {}: use GET /health, POST /call or GET /metrics",
+                    clip(path)
+                ),
+            )
+        })?;
+        let allowed = match route {
+            Route::Health | Route::Metrics => method == "GET" || method == "HEAD",
+            Route::Call => method == "POST",
+        };
+        if !allowed {
+            let allow = if route == Route::Call {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            return Err(Response::error(
+                405,
+                format!(
+                    "{} is not allowed on {}; use {allow}",
+                    clip(method),
+                    clip(path)
+                ),
+            )
+            .with_header("Allow", allow));
+        }
+        if route == Route::Call {
+            if let Some(token) = &self.token {
+                if !bearer_matches(authorization, token) {
+                    let why = if authorization.is_none() {
+                        "missing Authorization header: POST /call needs \
+                         \"Authorization: Bearer <HTTP_TOKEN>\""
+                    } else {
+                        "wrong token: POST /call needs \"Authorization: Bearer <HTTP_TOKEN>\""
+                    };
+                    return Err(Response::error(401, why).with_header("WWW-Authenticate", "Bearer"));
+                }
+            }
+        }
+        match content_length {
+            Some(n) if n > max_body as u64 => Err(too_large(max_body)),
+            _ => Ok(route),
+        }
+    }
+
+    pub(super) fn handle(&self, route: Route, method: &str, body: &[u8]) -> Response {
+        let mut response = match route {
+            Route::Health => Response::json(200, &json!({"status": "ok"})),
+            Route::Metrics => Response {
+                content_type: "text/plain; version=0.0.4",
+                body: self.metrics.render(),
+                ..Response::json(200, &Value::Null)
+            },
+            Route::Call => self.call(body),
+        };
+        if method == "HEAD" {
+            // The length of what GET would send, without the body.
+            let len = response.body.len();
+            response.body.clear();
+            response.headers.push(("Content-Length", len.to_string()));
+        }
+        response
+    }
+
+    /// `POST /call`, steps 1–4 of SPEC §5.
+    fn call(&self, body: &[u8]) -> Response {
+        let (uuid, payload) = match parse_call(body) {
+            Ok(parsed) => parsed,
+            Err(why) => return Response::error(400, why),
+        };
+        let answer = (self.call_initiated)(&uuid, &payload);
+        let (base, overridden, note) = match sts_url_override(answer.as_ref()) {
+            Ok(url) => {
+                log::info!(
+                    "[{uuid}] Overriding STS URL: {}",
+                    config::mask_url_password(url)
+                );
+                (url, true, None)
+            }
+            Err(note) => (self.sts_url.as_str(), false, note),
+        };
+        if let Some(note) = &note {
+            log::warn!("[{uuid}] {note}; keeping the local STS URL");
+        }
+        let url = effective_url(base, &payload);
+        let masked = config::mask_url_password(&url);
+        let inserted = self.registry.insert(
+            &uuid,
+            CallMetadata {
+                sts_url: url,
+                payload,
+            },
+            Instant::now(),
+        );
+        if !inserted.evicted.is_empty() {
+            log::warn!(
+                "Call metadata store full: dropped the oldest unclaimed /call entries ({}) to \
+                 store [{uuid}]; are AudioSocket calls reaching avr-core with the /call uuid?",
+                inserted.evicted.join(", ")
+            );
+        }
+        log::info!(
+            "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",
+            clip_long(&masked),
+            if inserted.replaced {
+                "; replaced an earlier /call for this uuid"
+            } else {
+                ""
+            }
+        );
+        // The password stays out of the answer too: dialplans log it (`NoOp(${JSON_RESPONSE})`).
+        Response::json(200, &json!({"sts_url": masked, "override": overridden}))
+    }
+}
+
+/// The uuid (canonical) and payload of a `/call` body, or what is wrong with it.
+fn parse_call(body: &[u8]) -> Result<(String, Map<String, Value>), String> {
+    const SHAPE: &str = r#"send {"uuid": "<uuid>", "payload": {...}}"#;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("the body is empty; {SHAPE}"));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not valid JSON ({e}); {SHAPE}"))?;
+    let Value::Object(mut fields) = value else {
+        return Err(format!("the body must be a JSON object; {SHAPE}"));
+    };
+    let uuid = match fields.get("uuid") {
+        None | Some(Value::Null) => return Err(format!("\"uuid\" is missing; {SHAPE}")),
+        Some(Value::String(text)) => match audiosocket::CallId::parse(text) {
+            Some(id) => id.to_string(),
+            None => {
+                return Err(format!(
+                    "\"uuid\" must be 8-4-4-4-12 hex digits like \
+                     935652e3-7c59-4edc-b17f-9646a9c2a265 (the uuid given to \
+                     Dial(AudioSocket/…)), got {:?}",
+                    clip(text)
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "\"uuid\" must be a string, got {}",
+                json_kind(other)
+            ))
+        }
+    };
+    let payload = match fields.remove("payload") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(format!(
+                "\"payload\" must be a JSON object of call metadata, got {}",
+                json_kind(&other)
+            ))
+        }
+    };
+    Ok((uuid, payload))
+}
+
+/// The base URL a `call_initiated` answer asks for, or why the answer gives none
+/// (`Err(None)`: nothing worth a log line, i.e. no answer or no `sts_url` in it).
+fn sts_url_override(answer: Option<&Value>) -> Result<&str, Option<String>> {
+    let Some(answer) = answer else {
+        return Err(None);
+    };
+    match answer.get("sts_url") {
+        None | Some(Value::Null) => Err(None),
+        Some(Value::String(url)) => match config::validate_ws_url(url) {
+            Ok(()) => Ok(url),
+            Err(why) => Err(Some(format!(
+                "Ignoring the call_initiated answer's sts_url {:?}: {why}",
+                clip(&config::mask_url_password(url))
+            ))),
+        },
+        Some(other) => Err(Some(format!(
+            "Ignoring the call_initiated answer's sts_url: it must be a string, got {}",
+            json_kind(other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The path of a request target: origin form (`/call?x`) or absolute form (`http://h/call`).
+fn request_path(target: &str) -> &str {
+    let rest = match target.find("://") {
+        Some(i) if !target.starts_with('/') => {
+            let after = &target[i + 3..];
+            after.find('/').map_or("/", |p| &after[p..])
+        }
+        _ => target,
+    };
+    rest.split(['?', '#']).next().unwrap_or(rest)
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive), compared in constant time so
+/// the answer's timing does not reveal how much of a guess was right.
+fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let Some(given) = authorization.map(str::trim) else {
+        return false;
+    };
+    let Some((scheme, value)) = given.split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let (given, want) = (value.trim().as_bytes(), token.as_bytes());
+    let mut diff = u8::from(given.len() != want.len());
+    for (i, w) in want.iter().enumerate() {
+        diff |= w ^ given.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+pub(super) fn too_large(max_body: usize) -> Response {
+    Response::error(
+        413,
+        format!(
+            "the body is over {} KiB; /call metadata must be smaller",
+            max_body / 1024
+        ),
+    )
+}
+
+/// A URL for a log line: payloads may make it 190 KiB long.
+fn clip_long(url: &str) -> String {
+    match url.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &url[..cut], url.len()),
+        None => url.to_string(),
+    }
+}
+
+/// At most 80 characters of client-supplied text, for messages and logs.
+pub(super) fn clip(text: &str) -> &str {
+    text.char_indices()
+        .nth(80)
+        .map_or(text, |(cut, _)| &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn service(token: Option<&str>) -> Service {
+        let mut vars = vec![("STS_URL".to_string(), "ws://agent:6030".to_string())];
+        if let Some(t) = token {
+            vars.push(("HTTP_TOKEN".into(), t.into()));
+        }
+        let config = Config::from_vars(&vars).unwrap();
+        Service::new(
+            &config,
+            Arc::new(Registry::new(Duration::from_secs(60))),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    const UUID: &str = "935652e3-7c59-4edc-b17f-9646a9c2a265";
+
+    fn body_json(r: &Response) -> Value {
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    #[test]
+    fn health_is_exact() {
+        let r = service(None).respond("GET", "/health", None, b"");
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"status":"ok"}"#));
+        let r = service(None).respond("HEAD", "/health", None, b"");
+        assert_eq!((r.status, r.body.as_str()), (200, ""));
+    }
+
+    #[test]
+    fn call_builds_the_url_and_stores_the_metadata() {
+        let s = service(None);
+        let body = format!(
+            r#"{{"uuid":"{}","payload":{{"from":"2000","channel":"PJSIP/2000-00000013"}}}}"#,
+            UUID.to_uppercase()
+        );
+        let r = s.respond("POST", "/call", None, body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.body,
+            r#"{"sts_url":"ws://agent:6030/?from=2000&channel=PJSIP%2F2000-00000013","override":false}"#
+        );
+        let entry = s
+            .registry
+            .take(UUID, Instant::now())
+            .expect("stored canonical");
+        assert_eq!(entry.payload["from"], "2000");
+    }
+
+    #[test]
+    fn call_without_payload_stores_an_empty_one() {
+        let s = service(None);
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            format!(r#"{{"uuid":"{UUID}"}}"#).as_bytes(),
+        );
+        assert_eq!(body_json(&r)["sts_url"], "ws://agent:6030/");
+        assert!(s
+            .registry
+            .take(UUID, Instant::now())
+            .unwrap()
+            .payload
+            .is_empty());
+    }
+
+    #[test]
+    fn a_valid_webhook_answer_overrides_the_base() {
+        let s = service(None).with_call_initiated(|uuid, payload| {
+            assert_eq!(payload["to"], "5001");
+            Some(json!({"sts_url": format!("wss://u:secret@other:443/a?uuid={uuid}")}))
+        });
+        let body = format!(r#"{{"uuid":"{UUID}","payload":{{"to":"5001"}}}}"#);
+        let r = s.respond("POST", "/call", None, body.as_bytes());
+        assert_eq!(
+            body_json(&r),
+            json!({"sts_url": format!("wss://u:****@other:443/a?uuid={UUID}&to=5001"),
+                   "override": true})
+        );
+        assert_eq!(
+            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            format!("wss://u:secret@other:443/a?uuid={UUID}&to=5001"),
+            "the call itself gets the password"
+        );
+    }
+
+    #[test]
+    fn unusable_webhook_answers_keep_the_local_url() {
+        for answer in [
+            None,
+            Some(json!({"ok": true})),
+            Some(json!({"sts_url": "http://not-ws"})),
+            Some(json!({"sts_url": 5})),
+            Some(json!([1, 2])),
+        ] {
+            let s = service(None).with_call_initiated(move |_, _| answer.clone());
+            let r = s.respond(
+                "POST",
+                "/call",
+                None,
+                format!(r#"{{"uuid":"{UUID}"}}"#).as_bytes(),
+            );
+            assert_eq!(
+                body_json(&r),
+                json!({"sts_url": "ws://agent:6030/", "override": false})
+            );
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_a_reason() {
+        let s = service(None);
+        let cases: [(&str, &str); 8] = [
+            ("", "empty"),
+            ("{nope", "not valid JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"payload":{}}"#, "\"uuid\" is missing"),
+            (r#"{"uuid":5}"#, "must be a string"),
+            (r#"{"uuid":"1234"}"#, "8-4-4-4-12"),
+            (
+                r#"{"uuid":"{935652e3-7c59-4edc-b17f-9646a9c2a265}"}"#,
+                "8-4-4-4-12",
+            ),
+            (
+                r#"{"uuid":"935652e3-7c59-4edc-b17f-9646a9c2a265","payload":[1]}"#,
+                "\"payload\" must be a JSON object",
+            ),
+        ];
+        for (body, why) in cases {
+            let r = s.respond("POST", "/call", None, body.as_bytes());
+            assert_eq!(r.status, 400, "{body}");
+            let error = body_json(&r)["error"].as_str().unwrap().to_string();
+            assert!(error.contains(why), "{body}: {error}");
+        }
+        assert!(s.registry.is_empty());
+    }
+
+    #[test]
+    fn routing_follows_express_and_refuses_the_rest() {
+        let s = service(None);
+        assert_eq!(s.respond("GET", "/HEALTH/", None, b"").status, 200);
+        assert_eq!(s.respond("GET", "/health?x=1", None, b"").status, 200);
+        assert_eq!(s.respond("GET", "http://h:1/health", None, b"").status, 200);
+        assert_eq!(s.respond("GET", "/nope", None, b"").status, 404);
+        assert_eq!(s.respond("GET", "/", None, b"").status, 404);
+        let r = s.respond("GET", "/call", None, b"");
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains(&("Allow", "POST".into())));
+        let r = s.respond("POST", "/health", None, b"");
+        assert!(r.headers.contains(&("Allow", "GET, HEAD".into())));
+    }
+
+    #[test]
+    fn token_guards_call_only() {
+        let s = service(Some("s3cret"));
+        let body = format!(r#"{{"uuid":"{UUID}"}}"#);
+        for auth in [
+            None,
+            Some("Bearer nope"),
+            Some("Bearer s3cre"),
+            Some("Basic s3cret"),
+        ] {
+            let r = s.respond("POST", "/call", auth, body.as_bytes());
+            assert_eq!(r.status, 401, "{auth:?}");
+            assert!(!r.body.contains("s3cret"));
+        }
+        assert_eq!(
+            s.respond("POST", "/call", Some("bearer s3cret"), body.as_bytes())
+                .status,
+            200
+        );
+        assert_eq!(s.respond("GET", "/health", None, b"").status, 200);
+        assert_eq!(s.respond("GET", "/metrics", None, b"").status, 200);
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let r = service(None).respond("GET", "/metrics", None, b"");
+        assert_eq!(r.content_type, "text/plain; version=0.0.4");
+        assert!(r.body.contains("avr_active_calls 0"));
+    }
+
+    #[test]
+    fn bearer_compare() {
+        assert!(bearer_matches(Some("Bearer abc"), "abc"));
+        assert!(bearer_matches(Some("  BEARER   abc "), "abc"));
+        assert!(!bearer_matches(Some("Bearer abcd"), "abc"));
+        assert!(!bearer_matches(Some("Bearer"), "abc"));
+        assert!(!bearer_matches(Some("Bearer "), ""));
+    }
+}
