@@ -13,19 +13,18 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use rustix::event::{PollFd, PollFlags};
 use serde_json::{json, Value};
 
+use super::connector::Connector;
 use super::handshake::read_uuid;
 use super::live_calls::LiveCall;
 use super::state::{Action, CallState, Event};
 use super::summary::CallSummary;
-use super::{CallContext, CallSlot, THREAD_STACK};
-use crate::agent::{self, Link, LinkEnd, LinkStats, Sent, StsError, Ws};
+use super::{CallContext, CallSlot};
+use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
 use crate::playout::{Ambient, Playout, Stop, BYTES_PER_MS};
 use crate::proto::audiosocket::{self, CallId, FrameBuffer};
 use crate::proto::sts::{init_message, ToAgent};
@@ -75,42 +74,13 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     emit(ctx, &uuid, EventKind::CallStarted);
 
     let stream = Arc::new(stream);
-    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
-    let setup = Bell::new().map(Arc::new).and_then(|bell| {
-        let playout = ctx.clocks.add(stream.clone(), ambient, bell.clone())?;
-        Ok((bell, playout))
-    });
-    let (bell, playout) = match setup {
-        Ok(v) => v,
-        Err(e) => {
-            log::error!(
-                "[{uuid}] Call ending: avr-core could not carry the call (no wake-up eventfd \
-                 or playout clock: {e}); hanging up"
-            );
-            let _ = (&*stream).write_all(&audiosocket::HANGUP);
-            emit(ctx, &uuid, EventKind::CallEnded);
-            return;
-        }
+    let Some((bell, playout)) = join_clock(ctx, &uuid, &stream) else {
+        emit(ctx, &uuid, EventKind::CallEnded);
+        return;
     };
     let live = Arc::new(LiveCall::new(bell.clone()));
     ctx.live.add(&live);
-
-    log::info!(
-        "[{uuid}] Connecting to STS WebSocket: {}",
-        crate::config::mask_url_password(&sts_url)
-    );
-    let (connected_tx, connected) = crossbeam_channel::bounded(1);
-    let thread = spawn(&uuid, "sts", {
-        let (timeout, tls, bell) = (
-            ctx.config.sts_connect_timeout,
-            ctx.tls.clone(),
-            bell.clone(),
-        );
-        move || {
-            let _ = connected_tx.send(agent::connect(&sts_url, timeout, &tls));
-            bell.ring();
-        }
-    });
+    let connector = Connector::start(ctx, &uuid, sts_url, &bell);
 
     let mut bridge = Bridge {
         uuid: &uuid,
@@ -122,13 +92,10 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         frames,
         state: CallState::new(&uuid, ctx.config.audio_codec),
         actions: VecDeque::new(),
-        connector: thread.map(|thread| Connector {
-            result: connected,
-            thread,
-        }),
         link: None,
         init: Some(init_message(&uuid, metadata.as_ref())),
         link_stats: LinkStats::default(),
+        connector,
     };
     if bridge.connector.is_none() {
         // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
@@ -139,27 +106,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
     // Teardown: nothing more to Asterisk, then the agent.
     playout.stop(Stop::Quiet);
     let clock = ctx.clocks.remove(&playout);
-    let Bridge {
-        state,
-        link,
-        connector,
-        init,
-        mut link_stats,
-        ..
-    } = bridge;
-    if let Some(link) = link {
-        link_stats = link.stats;
-        link.close();
-    } else if let Some(connector) = connector {
-        // The caller left first: the agent still gets `init` and a proper close.
-        let result = connector.result.recv();
-        let _ = connector.thread.join();
-        if let (Ok(Ok(ws)), Some(init)) = (result, init) {
-            if let Ok(link) = Link::new(ws, init) {
-                link.close();
-            }
-        }
-    }
+    let (state, link) = bridge.close_agent();
     ctx.metrics
         .playout_underruns
         .fetch_add(clock.underruns, Relaxed);
@@ -175,40 +122,40 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         codec: state.codec(),
         frames_in: state.frames_in(),
         clock,
-        link: link_stats,
+        link,
     };
     log::info!("[{uuid}] {summary}");
     emit(ctx, &uuid, EventKind::CallEnded);
 }
 
-/// A call event without a payload.
-fn emit(ctx: &CallContext, uuid: &str, kind: EventKind) {
-    ctx.events.emit(webhook::Event::new(uuid, kind, json!({})));
-}
-
-fn spawn<T: Send + 'static>(
+/// Puts the call on a playout clock, with the bell the clock rings when it lets go. If
+/// avr-core cannot (no eventfd, no clock), the caller gets a hangup and `None` comes back.
+fn join_clock(
+    ctx: &CallContext,
     uuid: &str,
-    role: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<thread::JoinHandle<T>> {
-    match thread::Builder::new()
-        .name(format!("{role}-{}", &uuid[..8]))
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-    {
-        Ok(h) => Some(h),
+    stream: &Arc<TcpStream>,
+) -> Option<(Arc<Bell>, Arc<Playout>)> {
+    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
+    let setup = Bell::new().map(Arc::new).and_then(|bell| {
+        let playout = ctx.clocks.add(stream.clone(), ambient, bell.clone())?;
+        Ok((bell, playout))
+    });
+    match setup {
+        Ok(v) => Some(v),
         Err(e) => {
-            log::error!("[{uuid}] Cannot start the {role} thread: {e}");
+            log::error!(
+                "[{uuid}] Call ending: avr-core could not carry the call (no wake-up eventfd \
+                 or playout clock: {e}); hanging up"
+            );
+            let _ = (&**stream).write_all(&audiosocket::HANGUP);
             None
         }
     }
 }
 
-/// The short-lived thread that connects to the agent: it sends its result, then rings the
-/// call's bell. Joined as soon as the result is in, so its stack is not kept for the call.
-struct Connector {
-    result: Receiver<Result<Ws, StsError>>,
-    thread: thread::JoinHandle<()>,
+/// A call event without a payload.
+fn emit(ctx: &CallContext, uuid: &str, kind: EventKind) {
+    ctx.events.emit(webhook::Event::new(uuid, kind, json!({})));
 }
 
 /// The call's thread after the UUID: what it polls, and the state it feeds.
@@ -235,6 +182,23 @@ struct Bridge<'a> {
 }
 
 impl Bridge<'_> {
+    /// The call is over: closes the agent's side properly (one reached after the caller
+    /// left still gets `init`, then a close). Returns the state and what the link carried.
+    fn close_agent(self) -> (CallState, LinkStats) {
+        let mut link_stats = self.link_stats;
+        if let Some(link) = self.link {
+            link_stats = link.stats;
+            link.close();
+        } else if let Some(connector) = self.connector {
+            if let (Some(ws), Some(init)) = (connector.finish(), self.init) {
+                if let Ok(link) = Link::new(ws, init) {
+                    link.close();
+                }
+            }
+        }
+        (self.state, link_stats)
+    }
+
     fn run(&mut self) {
         while !self.state.is_over() {
             let timeout = match self.state.deadline() {
@@ -342,13 +306,9 @@ impl Bridge<'_> {
         if self.live.hang_up_asked() {
             self.feed(Event::Shutdown);
         }
-        let result = self
-            .connector
-            .as_ref()
-            .and_then(|c| c.result.try_recv().ok());
-        if let Some(result) = result {
+        if let Some(result) = self.connector.as_ref().and_then(Connector::result) {
             if let Some(connector) = self.connector.take() {
-                let _ = connector.thread.join();
+                connector.join();
             }
             self.on_connected(result);
         }

@@ -6,7 +6,8 @@
 //! ```
 //! - [`listener`]: accepts connections, enforces `MAX_CALLS` ([`CallSlot`]), starts calls;
 //! - [`handshake`]: the UUID Asterisk sends first;
-//! - [`bridge`]: the call's thread, the I/O: sockets, the agent's connect thread, teardown;
+//! - [`bridge`]: the call's thread, the I/O: sockets, setup and teardown;
+//! - [`connector`]: the short-lived thread that reaches the agent;
 //! - [`state`]: the call's decisions ([`CallState`]), pure: events in, actions out;
 //! - [`caller_codec`]: what the caller's audio is (forced or detected);
 //! - [`summary`]: the end-of-call line ([`CallSummary`]);
@@ -19,6 +20,7 @@
 pub mod bridge;
 pub mod call_slot;
 pub mod caller_codec;
+pub mod connector;
 pub mod end_reason;
 pub mod handshake;
 pub mod listener;
