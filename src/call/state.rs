@@ -85,7 +85,7 @@ pub enum Action {
 
 /// Oddities logged once per call each: a stream that repeats one keeps the log readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Oddity {
+enum Oddity {
     WidebandAudio,
     UnknownFrame,
     MalformedFrame,
@@ -101,6 +101,9 @@ pub enum Oddity {
 /// The oddities already logged: one bit each.
 #[derive(Debug, Default, Clone, Copy)]
 struct Noted(u16);
+
+// Every oddity has its bit.
+const _: () = assert!((Oddity::AgentTooFarAhead as u32) < u16::BITS);
 
 impl Noted {
     /// Records `oddity`; `true` the first time, when it is to be logged.
