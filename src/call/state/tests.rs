@@ -105,6 +105,11 @@ impl Call {
     fn reason(&self) -> Option<String> {
         self.state.end_reason().map(|r| r.to_string())
     }
+
+    #[track_caller]
+    fn assert_reason(&self, expected: &str) {
+        assert_eq!(self.reason().as_deref(), Some(expected));
+    }
 }
 
 fn describe(action: &Action, now: Instant) -> String {
@@ -152,10 +157,7 @@ fn a_hangup_frame_is_the_caller_hanging_up() {
     assert_eq!(call.audio(&SLIN_20MS), ["agent audio 320"]);
     assert!(call.frame(Frame::Hangup).is_empty());
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (Asterisk sent a hangup frame)")
-    );
+    call.assert_reason("caller hung up (Asterisk sent a hangup frame)");
     assert_eq!(call.state.frames_in(), 2);
     assert_eq!(
         call.logged(),
@@ -171,10 +173,7 @@ fn an_error_frame_is_the_caller_hanging_up() {
     let mut call = Call::connected();
     assert!(call.frame(Frame::Error(&[0x01, 0x02])).is_empty());
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (Asterisk sent an error frame [01, 02])")
-    );
+    call.assert_reason("caller hung up (Asterisk sent an error frame [01, 02])");
 }
 
 #[test]
@@ -182,17 +181,11 @@ fn end_of_stream_is_the_caller_hanging_up_and_says_if_mid_frame() {
     let mut call = Call::connected();
     assert!(call.on(Event::CallerClosed { unfinished: 0 }).is_empty());
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (Asterisk closed the connection)")
-    );
+    call.assert_reason("caller hung up (Asterisk closed the connection)");
 
     let mut call = Call::connected();
     call.on(Event::CallerClosed { unfinished: 5 });
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (Asterisk closed the connection mid-frame (5 bytes))")
-    );
+    call.assert_reason("caller hung up (Asterisk closed the connection mid-frame (5 bytes))");
 }
 
 #[test]
@@ -202,17 +195,11 @@ fn a_failed_read_is_the_caller_hanging_up() {
         io::ErrorKind::ConnectionReset.into(),
     ));
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (connection reset)")
-    );
+    call.assert_reason("caller hung up (connection reset)");
 
     let mut call = Call::connected();
     call.on(Event::CallerReadFailed(io::Error::other("bad descriptor")));
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("caller hung up (read failed: bad descriptor)")
-    );
+    call.assert_reason("caller hung up (read failed: bad descriptor)");
 }
 
 // ---- the agent ends the call ------------------------------------------------------------
@@ -229,10 +216,7 @@ fn the_agent_closing_drains_its_audio_then_hangs_up() {
         ["drain 10 s"]
     );
     assert!(!call.state.is_over(), "the caller still hears the rest");
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("agent closed (code 1000; playing 240 ms of queued audio, then hanging up)")
-    );
+    call.assert_reason("agent closed (code 1000; playing 240 ms of queued audio, then hanging up)");
     assert_eq!(
         call.count_logged("WARN Call ending: agent closed (code 1000; playing 240 ms"),
         1
@@ -317,10 +301,7 @@ fn a_write_failure_ends_the_call_and_asterisk_gets_the_close_wait() {
     let mut call = Call::connected();
     let stall = Finished::WriteFailed(io::ErrorKind::TimedOut, "no audio taken for 1 s".into());
     assert!(call.on(Event::PlayoutFinished(stall.clone())).is_empty());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("cannot write to Asterisk (no audio taken for 1 s)")
-    );
+    call.assert_reason("cannot write to Asterisk (no audio taken for 1 s)");
     assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
     // Seen again at a later bell: nothing changes.
     call.now += Duration::from_secs(1);
@@ -344,10 +325,7 @@ fn a_broken_pipe_or_reset_is_the_caller_leaving_not_a_write_failure() {
         assert_eq!(call.reason(), None, "{kind:?}: the read says why");
         assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
         call.on(Event::CallerClosed { unfinished: 0 });
-        assert_eq!(
-            call.reason().as_deref(),
-            Some("caller hung up (Asterisk closed the connection)")
-        );
+        call.assert_reason("caller hung up (Asterisk closed the connection)");
     }
 }
 
@@ -358,10 +336,7 @@ fn after_a_hangup_asterisk_has_the_close_wait_to_close() {
     assert_eq!(call.state.deadline(), None);
     call.on(Event::PlayoutFinished(Finished::HungUp));
     assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("avr-core is shutting down (SHUTDOWN_GRACE ended)")
-    );
+    call.assert_reason("avr-core is shutting down (SHUTDOWN_GRACE ended)");
 }
 
 // ---- shutdown ---------------------------------------------------------------------------
@@ -373,10 +348,7 @@ fn a_shutdown_hangs_up_and_its_reason_stands() {
     assert!(!call.state.is_over(), "Asterisk still has to close");
     call.frame(Frame::Hangup);
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("avr-core is shutting down (SHUTDOWN_GRACE ended)")
-    );
+    call.assert_reason("avr-core is shutting down (SHUTDOWN_GRACE ended)");
     assert_eq!(
         call.logged(),
         ["WARN Call ending: avr-core is shutting down (SHUTDOWN_GRACE ended)"]
@@ -388,10 +360,7 @@ fn a_failed_poll_ends_the_call() {
     let mut call = Call::connected();
     call.on(Event::PollFailed(io::Error::other("EINVAL")));
     assert!(call.state.is_over());
-    assert_eq!(
-        call.reason().as_deref(),
-        Some("avr-core could not carry the call (poll failed: EINVAL)")
-    );
+    call.assert_reason("avr-core could not carry the call (poll failed: EINVAL)");
 }
 
 // ---- what the agent says ----------------------------------------------------------------
