@@ -13,13 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use avr_core::agent::sts;
+use avr_core::agent;
 use avr_core::call::listener;
 use avr_core::call::{CallContext, LiveCalls};
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
-use avr_core::playout::clock::Clocks;
-use avr_core::playout::Ambient;
+use avr_core::playout::{Ambient, Clocks};
 use avr_core::registry::Registry;
 use avr_core::sys::StopSignal;
 use avr_core::tools::{demo, echo_sts, simulate};
@@ -123,7 +122,7 @@ fn serve() -> ExitCode {
     };
     init_logging(&config.log_level);
 
-    let tls = match sts::tls_config(config.ssl_cert_file.as_deref()) {
+    let tls = match agent::tls_config(config.ssl_cert_file.as_deref()) {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };

@@ -1,204 +1,48 @@
-//! What the playout clock plays: the agent's audio waiting for its 20 ms slots, the ambient
-//! noise under it, and how a call asks playout to end. Pure logic; the clock that writes it
-//! to Asterisk is [`crate::playout::clock`].
+//! The agent's audio on its way to the caller: what is played, and the clocks that write it
+//! to Asterisk every 20 ms.
 //!
-//! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6): a burst from
-//! the agent would leave as a burst of RTP and garble the caller's audio. So agent audio
-//! goes into [`AgentAudio`] and only the clock takes it out, one frame per tick.
+//! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6), so agent audio
+//! waits in each call's [`Playout`] and only a clock takes it out, one frame per tick.
+//! - [`agent_audio`]: the agent's audio waiting for its slots ([`AgentAudio`], pure logic);
+//! - [`ambient`]: the noise mixed under it ([`Ambient`], [`AmbientCursor`]);
+//! - [`clocks`]: the shared clock threads ([`Clocks`], [`next_slot`]);
+//! - here: [`Playout`], one call's place on a clock, and how a call asks it to [`Stop`].
+//!
+//! A clock never blocks on a caller: frames go out with `MSG_DONTWAIT`. Bytes a full socket
+//! did not take go first at the next tick and no new frame is made meanwhile (the slot is
+//! skipped, never sent late in a burst); a caller that takes nothing for [`WRITE_STALL`]
+//! is dropped from the clock with an error, and its call ends.
 
-pub mod clock;
+pub mod agent_audio;
+pub mod ambient;
+pub mod clocks;
 
-use std::collections::VecDeque;
-use std::path::Path;
-use std::sync::Arc;
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::proto::audiosocket::SLIN_FRAME_BYTES;
+use rustix::net::{send, SendFlags};
 
-/// Agent audio held at most: 2 minutes. A runaway agent cannot exhaust memory.
-pub const MAX_QUEUED_BYTES: usize = 16_000 * 120;
+pub use agent_audio::{AgentAudio, Fill, BYTES_PER_MS, MAX_QUEUED_BYTES};
+pub use ambient::{Ambient, AmbientCursor};
+pub use clocks::{next_slot, Clocks, TICK};
+
+use crate::proto::audiosocket::{self, SLIN_FRAME_BYTES};
+use crate::sys::{lock, Bell};
+use clocks::Clock;
 
 /// After the agent closes, queued audio is played for at most this long (SPEC §4).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Ambient noise, loaded once at startup, pre-scaled by its level and shared by all calls.
-#[derive(Clone)]
-pub struct Ambient {
-    samples: Arc<[i16]>,
-}
+/// How long a caller may take none of its audio before its call is ended: Asterisk reads
+/// without blocking, so a socket that stays full means the call is gone.
+pub const WRITE_STALL: Duration = Duration::from_secs(1);
 
-impl Ambient {
-    /// Loads raw 8 kHz s16le mono PCM and applies `level` (0.0–1.0).
-    pub fn load(path: &Path, level: f32) -> Result<Ambient, String> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read AMBIENT_NOISE_FILE {}: {e}", path.display()))?;
-        if bytes.len() < 2 {
-            return Err(format!(
-                "AMBIENT_NOISE_FILE {} holds no audio (expected raw 8 kHz 16-bit LE mono PCM)",
-                path.display()
-            ));
-        }
-        Ok(Ambient::from_samples(
-            bytes
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-            level,
-        ))
-    }
+/// A clock never waits for a caller's socket, and a caller that left is an error, not a signal.
+const SEND_FLAGS: SendFlags = SendFlags::DONTWAIT.union(SendFlags::NOSIGNAL);
 
-    pub fn from_samples(samples: Vec<i16>, level: f32) -> Ambient {
-        let scaled: Vec<i16> = samples
-            .iter()
-            .map(|&s| (f32::from(s) * level).round() as i16)
-            .collect();
-        Ambient {
-            samples: scaled.into(),
-        }
-    }
-
-    /// A cursor starting at a random offset, so simultaneous calls do not sound alike.
-    pub fn cursor(&self) -> AmbientCursor {
-        let random = uuid::Uuid::new_v4().as_u128() as usize;
-        AmbientCursor {
-            ambient: self.clone(),
-            pos: random % self.samples.len(),
-        }
-    }
-}
-
-/// One call's position in the looped ambient noise.
-pub struct AmbientCursor {
-    ambient: Ambient,
-    pos: usize,
-}
-
-impl AmbientCursor {
-    /// Mixes the next 20 ms of noise under `frame` (s16le), saturating.
-    pub fn mix_into(&mut self, frame: &mut [u8; SLIN_FRAME_BYTES]) {
-        let noise = &self.ambient.samples;
-        for pair in frame.chunks_exact_mut(2) {
-            let s = i16::from_le_bytes([pair[0], pair[1]]).saturating_add(noise[self.pos]);
-            pair.copy_from_slice(&s.to_le_bytes());
-            self.pos += 1;
-            if self.pos == noise.len() {
-                self.pos = 0;
-            }
-        }
-    }
-}
-
-/// Agent audio gathered before a talk spurt starts playing: a small jitter buffer, so a
-/// real-time agent whose messages arrive a few ms late does not stutter. Agents that send
-/// faster than real time fill it with their first message and pay no delay.
-pub const PREBUFFER_BYTES: usize = 960;
-/// A spurt shorter than [`PREBUFFER_BYTES`] starts playing after waiting this long.
-pub const PREBUFFER_WAIT: Duration = Duration::from_millis(60);
-
-/// What one tick took from the agent's audio.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Fill {
-    /// A frame of agent audio (the last one of a spurt may be padded with silence).
-    Agent,
-    /// Nothing to play (or still gathering the jitter buffer): silence.
-    Silence,
-    /// Less than a frame queued mid-spurt: held one tick for the rest, silence meanwhile.
-    Underrun,
-}
-
-/// Agent audio waiting to be played, as one continuous byte stream: chunk boundaries are
-/// invisible, so remainders carry over to the next chunk instead of being padded.
-#[derive(Default)]
-pub struct AgentAudio {
-    bytes: VecDeque<u8>,
-    /// Inside a talk spurt (past the jitter buffer).
-    playing: bool,
-    /// When the current spurt's first bytes arrived, while gathering.
-    gathering_since: Option<Instant>,
-    held_partial: bool,
-}
-
-impl AgentAudio {
-    /// Appends audio; returns the bytes refused because the queue is full.
-    pub fn push(&mut self, pcm: &[u8], now: Instant) -> usize {
-        let room = MAX_QUEUED_BYTES.saturating_sub(self.bytes.len()) & !1;
-        let take = pcm.len().min(room);
-        if take > 0 && !self.playing && self.gathering_since.is_none() {
-            self.gathering_since = Some(now);
-        }
-        self.bytes.extend(&pcm[..take]);
-        pcm.len() - take
-    }
-
-    /// Drops everything queued (barge-in); returns how many bytes were dropped.
-    pub fn clear(&mut self) -> usize {
-        let n = self.bytes.len();
-        self.bytes.clear();
-        self.playing = false;
-        self.gathering_since = None;
-        self.held_partial = false;
-        self.shrink();
-        n
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// Fills `out` for the tick at `now`. `last` means the agent is gone: play what is left
-    /// without waiting for more.
-    pub fn fill(&mut self, out: &mut [u8; SLIN_FRAME_BYTES], last: bool, now: Instant) -> Fill {
-        let n = self.bytes.len();
-        if !self.playing {
-            let waited = self
-                .gathering_since
-                .is_some_and(|t| now.duration_since(t) >= PREBUFFER_WAIT);
-            if n == 0 || !(n >= PREBUFFER_BYTES || waited || last) {
-                out.fill(0);
-                return Fill::Silence;
-            }
-            self.playing = true;
-            self.gathering_since = None;
-        }
-        if n == 0 {
-            // The spurt is over (or the agent fell behind): gather again before resuming.
-            self.playing = false;
-            out.fill(0);
-            return Fill::Silence;
-        }
-        if n < SLIN_FRAME_BYTES && !self.held_partial && !last {
-            self.held_partial = true;
-            out.fill(0);
-            return Fill::Underrun;
-        }
-        self.held_partial = false;
-        let take = n.min(SLIN_FRAME_BYTES);
-        let (a, b) = self.bytes.as_slices();
-        let from_a = take.min(a.len());
-        out[..from_a].copy_from_slice(&a[..from_a]);
-        out[from_a..take].copy_from_slice(&b[..take - from_a]);
-        out[take..].fill(0);
-        self.bytes.drain(..take);
-        if self.bytes.is_empty() {
-            self.shrink();
-        }
-        Fill::Agent
-    }
-
-    /// Returns a burst's memory once it has been played: hundreds of idle calls should not
-    /// each keep a few hundred KiB.
-    fn shrink(&mut self) {
-        if self.bytes.capacity() > 64 * 1024 {
-            self.bytes.shrink_to(8 * 1024);
-        }
-    }
-}
-
-/// How the clock is asked to stop, strongest last.
+/// How a call asks its playout to end, strongest last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stop {
     /// The agent is gone: play what is queued (at most [`DRAIN_LIMIT`]), then hang up.
@@ -209,120 +53,327 @@ pub enum Stop {
     Quiet,
 }
 
+/// What the clock did for one call, for the call's closing log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClockStats {
+    pub frames_out: u64,
+    pub agent_frames: u64,
+    pub underruns: u64,
+    /// Slots skipped because the clock was late or the caller's socket was full.
+    pub late_slots: u64,
+    pub hangup_sent: bool,
+}
+
+/// Why a clock let go of a call by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// It wrote `00 00 00` and shut down its side (a [`Stop::Hangup`] or a drained
+    /// [`Stop::Drain`]).
+    HungUp,
+    /// Writing failed (`BrokenPipe` and `ConnectionReset` mean the caller already left):
+    /// the error's kind and text (an `io::Error` is not `Clone`).
+    WriteFailed(io::ErrorKind, String),
+}
+
+impl From<io::Error> for Finished {
+    fn from(e: io::Error) -> Finished {
+        Finished::WriteFailed(e.kind(), e.to_string())
+    }
+}
+
+/// One call's place on a clock: the socket to Asterisk, the agent audio waiting for it and
+/// how the call wants playout to end. The call's thread fills it through these methods; the
+/// clock empties it. The state stays behind them, so its lock is never held outside this
+/// folder.
+pub struct Playout {
+    stream: Arc<TcpStream>,
+    clock: Arc<Clock>,
+    state: Mutex<PlayoutState>,
+    done: Arc<Bell>,
+}
+
+#[derive(Default)]
+struct PlayoutState {
+    audio: AgentAudio,
+    stop: Option<Stop>,
+    ambient: Option<AmbientCursor>,
+    stats: ClockStats,
+    /// The tail of a frame (or of the hangup) the socket did not take.
+    unsent: Vec<u8>,
+    /// Since when `unsent` has been waiting.
+    stalled_since: Option<Instant>,
+    /// `unsent` ends with the hangup frame.
+    hanging_up: bool,
+    finished: Option<Finished>,
+}
+
+impl Playout {
+    /// A call's place on `clock`, writing to `stream`; `done` is rung when the clock lets go.
+    fn new(
+        stream: Arc<TcpStream>,
+        clock: Arc<Clock>,
+        ambient: Option<AmbientCursor>,
+        done: Arc<Bell>,
+    ) -> Playout {
+        Playout {
+            stream,
+            clock,
+            state: Mutex::new(PlayoutState {
+                ambient,
+                ..PlayoutState::default()
+            }),
+            done,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PlayoutState> {
+        lock(&self.state)
+    }
+
+    /// Queues agent audio (8 kHz s16le) that arrived at `now`; returns the bytes refused
+    /// because [`MAX_QUEUED_BYTES`] are already waiting.
+    pub fn play(&self, pcm: &[u8], now: Instant) -> usize {
+        self.lock().audio.push(pcm, now)
+    }
+
+    /// Drops the agent audio not played yet (the caller barged in); returns how many bytes.
+    pub fn interrupt(&self) -> usize {
+        self.lock().audio.clear()
+    }
+
+    /// How much agent audio waits to be played, in milliseconds.
+    pub fn queued_ms(&self) -> usize {
+        self.lock().audio.len() / BYTES_PER_MS
+    }
+
+    /// Requests a stop, applied at the next tick; a weaker request never replaces a
+    /// stronger one.
+    pub fn stop(&self, stop: Stop) {
+        let mut st = self.lock();
+        if st.stop.is_none_or(|s| stop > s) {
+            st.stop = Some(stop);
+        }
+    }
+
+    /// Why the clock let go of this call, once it has.
+    pub fn finished(&self) -> Option<Finished> {
+        self.lock().finished.clone()
+    }
+
+    /// What the clock did for this call so far.
+    fn stats(&self) -> ClockStats {
+        self.lock().stats
+    }
+
+    /// Writes this slot's frame; `false` once the call is off the clock.
+    fn tick(&self, slot: Instant, skipped: u64, payload: &mut [u8; SLIN_FRAME_BYTES]) -> bool {
+        let mut st = self.lock();
+        st.stats.late_slots += skipped;
+        if st.finished.is_some() {
+            return false;
+        }
+        if st.stop == Some(Stop::Quiet) {
+            return true; // the call's thread takes it off the clock
+        }
+        if !st.unsent.is_empty() {
+            if let Err(e) = self.send_unsent(&mut st) {
+                return self.finish(&mut st, e.into());
+            }
+            if !st.unsent.is_empty() {
+                st.stats.late_slots += 1;
+                return true;
+            }
+            if st.hanging_up {
+                return self.finish_hangup(&mut st);
+            }
+        }
+        let hang_up = match st.stop {
+            Some(Stop::Hangup) => true,
+            Some(Stop::Drain { until }) => st.audio.is_empty() || slot >= until,
+            _ => false,
+        };
+        if hang_up {
+            st.hanging_up = true;
+            if let Err(e) = self.write(&mut st, &audiosocket::HANGUP) {
+                return self.finish(&mut st, e.into());
+            }
+            if st.unsent.is_empty() {
+                return self.finish_hangup(&mut st);
+            }
+            return true; // the rest of the hangup goes at the next tick
+        }
+
+        let last = matches!(st.stop, Some(Stop::Drain { .. }));
+        match st.audio.fill(payload, last, slot) {
+            Fill::Agent => st.stats.agent_frames += 1,
+            Fill::Underrun => st.stats.underruns += 1,
+            Fill::Silence => {}
+        }
+        if let Some(cursor) = st.ambient.as_mut() {
+            cursor.mix_into(payload);
+        }
+        let frame = audiosocket::audio_frame(payload);
+        st.stats.frames_out += 1;
+        match self.write(&mut st, &frame) {
+            Ok(()) => true,
+            Err(e) => self.finish(&mut st, e.into()),
+        }
+    }
+
+    /// Sends `bytes` (nothing is unsent before them); keeps the tail the socket does not
+    /// take in `unsent`, to go first at the next tick.
+    fn write(&self, st: &mut PlayoutState, bytes: &[u8]) -> io::Result<()> {
+        let n = match send(&*self.stream, bytes, SEND_FLAGS) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if n < bytes.len() {
+            st.unsent.extend_from_slice(&bytes[n..]);
+            st.stalled_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Sends what is left of `unsent`; fails once the caller has taken nothing for
+    /// [`WRITE_STALL`].
+    fn send_unsent(&self, st: &mut PlayoutState) -> io::Result<()> {
+        match send(&*self.stream, &st.unsent, SEND_FLAGS) {
+            Ok(n) => {
+                st.unsent.drain(..n);
+                if st.unsent.is_empty() {
+                    st.stalled_since = None;
+                    return Ok(());
+                }
+                if n > 0 {
+                    st.stalled_since = Some(Instant::now());
+                }
+            }
+            Err(rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let since = *st.stalled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= WRITE_STALL {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "Asterisk has taken no audio for {} s (its socket stays full)",
+                    WRITE_STALL.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish_hangup(&self, st: &mut PlayoutState) -> bool {
+        st.stats.hangup_sent = true;
+        let _ = self.stream.shutdown(Shutdown::Write);
+        self.finish(st, Finished::HungUp)
+    }
+
+    /// Records why the clock let go and tells the call; always `false` (off the clock).
+    fn finish(&self, st: &mut PlayoutState, why: Finished) -> bool {
+        st.finished = Some(why);
+        st.unsent = Vec::new();
+        self.done.ring();
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::playout::clock::TICK;
+    use std::io::Read;
+    use std::net::TcpListener;
 
-    fn take(a: &mut AgentAudio, last: bool, at: Instant) -> (Fill, Vec<u8>) {
-        let mut out = [0xAAu8; SLIN_FRAME_BYTES];
-        let fill = a.fill(&mut out, last, at);
-        (fill, out.to_vec())
+    /// A connected pair: the server side for a [`Playout`], the client side as Asterisk.
+    pub(super) fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Arc::new(server), client)
+    }
+
+    /// A playout on a clock that never ticks: only what the call's thread does to it.
+    fn idle_playout(stream: Arc<TcpStream>) -> Playout {
+        Playout::new(
+            stream,
+            Arc::new(Clock::default()),
+            None,
+            Arc::new(Bell::new().unwrap()),
+        )
     }
 
     #[test]
-    fn remainders_carry_across_chunks() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        let stream: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
-        // Uneven chunks: 100 + 500 + 400 bytes.
-        a.push(&stream[..100], t0);
-        a.push(&stream[100..600], t0);
-        a.push(&stream[600..], t0);
-        let mut played = Vec::new();
-        for _ in 0..3 {
-            let (fill, bytes) = take(&mut a, false, t0);
-            assert_eq!(fill, Fill::Agent);
-            played.extend(bytes);
+    fn stronger_stops_win() {
+        let (server, _client) = pair();
+        let p = idle_playout(server);
+        p.stop(Stop::Hangup);
+        p.stop(Stop::Drain {
+            until: Instant::now(),
+        });
+        assert_eq!(p.lock().stop, Some(Stop::Hangup));
+        p.stop(Stop::Quiet);
+        assert_eq!(p.lock().stop, Some(Stop::Quiet));
+    }
+
+    #[test]
+    fn play_queues_interrupt_drops_and_the_excess_is_refused() {
+        let (server, _client) = pair();
+        let p = idle_playout(server);
+        let now = Instant::now();
+        assert_eq!(p.play(&[1; 3200], now), 0);
+        assert_eq!(p.queued_ms(), 200);
+        assert_eq!(p.interrupt(), 3200);
+        assert_eq!(p.queued_ms(), 0);
+        assert_eq!(p.play(&vec![0; MAX_QUEUED_BYTES + 10], now), 10);
+        assert_eq!(p.queued_ms(), MAX_QUEUED_BYTES / BYTES_PER_MS);
+    }
+
+    #[test]
+    fn a_hangup_is_the_last_frame_and_rings_the_call() {
+        let clocks = Clocks::start(1).unwrap();
+        let (server, mut client) = pair();
+        let bell = Arc::new(Bell::new().unwrap());
+        let p = clocks.add(server, None, bell.clone()).unwrap();
+        p.play(&[7u8; 960], Instant::now());
+        // Wait for the three agent frames, then hang up.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < 4 * 323 {
+            let n = client.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
         }
-        assert_eq!(played, stream[..960]);
-        // 40 bytes left: held one tick, then played padded.
-        assert_eq!(take(&mut a, false, t0).0, Fill::Underrun);
-        let (fill, bytes) = take(&mut a, false, t0);
-        assert_eq!(fill, Fill::Agent);
-        assert_eq!(&bytes[..40], &stream[960..]);
-        assert!(bytes[40..].iter().all(|&b| b == 0));
-        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
+        p.stop(Stop::Hangup);
+        client.read_to_end(&mut got).unwrap();
+        assert!(bell.wait(Some(Duration::from_secs(5))));
+        assert_eq!(p.finished(), Some(Finished::HungUp));
+        assert_eq!(&got[got.len() - 3..], &audiosocket::HANGUP);
+        assert_eq!((got.len() - 3) % 323, 0, "whole frames, then the hangup");
+        assert!(got[..got.len() - 3]
+            .chunks(323)
+            .all(|f| f[..3] == [0x10, 0x01, 0x40]));
+        let stats = clocks.remove(&p);
+        assert!(stats.hangup_sent && stats.agent_frames == 3);
     }
 
     #[test]
-    fn a_spurt_waits_for_the_jitter_buffer_or_its_deadline() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        a.push(&[1; 640], t0);
-        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
-        a.push(&[2; 320], t0 + TICK);
-        // 960 bytes: the jitter buffer is full, play.
-        let (fill, bytes) = take(&mut a, false, t0 + TICK);
-        assert_eq!((fill, bytes), (Fill::Agent, vec![1; 320]));
-
-        let mut b = AgentAudio::default();
-        b.push(&[3; 320], t0);
-        assert_eq!(take(&mut b, false, t0 + TICK).0, Fill::Silence);
-        assert_eq!(take(&mut b, false, t0 + PREBUFFER_WAIT).0, Fill::Agent);
-    }
-
-    #[test]
-    fn a_held_partial_completed_in_time_is_not_padded() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        a.push(&[1; 1160], t0);
-        for _ in 0..3 {
-            assert_eq!(take(&mut a, false, t0).0, Fill::Agent);
+    fn a_caller_that_never_reads_is_let_go_after_the_stall_limit() {
+        let clocks = Clocks::start(1).unwrap();
+        let (server, client) = pair();
+        // Small buffers on both sides, so they fill within a second or two.
+        rustix::net::sockopt::set_socket_send_buffer_size(&*server, 4096).unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&client, 4096).unwrap();
+        let bell = Arc::new(Bell::new().unwrap());
+        let started = Instant::now();
+        let p = clocks.add(server, None, bell.clone()).unwrap();
+        assert!(bell.wait(Some(Duration::from_secs(60))));
+        match p.finished() {
+            Some(Finished::WriteFailed(io::ErrorKind::TimedOut, _)) => {}
+            other => panic!("expected a stall, got {other:?}"),
         }
-        assert_eq!(take(&mut a, false, t0).0, Fill::Underrun);
-        a.push(&[2; 200], t0);
-        let (fill, bytes) = take(&mut a, false, t0);
-        assert_eq!(fill, Fill::Agent);
-        assert_eq!(&bytes[..200], &[1; 200][..]);
-        assert_eq!(&bytes[200..], &[2; 120][..]);
-        assert_eq!(a.len(), 80);
-    }
-
-    #[test]
-    fn last_plays_a_partial_at_once() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        a.push(&[3; 10], t0);
-        assert_eq!(take(&mut a, true, t0).0, Fill::Agent);
-        assert!(a.is_empty());
-    }
-
-    #[test]
-    fn clear_drops_everything() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        a.push(&[5; 48_000], t0);
-        assert_eq!(take(&mut a, false, t0).0, Fill::Agent);
-        assert_eq!(a.clear(), 48_000 - 320);
-        assert_eq!(take(&mut a, false, t0).0, Fill::Silence);
-    }
-
-    #[test]
-    fn queue_is_bounded() {
-        let t0 = Instant::now();
-        let mut a = AgentAudio::default();
-        assert_eq!(a.push(&vec![0; MAX_QUEUED_BYTES + 1000], t0), 1000);
-        assert_eq!(a.push(&[0; 2], t0), 2);
-        assert_eq!(a.len(), MAX_QUEUED_BYTES);
-    }
-
-    #[test]
-    fn ambient_mixes_under_speech_with_saturation() {
-        let amb = Ambient::from_samples(vec![1000, -1000], 0.5);
-        let mut cur = AmbientCursor {
-            ambient: amb,
-            pos: 0,
-        };
-        let mut frame = [0u8; SLIN_FRAME_BYTES];
-        frame[..2].copy_from_slice(&32_000i16.to_le_bytes());
-        frame[2..4].copy_from_slice(&100i16.to_le_bytes());
-        cur.mix_into(&mut frame);
-        assert_eq!(i16::from_le_bytes([frame[0], frame[1]]), 32_500);
-        assert_eq!(i16::from_le_bytes([frame[2], frame[3]]), -400);
-        let mut loud = [0u8; SLIN_FRAME_BYTES];
-        loud[..2].copy_from_slice(&32_700i16.to_le_bytes());
-        cur.mix_into(&mut loud);
-        assert_eq!(i16::from_le_bytes([loud[0], loud[1]]), i16::MAX);
+        assert!(started.elapsed() >= WRITE_STALL);
+        let stats = clocks.remove(&p);
+        assert!(!stats.hangup_sent && stats.late_slots >= 45);
     }
 }

@@ -1,0 +1,85 @@
+//! Caller audio and digits kept while the agent is still connecting.
+
+use std::collections::VecDeque;
+
+use crate::proto::sts::ToAgent;
+
+/// Caller audio held while the agent is not taking it: 1 s of 8 kHz s16le (SPEC §4).
+pub const BACKLOG_AUDIO_CAP: usize = 16_000;
+
+/// Caller audio and DTMF that arrive while the agent is still connecting, sent after `init`
+/// (SPEC §4). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
+/// audio is dropped, so a slow agent cannot make memory grow; DTMF is always kept.
+#[derive(Default)]
+pub struct Backlog {
+    items: VecDeque<ToAgent>,
+    audio_bytes: usize,
+}
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// Bytes of older caller audio dropped to stay within the cap.
+    pub dropped_bytes: usize,
+}
+
+impl Backlog {
+    pub fn push(&mut self, item: ToAgent) -> Pushed {
+        let mut dropped_bytes = 0;
+        if let ToAgent::Audio(pcm) = &item {
+            self.audio_bytes += pcm.len();
+        }
+        self.items.push_back(item);
+        // Drop the oldest audio, never the item just queued (however large it is).
+        while self.audio_bytes > BACKLOG_AUDIO_CAP {
+            let older = self.items.len() - 1;
+            let Some(pos) = self
+                .items
+                .iter()
+                .take(older)
+                .position(|i| matches!(i, ToAgent::Audio(_)))
+            else {
+                break;
+            };
+            if let Some(ToAgent::Audio(old)) = self.items.remove(pos) {
+                self.audio_bytes -= old.len();
+                dropped_bytes += old.len();
+            }
+        }
+        Pushed { dropped_bytes }
+    }
+
+    /// Everything queued, oldest first.
+    pub fn drain(&mut self) -> impl Iterator<Item = ToAgent> + '_ {
+        self.audio_bytes = 0;
+        self.items.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_keeps_the_newest_second_and_every_digit() {
+        let mut backlog = Backlog::default();
+        let mut dropped = 0;
+        backlog.push(ToAgent::Dtmf('1'));
+        for i in 0..60u8 {
+            dropped += backlog.push(ToAgent::Audio(vec![i; 320])).dropped_bytes;
+        }
+        backlog.push(ToAgent::Dtmf('5'));
+        assert_eq!(dropped, 10 * 320);
+        let got: Vec<ToAgent> = backlog.drain().collect();
+        assert_eq!(got.len(), 52);
+        assert_eq!(got[0], ToAgent::Dtmf('1'));
+        assert_eq!(got[1], ToAgent::Audio(vec![10; 320]));
+        assert_eq!(got[51], ToAgent::Dtmf('5'));
+        assert_eq!(backlog.drain().count(), 0);
+        // A single message larger than the cap is kept whole.
+        assert_eq!(
+            backlog.push(ToAgent::Audio(vec![0; 20_000])).dropped_bytes,
+            0
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The open WebSocket to the agent, driven by the call's one thread without blocking.
+//!
+//! tungstenite's blocking `WebSocket` cannot be split into read and write halves, so the
+//! call's thread sleeps in `poll(2)` on the AudioSocket *and* on [`Link::fd`] with
+//! [`Link::interest`], sends caller audio the moment it is read and takes agent messages the
+//! moment they arrive; nothing wakes up on a timer. One thread doing both, never blocked on
+//! either, adds no latency to either.
+
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use tungstenite::Message;
+
+use super::connect::{tcp_of, StsError, Ws};
+use crate::proto::sts::{
+    audio_message, dtmf_message, parse_binary, parse_text, FromAgent, ToAgent,
+};
+use crate::sys::poll;
+
+/// After the call ends, how long the agent gets to take the close frame.
+const CLOSE_LIMIT: Duration = Duration::from_millis(999);
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// The agent closed the WebSocket (code and reason, if it gave them).
+    AgentClosed(String),
+    /// The connection broke.
+    Failed(StsError),
+}
+
+/// Counts of what the connection carried, for the call's closing log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStats {
+    pub audio_sent: u64,
+    pub messages_received: u64,
+    pub dropped_for_backpressure: u64,
+}
+
+/// What became of a message given to [`Link::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// On its way (perhaps still in tungstenite's buffer, waiting for the socket).
+    Queued,
+    /// Dropped: 512 KiB wait unsent, the agent is not reading.
+    Dropped,
+}
+
+/// The open WebSocket to the agent. The call's thread polls [`Link::fd`] for
+/// [`Link::interest`], hands the result to [`Link::on_ready`], then takes messages with
+/// [`Link::receive`] until there are none.
+pub struct Link {
+    ws: Ws,
+    pub stats: LinkStats,
+    /// tungstenite holds bytes the socket did not take yet.
+    unflushed: bool,
+}
+
+impl Link {
+    /// Takes a connection from [`connect`](fn@super::connect) and sends `init` first.
+    pub fn new(ws: Ws, init: String) -> Result<Link, StsError> {
+        let mut link = Link {
+            ws,
+            stats: LinkStats::default(),
+            unflushed: false,
+        };
+        link.queue(Message::text(init))?;
+        link.flush()?;
+        Ok(link)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        tcp_of(self.ws.get_ref()).as_fd()
+    }
+
+    /// What to poll the socket for: input always, output while bytes wait for room.
+    pub fn interest(&self) -> PollFlags {
+        if self.unflushed {
+            PollFlags::IN | PollFlags::OUT
+        } else {
+            PollFlags::IN
+        }
+    }
+
+    /// Sends caller audio or a digit. A full write buffer (the agent is not reading) drops
+    /// the message and counts it: caller audio is real time, a backlog is worth nothing.
+    pub fn send(&mut self, item: ToAgent) -> Result<Sent, StsError> {
+        let text = match item {
+            ToAgent::Audio(pcm) => {
+                self.stats.audio_sent += 1;
+                audio_message(&pcm)
+            }
+            ToAgent::Dtmf(d) => dtmf_message(d),
+        };
+        let sent = self.queue(Message::text(text))?;
+        self.flush()?;
+        Ok(sent)
+    }
+
+    /// Handles readiness from `poll`: flushes when the socket has room again. `Ok(true)`
+    /// when there may be messages to [`receive`](Link::receive).
+    pub fn on_ready(&mut self, revents: PollFlags) -> Result<bool, LinkEnd> {
+        if revents.contains(PollFlags::OUT) {
+            self.flush().map_err(LinkEnd::Failed)?;
+        }
+        Ok(revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR))
+    }
+
+    /// The next complete message from the agent; `Ok(None)` once the socket has nothing
+    /// more for now. Messages already buffered by tungstenite (behind the handshake
+    /// response, say) are found here even though `poll` cannot see them.
+    pub fn receive(&mut self) -> Result<Option<FromAgent>, LinkEnd> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    self.stats.messages_received += 1;
+                    return Ok(Some(parse_text(t.as_str())));
+                }
+                Ok(Message::Binary(b)) => {
+                    self.stats.messages_received += 1;
+                    return Ok(Some(parse_binary(b.to_vec())));
+                }
+                Ok(Message::Close(frame)) => {
+                    let why = match frame {
+                        Some(f) if f.reason.is_empty() => format!("code {}", f.code),
+                        Some(f) => format!("code {}: {}", f.code, f.reason),
+                        None => "no close code".into(),
+                    };
+                    // tungstenite queued the close reply; give it its chance.
+                    let _ = self.ws.flush();
+                    return Err(LinkEnd::AgentClosed(why));
+                }
+                Ok(_) => {} // ping/pong: tungstenite answers pings itself
+                Err(e) if is_would_block(&e) => {
+                    // A read may have queued a pong.
+                    self.flush().map_err(LinkEnd::Failed)?;
+                    return Ok(None);
+                }
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
+                    return Err(LinkEnd::AgentClosed("connection closed".into()))
+                }
+                Err(e) => return Err(LinkEnd::Failed(StsError::Socket(e.to_string()))),
+            }
+        }
+    }
+
+    /// Sends a close frame and gives the agent `CLOSE_LIMIT` to take it and answer; the
+    /// call is over, so blocking its thread this long costs nothing.
+    pub fn close(mut self) {
+        let deadline = Instant::now() + CLOSE_LIMIT;
+        match self.ws.close(None) {
+            Ok(()) => {}
+            Err(e) if is_would_block(&e) => {}
+            Err(_) => return,
+        }
+        loop {
+            if self.flush().is_err() {
+                return;
+            }
+            match self.ws.read() {
+                Ok(_) => continue,
+                Err(e) if is_would_block(&e) => {}
+                Err(_) => return, // closed: the handshake is complete
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [PollFd::from_borrowed_fd(self.fd(), self.interest())];
+            match poll(&mut fds, Some(left)) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Hands a message to tungstenite; a full write buffer (agent not reading) drops it.
+    fn queue(&mut self, msg: Message) -> Result<Sent, StsError> {
+        match self.ws.write(msg) {
+            Ok(()) => Ok(Sent::Queued),
+            Err(e) if is_would_block(&e) => Ok(Sent::Queued),
+            Err(tungstenite::Error::WriteBufferFull(_)) => {
+                self.stats.dropped_for_backpressure += 1;
+                Ok(Sent::Dropped)
+            }
+            Err(e) => Err(StsError::Socket(e.to_string())),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), StsError> {
+        match self.ws.flush() {
+            Ok(()) => self.unflushed = false,
+            Err(e) if is_would_block(&e) => self.unflushed = true,
+            Err(tungstenite::Error::ConnectionClosed) => self.unflushed = false,
+            Err(e) => return Err(StsError::Socket(e.to_string())),
+        }
+        Ok(())
+    }
+}
+
+fn is_would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::WouldBlock)
+}

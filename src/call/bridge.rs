@@ -1,0 +1,402 @@
+//! The call's thread: the I/O around [`CallState`].
+//!
+//! It reads the UUID, puts the call on a playout clock and starts a short-lived thread that
+//! connects to the agent. Then it sleeps in `poll(2)` on the AudioSocket, the agent's
+//! WebSocket (once there is one) and the call's [`Bell`] (rung when the agent is connected,
+//! when the clock has let go and when a shutdown hangs up), hands what it finds to the
+//! state as events and carries out the actions it gets back: one wake-up per message, none
+//! on a timer. At the end it tears the call down and logs its [`CallSummary`].
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use serde_json::{json, Value};
+
+use super::connector::Connector;
+use super::handshake::read_uuid;
+use super::live_calls::LiveCall;
+use super::state::{Action, CallState, Event};
+use super::summary::CallSummary;
+use super::{CallContext, CallSlot};
+use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
+use crate::playout::{Ambient, Playout, Stop, BYTES_PER_MS};
+use crate::proto::audiosocket::{self, CallId, FrameBuffer};
+use crate::proto::sts::{init_message, ToAgent};
+use crate::sys::{poll, Bell};
+use crate::webhook::{self, EventKind};
+
+/// Send buffer asked for on each AudioSocket (the kernel doubles it): about 2 s of 8 kHz
+/// audio. Asterisk reads every 20 ms, so it never needs more; with the default (autotuned
+/// up to megabytes) a caller that stopped reading, or a host that vanished, would swallow
+/// minutes of audio before the clock noticed it (`playout::WRITE_STALL`).
+const AUDIOSOCKET_SEND_BUFFER: usize = 16 * 1024;
+
+/// What one `read` of a caller whose stream cannot be framed any more discards at most.
+const DISCARD_CHUNK: usize = 4096;
+
+/// Reads the UUID, bridges the call, tears it down. Runs on the call's own thread.
+pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlot) {
+    let _ = stream.set_nodelay(true);
+    let mut frames = FrameBuffer::new(audiosocket::MAX_PAYLOAD);
+    let uuid = match read_uuid(&stream, &mut frames) {
+        Ok(bytes) => CallId::from_bytes(bytes).to_string(),
+        Err(why) => {
+            log::warn!("AudioSocket connection from {peer} closed: {why}");
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(None);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, AUDIOSOCKET_SEND_BUFFER);
+    if let Ok(name) = CString::new(format!("call-{}", &uuid[..8])) {
+        let _ = rustix::thread::set_name(&name);
+    }
+    let started = Instant::now();
+    ctx.metrics.calls_total.fetch_add(1, Relaxed);
+    // A `/call` for this uuid chose the agent URL and the metadata for `init`.
+    let (sts_url, metadata) = match ctx.registry.take(&uuid, started) {
+        Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
+        None => (ctx.config.sts_url.clone(), None),
+    };
+    log::info!(
+        "[{uuid}] Call started from {peer}{}",
+        if metadata.is_some() {
+            " (with /call metadata)"
+        } else {
+            ""
+        }
+    );
+    emit(ctx, &uuid, EventKind::CallStarted);
+
+    let stream = Arc::new(stream);
+    let Some((bell, playout)) = join_clock(ctx, &uuid, &stream) else {
+        emit(ctx, &uuid, EventKind::CallEnded);
+        return;
+    };
+    let live = Arc::new(LiveCall::new(bell.clone()));
+    ctx.live.add(&live);
+    let connector = Connector::start(ctx, &uuid, sts_url, &bell);
+
+    let mut bridge = Bridge {
+        uuid: &uuid,
+        ctx,
+        stream: &stream,
+        bell: &bell,
+        live: &live,
+        playout: &playout,
+        frames,
+        state: CallState::new(&uuid, ctx.config.audio_codec),
+        actions: VecDeque::new(),
+        link: None,
+        init: Some(init_message(&uuid, metadata.as_ref())),
+        link_stats: LinkStats::default(),
+        connector,
+    };
+    if bridge.connector.is_none() {
+        // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
+        bridge.feed(Event::AgentThreadFailed);
+    }
+    bridge.run();
+
+    // Teardown: nothing more to Asterisk, then the agent.
+    playout.stop(Stop::Quiet);
+    let clock = ctx.clocks.remove(&playout);
+    let (state, link) = bridge.close_agent();
+    ctx.metrics
+        .playout_underruns
+        .fetch_add(clock.underruns, Relaxed);
+    ctx.metrics
+        .playout_late_slots
+        .fetch_add(clock.late_slots, Relaxed);
+
+    // Every thread is joined: the place is free before anyone reads that the call ended.
+    drop(slot);
+    let summary = CallSummary {
+        duration: started.elapsed(),
+        reason: state.end_reason().cloned(),
+        codec: state.codec(),
+        frames_in: state.frames_in(),
+        clock,
+        link,
+    };
+    log::info!("[{uuid}] {summary}");
+    emit(ctx, &uuid, EventKind::CallEnded);
+}
+
+/// Puts the call on a playout clock, with the bell the clock rings when it lets go. If
+/// avr-core cannot (no eventfd, no clock), the caller gets a hangup and `None` comes back.
+fn join_clock(
+    ctx: &CallContext,
+    uuid: &str,
+    stream: &Arc<TcpStream>,
+) -> Option<(Arc<Bell>, Arc<Playout>)> {
+    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
+    let setup = Bell::new().map(Arc::new).and_then(|bell| {
+        let playout = ctx.clocks.add(stream.clone(), ambient, bell.clone())?;
+        Ok((bell, playout))
+    });
+    match setup {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::error!(
+                "[{uuid}] Call ending: avr-core could not carry the call (no wake-up eventfd \
+                 or playout clock: {e}); hanging up"
+            );
+            let _ = (&**stream).write_all(&audiosocket::HANGUP);
+            None
+        }
+    }
+}
+
+/// A call event without a payload.
+fn emit(ctx: &CallContext, uuid: &str, kind: EventKind) {
+    ctx.events.emit(webhook::Event::new(uuid, kind, json!({})));
+}
+
+/// The call's thread after the UUID: what it polls, and the state it feeds.
+struct Bridge<'a> {
+    uuid: &'a str,
+    ctx: &'a CallContext,
+    stream: &'a TcpStream,
+    bell: &'a Bell,
+    live: &'a LiveCall,
+    playout: &'a Playout,
+    frames: FrameBuffer,
+    state: CallState,
+    /// What the state asked for and is not done yet; kept between events so its memory is
+    /// reused.
+    actions: VecDeque<Action>,
+    /// The agent is being reached.
+    connector: Option<Connector>,
+    /// The agent is connected.
+    link: Option<Box<Link>>,
+    /// Sent first once connected.
+    init: Option<String>,
+    /// What a link that is gone carried.
+    link_stats: LinkStats,
+}
+
+impl Bridge<'_> {
+    /// The call is over: closes the agent's side properly (one reached after the caller
+    /// left still gets `init`, then a close). Returns the state and what the link carried.
+    fn close_agent(self) -> (CallState, LinkStats) {
+        let mut link_stats = self.link_stats;
+        if let Some(link) = self.link {
+            link_stats = link.stats;
+            link.close();
+        } else if let Some(connector) = self.connector {
+            if let (Some(ws), Some(init)) = (connector.finish(), self.init) {
+                if let Ok(link) = Link::new(ws, init) {
+                    link.close();
+                }
+            }
+        }
+        (self.state, link_stats)
+    }
+
+    fn run(&mut self) {
+        while !self.state.is_over() {
+            let timeout = match self.state.deadline() {
+                Some(by) => {
+                    let left = by.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.feed(Event::CloseWaitOver);
+                        continue;
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            let [caller, bell, agent] = match self.wait(timeout) {
+                Ok(revents) => revents,
+                Err(e) => {
+                    self.feed(Event::PollFailed(e));
+                    continue;
+                }
+            };
+            if !bell.is_empty() {
+                self.bell.clear();
+                self.on_bell();
+            }
+            if !agent.is_empty() {
+                self.on_agent_ready(agent);
+            }
+            if !caller.is_empty() && !self.state.is_over() {
+                self.on_caller_ready();
+            }
+        }
+    }
+
+    /// Sleeps until the caller, the bell or the agent's link is ready, or `timeout`;
+    /// returns what each of the three is ready for (nothing for a link that is not there).
+    fn wait(&self, timeout: Option<Duration>) -> std::io::Result<[PollFlags; 3]> {
+        let caller = PollFd::new(self.stream, PollFlags::IN);
+        let bell = PollFd::new(self.bell, PollFlags::IN);
+        Ok(match &self.link {
+            Some(link) => {
+                let mut fds = [
+                    caller,
+                    bell,
+                    PollFd::from_borrowed_fd(link.fd(), link.interest()),
+                ];
+                poll(&mut fds, timeout)?;
+                fds.map(|fd| fd.revents())
+            }
+            None => {
+                let mut fds = [caller, bell];
+                poll(&mut fds, timeout)?;
+                let [caller, bell] = fds.map(|fd| fd.revents());
+                [caller, bell, PollFlags::empty()]
+            }
+        })
+    }
+
+    /// Hands `event` to the state, then carries out what it asks.
+    fn feed(&mut self, event: Event<'_>) {
+        self.state.handle(event, Instant::now(), &mut self.actions);
+        self.execute();
+    }
+
+    /// Carries out the pending actions in order. Those that report back feed the state,
+    /// whose actions join the end of the queue.
+    fn execute(&mut self) {
+        while let Some(action) = self.actions.pop_front() {
+            match action {
+                Action::ToAgent(item) => self.send(item),
+                Action::Play(pcm) => {
+                    if self.playout.play(&pcm, Instant::now()) > 0 {
+                        self.feed(Event::PlayoutFull);
+                    }
+                }
+                Action::InterruptPlayout => {
+                    let dropped_ms = self.playout.interrupt() / BYTES_PER_MS;
+                    self.feed(Event::PlayoutInterrupted { dropped_ms });
+                }
+                Action::StopPlayout(stop) => self.playout.stop(stop),
+                Action::Emit(event) => self.ctx.events.emit(event),
+                Action::CountConnectFailure => {
+                    self.ctx.metrics.sts_connect_failures.fetch_add(1, Relaxed);
+                }
+                Action::CloseCaller => {
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Sends caller audio or a digit to the agent, if it is still there.
+    fn send(&mut self, item: ToAgent) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        match link.send(item) {
+            Ok(Sent::Queued) => {}
+            Ok(Sent::Dropped) => self.feed(Event::AgentNotReading),
+            Err(e) => self.agent_gone(LinkEnd::Failed(e)),
+        }
+    }
+
+    /// A shutdown asked to hang up, the connect thread finished, or the clock let go.
+    fn on_bell(&mut self) {
+        if self.live.hang_up_asked() {
+            self.feed(Event::Shutdown);
+        }
+        if let Some(result) = self.connector.as_ref().and_then(Connector::result) {
+            if let Some(connector) = self.connector.take() {
+                connector.join();
+            }
+            self.on_connected(result);
+        }
+        if let Some(finished) = self.playout.finished() {
+            self.feed(Event::PlayoutFinished(finished));
+        }
+    }
+
+    fn on_connected(&mut self, result: Result<Ws, StsError>) {
+        let ws = match result {
+            Ok(ws) => ws,
+            Err(e) => return self.feed(Event::AgentUnreachable(e)),
+        };
+        log::info!("[{}] Connected to STS", self.uuid);
+        let init = self.init.take().unwrap_or_default();
+        match Link::new(ws, init) {
+            Ok(link) => self.link = Some(Box::new(link)),
+            Err(e) => return self.agent_gone(LinkEnd::Failed(e)),
+        }
+        // What the agent sent right behind its handshake response may already sit in
+        // tungstenite's buffer, where poll(2) cannot see it.
+        self.on_agent_ready(PollFlags::IN);
+        if self.link.is_some() {
+            self.feed(Event::AgentConnected);
+        }
+    }
+
+    /// The agent's socket is ready: flush, then take every message it has.
+    fn on_agent_ready(&mut self, revents: PollFlags) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        match link.on_ready(revents) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(end) => return self.agent_gone(end),
+        }
+        while let Some(link) = self.link.as_mut() {
+            match link.receive() {
+                Ok(Some(msg)) => self.feed(Event::AgentMessage(msg)),
+                Ok(None) => return,
+                Err(end) => return self.agent_gone(end),
+            }
+        }
+    }
+
+    /// The agent is gone: the state has what it already sent played, then hangs up.
+    fn agent_gone(&mut self, end: LinkEnd) {
+        if let Some(link) = self.link.take() {
+            self.link_stats = link.stats;
+        }
+        let queued_ms = self.playout.queued_ms();
+        self.feed(Event::AgentEnded { end, queued_ms });
+    }
+
+    /// Reads what Asterisk sent and hands every whole frame to the state.
+    fn on_caller_ready(&mut self) {
+        let read = if self.state.reads_frames() {
+            self.frames.read_from(&mut &*self.stream)
+        } else {
+            let mut sink = [0u8; DISCARD_CHUNK];
+            (&mut &*self.stream).read(&mut sink)
+        };
+        match read {
+            Ok(0) => {
+                let unfinished = self.frames.buffered();
+                self.feed(Event::CallerClosed { unfinished });
+            }
+            Ok(_) => self.on_frames(),
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
+            Err(e) => self.feed(Event::CallerReadFailed(e)),
+        }
+    }
+
+    fn on_frames(&mut self) {
+        let now = Instant::now();
+        while self.state.reads_frames() && !self.state.is_over() {
+            match self.frames.next_frame() {
+                Ok(Some(frame)) => {
+                    self.state
+                        .handle(Event::CallerFrame(frame), now, &mut self.actions)
+                }
+                Ok(None) => return,
+                Err(e) => self
+                    .state
+                    .handle(Event::CallerUnframable(e), now, &mut self.actions),
+            }
+            self.execute();
+        }
+    }
+}

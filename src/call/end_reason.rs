@@ -1,0 +1,36 @@
+//! Why a call ended: one reason per call, the first that happened.
+
+use std::fmt;
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Asterisk closed the connection or sent a hangup/error frame.
+    CallerHangup(String),
+    /// The agent closed; its queued audio was played, then avr-core hung up.
+    AgentClosed(String),
+    /// The agent could not be reached; avr-core hung up at once.
+    AgentUnreachable(String),
+    /// Asterisk sent something that cannot be a call; avr-core hung up.
+    Protocol(String),
+    /// Writing to Asterisk failed.
+    WriteFailed(String),
+    /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`; avr-core hung up.
+    Shutdown,
+    /// avr-core itself could not carry the call (resources); it hung up.
+    Internal(String),
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::CallerHangup(why) => write!(f, "caller hung up ({why})"),
+            EndReason::AgentClosed(why) => write!(f, "agent closed ({why})"),
+            EndReason::AgentUnreachable(why) => write!(f, "agent unreachable ({why})"),
+            EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
+            EndReason::WriteFailed(why) => write!(f, "cannot write to Asterisk ({why})"),
+            EndReason::Shutdown => write!(f, "avr-core is shutting down (SHUTDOWN_GRACE ended)"),
+            EndReason::Internal(why) => write!(f, "avr-core could not carry the call ({why})"),
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! One call's decisions, with no sockets and no threads: what happened goes in as an
+//! [`Event`], what to do comes out as [`Action`]s, and the time is an argument.
+//!
+//! The call's thread ([`super::bridge`]) does the I/O: it reads frames and agent messages,
+//! hands each to [`CallState::handle`], then carries out the actions it got back, in order.
+//! Some actions report back (playout refused audio, an interruption dropped so much, the
+//! agent is not reading): those reports are events too, so every decision and every
+//! per-call log line of the call is here, and tested here.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::caller_codec::CallerCodec;
+use super::EndReason;
+use crate::agent::{Backlog, LinkEnd, StsError};
+use crate::config::CodecChoice;
+use crate::playout::{self, Finished, Stop, BYTES_PER_MS};
+use crate::proto::audiosocket::{Frame, FrameError};
+use crate::proto::g711::{self, Codec};
+use crate::proto::sts::{FromAgent, ToAgent};
+use crate::webhook::{self, EventKind};
+
+/// After avr-core hangs up, how long Asterisk gets to close its side.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What happened to the call.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A whole frame from Asterisk.
+    CallerFrame(Frame<'a>),
+    /// Asterisk's bytes can no longer be cut into frames.
+    CallerUnframable(FrameError),
+    /// Asterisk closed its side, `unfinished` bytes into a frame.
+    CallerClosed { unfinished: usize },
+    /// Reading from Asterisk failed.
+    CallerReadFailed(io::Error),
+    /// The agent has its `init` and what it sent behind its handshake was handled: caller
+    /// audio and digits go to it from now on, those kept meanwhile first.
+    AgentConnected,
+    /// The agent could not be reached.
+    AgentUnreachable(StsError),
+    /// No thread could be started to reach the agent.
+    AgentThreadFailed,
+    /// A message from the agent.
+    AgentMessage(FromAgent),
+    /// The agent closed or its connection broke; `queued_ms` of its audio wait to be played.
+    AgentEnded { end: LinkEnd, queued_ms: usize },
+    /// A message to the agent was dropped: its connection holds 512 KiB unsent.
+    AgentNotReading,
+    /// Playout refused agent audio: [`playout::MAX_QUEUED_BYTES`] already wait.
+    PlayoutFull,
+    /// An interruption dropped `dropped_ms` of queued agent audio.
+    PlayoutInterrupted { dropped_ms: usize },
+    /// The playout clock let go of the call.
+    PlayoutFinished(Finished),
+    /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`.
+    Shutdown,
+    /// The call's thread cannot wait for its sockets any more.
+    PollFailed(io::Error),
+    /// [`CallState::deadline`] passed.
+    CloseWaitOver,
+}
+
+/// What the call's thread is to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this to the agent now.
+    ToAgent(ToAgent),
+    /// Queue this agent audio for the caller; report [`Event::PlayoutFull`] if refused.
+    Play(Vec<u8>),
+    /// Drop the queued agent audio; report [`Event::PlayoutInterrupted`].
+    InterruptPlayout,
+    /// Ask playout to end this way.
+    StopPlayout(Stop),
+    /// Hand this event to the webhooks.
+    Emit(webhook::Event),
+    /// Count a failed agent connection (`avr_sts_connect_failures_total`).
+    CountConnectFailure,
+    /// Close the AudioSocket: Asterisk did not after the hangup.
+    CloseCaller,
+}
+
+/// Oddities logged once per call each: a stream that repeats one keeps the log readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oddity {
+    WidebandAudio,
+    UnknownFrame,
+    MalformedFrame,
+    SecondUuid,
+    BacklogFull,
+    AgentNotReading,
+    AgentUnknownMessage,
+    AgentInvalidMessage,
+    AgentOddAudio,
+    AgentTooFarAhead,
+}
+
+/// The oddities already logged: one bit each.
+#[derive(Debug, Default, Clone, Copy)]
+struct Noted(u16);
+
+// Every oddity has its bit.
+const _: () = assert!((Oddity::AgentTooFarAhead as u32) < u16::BITS);
+
+impl Noted {
+    /// Records `oddity`; `true` the first time, when it is to be logged.
+    fn first(&mut self, oddity: Oddity) -> bool {
+        let bit = 1 << oddity as u16;
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first
+    }
+}
+
+/// Where the agent is, as far as caller audio is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    /// Not reached yet: caller audio and digits wait in the backlog.
+    Connecting,
+    /// Connected: they go to it at once.
+    Up,
+    /// Never reached, closed or failed: they have nowhere to go.
+    Gone,
+}
+
+/// One call's state after its UUID.
+pub struct CallState {
+    uuid: String,
+    agent: Agent,
+    /// Caller audio and DTMF waiting for the agent to answer.
+    backlog: Backlog,
+    codec: CallerCodec,
+    frames_in: u64,
+    noted: Noted,
+    /// The first reason wins.
+    end: Option<EndReason>,
+    /// The clock has let go (hung up or failed): Asterisk has until then to close.
+    close_by: Option<Instant>,
+    /// The caller's stream can no longer be framed: read and discard until it closes.
+    unframable: bool,
+    /// The caller's side is over: the call's thread stops.
+    over: bool,
+}
+
+impl CallState {
+    /// A call whose agent is being reached; `codec` is `AUDIO_CODEC`.
+    pub fn new(uuid: &str, codec: CodecChoice) -> CallState {
+        CallState {
+            uuid: uuid.to_string(),
+            agent: Agent::Connecting,
+            backlog: Backlog::default(),
+            codec: CallerCodec::new(uuid, codec),
+            frames_in: 0,
+            noted: Noted::default(),
+            end: None,
+            close_by: None,
+            unframable: false,
+            over: false,
+        }
+    }
+
+    /// Takes in what happened at `now`; appends what to do to `actions`, in order.
+    pub fn handle(&mut self, event: Event<'_>, now: Instant, actions: &mut VecDeque<Action>) {
+        let uuid = self.uuid.as_str();
+        match event {
+            Event::CallerFrame(frame) => self.on_frame(frame, actions),
+            Event::CallerUnframable(e) => {
+                self.end(EndReason::Protocol(e.to_string()));
+                actions.push_back(Action::StopPlayout(Stop::Hangup));
+                self.unframable = true;
+            }
+            Event::CallerClosed { unfinished } => {
+                let why = if unfinished > 0 && !self.unframable {
+                    format!("Asterisk closed the connection mid-frame ({unfinished} bytes)")
+                } else {
+                    "Asterisk closed the connection".into()
+                };
+                self.caller_gone(why);
+            }
+            Event::CallerReadFailed(e) => self.caller_gone(match e.kind() {
+                io::ErrorKind::ConnectionReset => "connection reset".into(),
+                _ => format!("read failed: {e}"),
+            }),
+            Event::AgentConnected => {
+                if self.agent == Agent::Connecting {
+                    self.agent = Agent::Up;
+                    actions.extend(self.backlog.drain().map(Action::ToAgent));
+                }
+            }
+            Event::AgentUnreachable(e) => {
+                actions.push_back(Action::CountConnectFailure);
+                self.agent_lost(EndReason::AgentUnreachable(e.to_string()), actions);
+            }
+            Event::AgentThreadFailed => self.agent_lost(
+                EndReason::Internal(
+                    "cannot start the call's STS thread; raise TasksMax or lower MAX_CALLS".into(),
+                ),
+                actions,
+            ),
+            Event::AgentMessage(msg) => self.on_agent_message(msg, actions),
+            Event::AgentEnded { end, queued_ms } => {
+                self.agent = Agent::Gone;
+                self.backlog = Backlog::default();
+                let why = match end {
+                    LinkEnd::AgentClosed(why) => {
+                        format!("{why}; playing {queued_ms} ms of queued audio, then hanging up")
+                    }
+                    LinkEnd::Failed(e) => format!("{e}; playing queued audio, then hanging up"),
+                };
+                self.end(EndReason::AgentClosed(why));
+                actions.push_back(Action::StopPlayout(Stop::Drain {
+                    until: now + playout::DRAIN_LIMIT,
+                }));
+            }
+            Event::AgentNotReading => {
+                if self.noted.first(Oddity::AgentNotReading) {
+                    log::warn!(
+                        "[{uuid}] The agent is not reading caller audio (512 KiB unsent): \
+                         dropping caller audio until it does (logged once per call)"
+                    );
+                }
+            }
+            Event::PlayoutFull => {
+                if self.noted.first(Oddity::AgentTooFarAhead) {
+                    log::warn!(
+                        "[{uuid}] The agent sent more than {} s of audio ahead of playback; \
+                         dropping the excess",
+                        playout::MAX_QUEUED_BYTES / (BYTES_PER_MS * 1000)
+                    );
+                }
+            }
+            Event::PlayoutInterrupted { dropped_ms } => {
+                log::info!("[{uuid}] Interruption: dropped {dropped_ms} ms of queued agent audio");
+                actions.push_back(Action::Emit(webhook::Event::new(
+                    uuid,
+                    EventKind::Interruption,
+                    json!({}),
+                )));
+            }
+            Event::PlayoutFinished(finished) => {
+                if self.close_by.is_none() {
+                    if let Finished::WriteFailed(kind, why) = finished {
+                        // A reset or broken pipe is the caller leaving; the read says so.
+                        if !matches!(
+                            kind,
+                            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                        ) {
+                            self.end(EndReason::WriteFailed(why));
+                        }
+                    }
+                    self.close_by = Some(now + CLOSE_WAIT);
+                }
+            }
+            Event::Shutdown => {
+                self.end(EndReason::Shutdown);
+                actions.push_back(Action::StopPlayout(Stop::Hangup));
+            }
+            Event::PollFailed(e) => {
+                self.end(EndReason::Internal(format!("poll failed: {e}")));
+                self.over = true;
+            }
+            Event::CloseWaitOver => {
+                // Asterisk did not close after the hangup: close for it.
+                actions.push_back(Action::CloseCaller);
+                self.over = true;
+            }
+        }
+    }
+
+    /// When the call's thread must report [`Event::CloseWaitOver`], if it must.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.close_by
+    }
+
+    /// The caller's side is over: nothing more to read or decide.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// Asterisk's bytes are still cut into frames (else they are read and discarded).
+    pub fn reads_frames(&self) -> bool {
+        !self.unframable
+    }
+
+    /// Why the call ends, once known.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.end.as_ref()
+    }
+
+    /// AudioSocket frames read from Asterisk, of every kind.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
+    }
+
+    /// The caller's codec, once forced or detected.
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec.decided()
+    }
+
+    /// Records why the call ends; the first reason wins and is logged once.
+    fn end(&mut self, reason: EndReason) {
+        if self.end.is_some() {
+            return;
+        }
+        let uuid = &self.uuid;
+        match &reason {
+            EndReason::CallerHangup(_) => log::info!("[{uuid}] Call ending: {reason}"),
+            _ => log::warn!("[{uuid}] Call ending: {reason}"),
+        }
+        self.end = Some(reason);
+    }
+
+    fn caller_gone(&mut self, why: String) {
+        self.end(EndReason::CallerHangup(why));
+        self.over = true;
+    }
+
+    /// The agent will not be reached: hang up at once.
+    fn agent_lost(&mut self, reason: EndReason, actions: &mut VecDeque<Action>) {
+        self.end(reason);
+        actions.push_back(Action::StopPlayout(Stop::Hangup));
+        self.agent = Agent::Gone;
+        self.backlog = Backlog::default();
+    }
+
+    fn on_frame(&mut self, frame: Frame<'_>, actions: &mut VecDeque<Action>) {
+        let uuid = self.uuid.as_str();
+        self.frames_in += 1;
+        let item = match frame {
+            Frame::Audio {
+                rate_hz: 8000,
+                payload,
+            } => {
+                let codec = self.codec.of(uuid, payload);
+                // Asterisk reads len/2 samples; a stray odd byte would shift every sample after it.
+                let payload = match codec {
+                    Codec::Slin => &payload[..payload.len() & !1],
+                    _ => payload,
+                };
+                let mut pcm = Vec::with_capacity(payload.len() * 2);
+                g711::decode_into(codec, payload, &mut pcm);
+                ToAgent::Audio(pcm)
+            }
+            Frame::Audio { rate_hz, .. } => {
+                if self.noted.first(Oddity::WidebandAudio) {
+                    log::warn!(
+                        "[{uuid}] Ignoring {rate_hz} Hz audio: only 8 kHz (kind 0x10) is \
+                         supported; use c(slin) in the dialplan"
+                    );
+                }
+                return;
+            }
+            Frame::Dtmf(digit) => {
+                log::info!("[{uuid}] DTMF digit: {digit}");
+                actions.push_back(Action::Emit(webhook::Event::new(
+                    uuid,
+                    EventKind::DtmfDigit,
+                    json!({"digit": digit.to_string()}),
+                )));
+                ToAgent::Dtmf(digit)
+            }
+            Frame::Hangup => {
+                return self.caller_gone("Asterisk sent a hangup frame".into());
+            }
+            Frame::Error(code) => {
+                return self.caller_gone(format!("Asterisk sent an error frame {code:02x?}"));
+            }
+            Frame::Uuid(_) => {
+                if self.noted.first(Oddity::SecondUuid) {
+                    log::warn!("[{uuid}] Ignoring a second UUID frame");
+                }
+                return;
+            }
+            Frame::Unknown { kind, len } => {
+                if self.noted.first(Oddity::UnknownFrame) {
+                    log::warn!(
+                        "[{uuid}] Ignoring AudioSocket frames of unknown kind 0x{kind:02x} \
+                         ({len} bytes); logged once per call"
+                    );
+                }
+                return;
+            }
+            Frame::Malformed { kind, len, reason } => {
+                if self.noted.first(Oddity::MalformedFrame) {
+                    log::warn!(
+                        "[{uuid}] Ignoring a malformed kind 0x{kind:02x} frame ({len} bytes: \
+                         {reason}); logged once per call"
+                    );
+                }
+                return;
+            }
+        };
+        self.forward(item, actions);
+    }
+
+    /// Caller audio or a digit: to the agent, or kept until it answers.
+    fn forward(&mut self, item: ToAgent, actions: &mut VecDeque<Action>) {
+        match self.agent {
+            Agent::Up => actions.push_back(Action::ToAgent(item)),
+            Agent::Connecting => {
+                let pushed = self.backlog.push(item);
+                if pushed.dropped_bytes > 0 && self.noted.first(Oddity::BacklogFull) {
+                    log::warn!(
+                        "[{}] The agent is not connected yet: keeping the newest 1 s of \
+                         caller audio, dropping older audio",
+                        self.uuid
+                    );
+                }
+            }
+            Agent::Gone => {}
+        }
+    }
+
+    fn on_agent_message(&mut self, msg: FromAgent, actions: &mut VecDeque<Action>) {
+        let uuid = self.uuid.as_str();
+        match msg {
+            FromAgent::Audio {
+                pcm,
+                odd_byte_dropped,
+            } => {
+                if odd_byte_dropped && self.noted.first(Oddity::AgentOddAudio) {
+                    log::warn!(
+                        "[{uuid}] The agent sent audio of odd length; dropped the stray byte \
+                         (logged once per call)"
+                    );
+                }
+                actions.push_back(Action::Play(pcm));
+            }
+            FromAgent::Interruption => actions.push_back(Action::InterruptPlayout),
+            FromAgent::Transcript { role, text } => {
+                log::info!("[{uuid}] [{role}]: {text}");
+                actions.push_back(Action::Emit(webhook::Event::new(
+                    uuid,
+                    EventKind::Transcription,
+                    json!({"role": role, "text": text}),
+                )));
+            }
+            FromAgent::AgentError(message) => {
+                log::warn!("[{uuid}] STS error: {message}");
+            }
+            FromAgent::Unknown(kind) => {
+                if self.noted.first(Oddity::AgentUnknownMessage) {
+                    log::warn!(
+                        "[{uuid}] Ignoring STS messages of unknown type {kind:?} (logged once per call)"
+                    );
+                }
+            }
+            FromAgent::Invalid(why) => {
+                if self.noted.first(Oddity::AgentInvalidMessage) {
+                    log::warn!(
+                        "[{uuid}] Ignoring an unusable STS message: {why} (logged once per call)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,621 @@
+//! [`CallState`] driven with events alone: no sockets, no threads, the time given.
+
+use std::sync::{Mutex, Once};
+
+use super::*;
+use crate::proto::audiosocket::CallId;
+use crate::proto::g711::{linear_to_alaw, linear_to_ulaw};
+
+// ---- the per-call log lines, captured ---------------------------------------------------
+
+/// Every line logged in this test binary; each test reads those of its own call's uuid.
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let line = format!("{} {}", record.level(), record.args());
+        crate::sys::lock(&LINES).push(line);
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static CAPTURE: Capture = Capture;
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&CAPTURE).expect("no other logger in unit tests");
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+// ---- a call under test ------------------------------------------------------------------
+
+struct Call {
+    uuid: String,
+    state: CallState,
+    actions: VecDeque<Action>,
+    now: Instant,
+}
+
+impl Call {
+    fn new() -> Call {
+        Call::with_codec(CodecChoice::Auto)
+    }
+
+    fn with_codec(codec: CodecChoice) -> Call {
+        capture_logs();
+        let uuid = CallId::random().to_string();
+        Call {
+            state: CallState::new(&uuid, codec),
+            uuid,
+            actions: VecDeque::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// A call whose agent is connected.
+    fn connected() -> Call {
+        let mut call = Call::new();
+        assert!(call.on(Event::AgentConnected).is_empty());
+        call
+    }
+
+    /// Handles `event`; returns the actions, described.
+    fn on(&mut self, event: Event<'_>) -> Vec<String> {
+        self.state.handle(event, self.now, &mut self.actions);
+        let now = self.now;
+        self.actions.drain(..).map(|a| describe(&a, now)).collect()
+    }
+
+    fn frame(&mut self, frame: Frame<'_>) -> Vec<String> {
+        self.on(Event::CallerFrame(frame))
+    }
+
+    fn audio(&mut self, payload: &[u8]) -> Vec<String> {
+        self.frame(Frame::Audio {
+            rate_hz: 8000,
+            payload,
+        })
+    }
+
+    fn message(&mut self, msg: FromAgent) -> Vec<String> {
+        self.on(Event::AgentMessage(msg))
+    }
+
+    /// This call's log lines, without the `[uuid] ` prefix, each after its level.
+    fn logged(&self) -> Vec<String> {
+        let prefix = format!("[{}] ", self.uuid);
+        crate::sys::lock(&LINES)
+            .iter()
+            .filter(|l| l.contains(&prefix))
+            .map(|l| l.replacen(&prefix, "", 1))
+            .collect()
+    }
+
+    /// How many of this call's log lines contain `text`.
+    fn count_logged(&self, text: &str) -> usize {
+        self.logged().iter().filter(|l| l.contains(text)).count()
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.state.end_reason().map(|r| r.to_string())
+    }
+
+    #[track_caller]
+    fn assert_reason(&self, expected: &str) {
+        assert_eq!(self.reason().as_deref(), Some(expected));
+    }
+}
+
+fn describe(action: &Action, now: Instant) -> String {
+    match action {
+        Action::ToAgent(ToAgent::Audio(pcm)) => format!("agent audio {}", pcm.len()),
+        Action::ToAgent(ToAgent::Dtmf(d)) => format!("agent dtmf {d}"),
+        Action::Play(pcm) => format!("play {}", pcm.len()),
+        Action::InterruptPlayout => "interrupt".into(),
+        Action::StopPlayout(Stop::Drain { until }) => {
+            format!("drain {} s", (*until - now).as_secs())
+        }
+        Action::StopPlayout(Stop::Hangup) => "hang up".into(),
+        Action::StopPlayout(Stop::Quiet) => "quiet".into(),
+        Action::Emit(e) => format!("emit {} {}", e.kind.as_str(), e.payload),
+        Action::CountConnectFailure => "count connect failure".into(),
+        Action::CloseCaller => "close caller".into(),
+    }
+}
+
+fn refused() -> StsError {
+    StsError::Connect {
+        url: "ws://agent:9".into(),
+        source: io::Error::from(io::ErrorKind::ConnectionRefused),
+    }
+}
+
+/// 20 ms of a 440 Hz tone at about -10 dBFS, encoded by `encode`.
+fn tone_frames(encode: fn(i16) -> u8, frames: usize) -> Vec<Vec<u8>> {
+    let samples: Vec<u8> = (0..frames * 160)
+        .map(|n| {
+            let t = n as f64 / 8000.0;
+            encode((10_000.0 * (std::f64::consts::TAU * 440.0 * t).sin()).round() as i16)
+        })
+        .collect();
+    samples.chunks(160).map(<[u8]>::to_vec).collect()
+}
+
+const SLIN_20MS: [u8; 320] = [0; 320];
+
+// ---- the caller ends the call -----------------------------------------------------------
+
+#[test]
+fn a_hangup_frame_is_the_caller_hanging_up() {
+    let mut call = Call::connected();
+    assert_eq!(call.audio(&SLIN_20MS), ["agent audio 320"]);
+    assert!(call.frame(Frame::Hangup).is_empty());
+    assert!(call.state.is_over());
+    call.assert_reason("caller hung up (Asterisk sent a hangup frame)");
+    assert_eq!(call.state.frames_in(), 2);
+    assert_eq!(
+        call.logged(),
+        [
+            "INFO Audio codec detected: SLIN",
+            "INFO Call ending: caller hung up (Asterisk sent a hangup frame)",
+        ]
+    );
+}
+
+#[test]
+fn an_error_frame_is_the_caller_hanging_up() {
+    let mut call = Call::connected();
+    assert!(call.frame(Frame::Error(&[0x01, 0x02])).is_empty());
+    assert!(call.state.is_over());
+    call.assert_reason("caller hung up (Asterisk sent an error frame [01, 02])");
+}
+
+#[test]
+fn end_of_stream_is_the_caller_hanging_up_and_says_if_mid_frame() {
+    let mut call = Call::connected();
+    assert!(call.on(Event::CallerClosed { unfinished: 0 }).is_empty());
+    assert!(call.state.is_over());
+    call.assert_reason("caller hung up (Asterisk closed the connection)");
+
+    let mut call = Call::connected();
+    call.on(Event::CallerClosed { unfinished: 5 });
+    call.assert_reason("caller hung up (Asterisk closed the connection mid-frame (5 bytes))");
+}
+
+#[test]
+fn a_failed_read_is_the_caller_hanging_up() {
+    let mut call = Call::connected();
+    call.on(Event::CallerReadFailed(
+        io::ErrorKind::ConnectionReset.into(),
+    ));
+    assert!(call.state.is_over());
+    call.assert_reason("caller hung up (connection reset)");
+
+    let mut call = Call::connected();
+    call.on(Event::CallerReadFailed(io::Error::other("bad descriptor")));
+    call.assert_reason("caller hung up (read failed: bad descriptor)");
+}
+
+// ---- the agent ends the call ------------------------------------------------------------
+
+#[test]
+fn the_agent_closing_drains_its_audio_then_hangs_up() {
+    let mut call = Call::connected();
+    let end = LinkEnd::AgentClosed("code 1000".into());
+    assert_eq!(
+        call.on(Event::AgentEnded {
+            end,
+            queued_ms: 240
+        }),
+        ["drain 10 s"]
+    );
+    assert!(!call.state.is_over(), "the caller still hears the rest");
+    call.assert_reason("agent closed (code 1000; playing 240 ms of queued audio, then hanging up)");
+    assert_eq!(
+        call.count_logged("WARN Call ending: agent closed (code 1000; playing 240 ms"),
+        1
+    );
+    // Caller audio has nowhere to go now.
+    assert!(call.audio(&SLIN_20MS).is_empty());
+    assert!(call.frame(Frame::Dtmf('1'))[0].starts_with("emit dtmf_digit"));
+    assert_eq!(call.frame(Frame::Dtmf('1')).len(), 1);
+}
+
+#[test]
+fn a_broken_agent_link_drains_too() {
+    let mut call = Call::connected();
+    let end = LinkEnd::Failed(StsError::Socket("reset by peer".into()));
+    assert_eq!(
+        call.on(Event::AgentEnded { end, queued_ms: 0 }),
+        ["drain 10 s"]
+    );
+    assert_eq!(
+        call.reason().as_deref(),
+        Some(
+            "agent closed (STS connection failed: reset by peer; playing queued audio, then \
+             hanging up)"
+        )
+    );
+}
+
+#[test]
+fn an_unreachable_agent_hangs_up_at_once_and_is_counted() {
+    let mut call = Call::new();
+    assert!(call.audio(&SLIN_20MS).is_empty(), "kept for the agent");
+    assert_eq!(
+        call.on(Event::AgentUnreachable(refused())),
+        ["count connect failure", "hang up"]
+    );
+    assert!(call
+        .reason()
+        .unwrap()
+        .starts_with("agent unreachable (cannot connect to STS ws://agent:9: "));
+    assert!(call.audio(&SLIN_20MS).is_empty(), "no agent to send it to");
+}
+
+#[test]
+fn no_thread_for_the_agent_hangs_up_at_once() {
+    let mut call = Call::new();
+    assert_eq!(call.on(Event::AgentThreadFailed), ["hang up"]);
+    assert_eq!(
+        call.reason().as_deref(),
+        Some(
+            "avr-core could not carry the call (cannot start the call's STS thread; raise \
+             TasksMax or lower MAX_CALLS)"
+        )
+    );
+}
+
+// ---- the caller's stream is not AudioSocket ---------------------------------------------
+
+#[test]
+fn an_unframable_stream_hangs_up_and_is_only_read_until_it_closes() {
+    let mut call = Call::connected();
+    let e = FrameError::TooLarge {
+        kind: 0x10,
+        len: 70_000,
+        max: 65_535,
+    };
+    let text = e.to_string();
+    assert_eq!(call.on(Event::CallerUnframable(e)), ["hang up"]);
+    assert!(!call.state.reads_frames());
+    assert!(!call.state.is_over(), "read until Asterisk closes");
+    assert_eq!(call.reason(), Some(format!("protocol error ({text})")));
+    // The bytes of a half frame left behind are no news: the first reason stands.
+    call.on(Event::CallerClosed { unfinished: 7 });
+    assert!(call.state.is_over());
+    assert_eq!(call.reason(), Some(format!("protocol error ({text})")));
+    assert_eq!(call.count_logged("Call ending"), 1);
+}
+
+// ---- playout lets go --------------------------------------------------------------------
+
+#[test]
+fn a_write_failure_ends_the_call_and_asterisk_gets_the_close_wait() {
+    let mut call = Call::connected();
+    let stall = Finished::WriteFailed(io::ErrorKind::TimedOut, "no audio taken for 1 s".into());
+    assert!(call.on(Event::PlayoutFinished(stall.clone())).is_empty());
+    call.assert_reason("cannot write to Asterisk (no audio taken for 1 s)");
+    assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
+    // Seen again at a later bell: nothing changes.
+    call.now += Duration::from_secs(1);
+    call.on(Event::PlayoutFinished(stall));
+    assert_eq!(
+        call.state.deadline(),
+        Some(call.now - Duration::from_secs(1) + CLOSE_WAIT)
+    );
+    assert_eq!(call.on(Event::CloseWaitOver), ["close caller"]);
+    assert!(call.state.is_over());
+}
+
+#[test]
+fn a_broken_pipe_or_reset_is_the_caller_leaving_not_a_write_failure() {
+    for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::ConnectionReset] {
+        let mut call = Call::connected();
+        call.on(Event::PlayoutFinished(Finished::WriteFailed(
+            kind,
+            "gone".into(),
+        )));
+        assert_eq!(call.reason(), None, "{kind:?}: the read says why");
+        assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
+        call.on(Event::CallerClosed { unfinished: 0 });
+        call.assert_reason("caller hung up (Asterisk closed the connection)");
+    }
+}
+
+#[test]
+fn after_a_hangup_asterisk_has_the_close_wait_to_close() {
+    let mut call = Call::connected();
+    call.on(Event::Shutdown);
+    assert_eq!(call.state.deadline(), None);
+    call.on(Event::PlayoutFinished(Finished::HungUp));
+    assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
+    call.assert_reason("avr-core is shutting down (SHUTDOWN_GRACE ended)");
+}
+
+// ---- shutdown ---------------------------------------------------------------------------
+
+#[test]
+fn a_shutdown_hangs_up_and_its_reason_stands() {
+    let mut call = Call::connected();
+    assert_eq!(call.on(Event::Shutdown), ["hang up"]);
+    assert!(!call.state.is_over(), "Asterisk still has to close");
+    call.frame(Frame::Hangup);
+    assert!(call.state.is_over());
+    call.assert_reason("avr-core is shutting down (SHUTDOWN_GRACE ended)");
+    assert_eq!(
+        call.logged(),
+        ["WARN Call ending: avr-core is shutting down (SHUTDOWN_GRACE ended)"]
+    );
+}
+
+#[test]
+fn a_failed_poll_ends_the_call() {
+    let mut call = Call::connected();
+    call.on(Event::PollFailed(io::Error::other("EINVAL")));
+    assert!(call.state.is_over());
+    call.assert_reason("avr-core could not carry the call (poll failed: EINVAL)");
+}
+
+// ---- what the agent says ----------------------------------------------------------------
+
+#[test]
+fn agent_audio_is_played_and_odd_lengths_are_logged_once() {
+    let mut call = Call::connected();
+    let odd = || FromAgent::Audio {
+        pcm: vec![0; 640],
+        odd_byte_dropped: true,
+    };
+    assert_eq!(call.message(odd()), ["play 640"]);
+    assert_eq!(call.message(odd()), ["play 640"]);
+    assert_eq!(call.count_logged("audio of odd length"), 1);
+    // Too far ahead: playout refused some; said once.
+    assert!(call.on(Event::PlayoutFull).is_empty());
+    call.on(Event::PlayoutFull);
+    assert_eq!(
+        call.logged()
+            .iter()
+            .filter(|l| l.ends_with(
+                "The agent sent more than 120 s of audio ahead of playback; dropping the excess"
+            ))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn an_interruption_clears_playout_then_is_logged_and_emitted() {
+    let mut call = Call::connected();
+    assert_eq!(call.message(FromAgent::Interruption), ["interrupt"]);
+    assert_eq!(
+        call.on(Event::PlayoutInterrupted { dropped_ms: 300 }),
+        ["emit interruption {}"]
+    );
+    assert_eq!(
+        call.logged(),
+        ["INFO Interruption: dropped 300 ms of queued agent audio"]
+    );
+}
+
+#[test]
+fn a_transcript_is_logged_and_emitted_with_role_and_text() {
+    let mut call = Call::connected();
+    let msg = FromAgent::Transcript {
+        role: "agent".into(),
+        text: "Hello, how can I help?".into(),
+    };
+    assert_eq!(
+        call.message(msg),
+        [r#"emit transcription {"role":"agent","text":"Hello, how can I help?"}"#]
+    );
+    assert_eq!(call.logged(), ["INFO [agent]: Hello, how can I help?"]);
+}
+
+#[test]
+fn an_agent_error_is_logged_and_the_call_goes_on() {
+    let mut call = Call::connected();
+    assert!(call
+        .message(FromAgent::AgentError("quota".into()))
+        .is_empty());
+    assert_eq!(call.logged(), ["WARN STS error: quota"]);
+    assert_eq!(call.reason(), None);
+    assert_eq!(call.audio(&SLIN_20MS), ["agent audio 320"]);
+}
+
+#[test]
+fn unknown_and_invalid_agent_messages_are_logged_once_per_call() {
+    let mut call = Call::connected();
+    for _ in 0..3 {
+        assert!(call.message(FromAgent::Unknown("mark".into())).is_empty());
+        assert!(call
+            .message(FromAgent::Invalid("not JSON".into()))
+            .is_empty());
+    }
+    assert_eq!(
+        call.logged(),
+        [
+            "WARN Ignoring STS messages of unknown type \"mark\" (logged once per call)",
+            "WARN Ignoring an unusable STS message: not JSON (logged once per call)",
+        ]
+    );
+    // Once per call, not once per process.
+    let mut other = Call::connected();
+    other.message(FromAgent::Unknown("mark".into()));
+    assert_eq!(other.count_logged("unknown type"), 1);
+}
+
+#[test]
+fn an_agent_not_reading_is_logged_once() {
+    let mut call = Call::connected();
+    call.on(Event::AgentNotReading);
+    call.on(Event::AgentNotReading);
+    assert_eq!(
+        call.count_logged("The agent is not reading caller audio"),
+        1
+    );
+}
+
+// ---- what the caller sends --------------------------------------------------------------
+
+#[test]
+fn dtmf_is_emitted_and_forwarded_or_kept_before_the_agent_answers() {
+    let mut call = Call::new();
+    assert_eq!(
+        call.frame(Frame::Dtmf('5')),
+        [r#"emit dtmf_digit {"digit":"5"}"#],
+        "kept for the agent"
+    );
+    assert_eq!(call.on(Event::AgentConnected), ["agent dtmf 5"]);
+    assert_eq!(
+        call.frame(Frame::Dtmf('#')),
+        [r##"emit dtmf_digit {"digit":"#"}"##, "agent dtmf #"]
+    );
+    assert_eq!(call.logged(), ["INFO DTMF digit: 5", "INFO DTMF digit: #"]);
+}
+
+#[test]
+fn the_backlog_keeps_the_newest_second_until_the_agent_answers() {
+    let mut call = Call::new();
+    call.frame(Frame::Dtmf('1'));
+    for _ in 0..60 {
+        assert!(call.audio(&SLIN_20MS).is_empty());
+    }
+    assert_eq!(
+        call.count_logged("The agent is not connected yet: keeping the newest 1 s"),
+        1
+    );
+    let flushed = call.on(Event::AgentConnected);
+    assert_eq!(flushed.len(), 51);
+    assert_eq!(flushed[0], "agent dtmf 1");
+    assert!(flushed[1..].iter().all(|a| a == "agent audio 320"));
+    // Connected: straight to the agent; a second `connected` changes nothing.
+    assert_eq!(call.audio(&SLIN_20MS), ["agent audio 320"]);
+    assert!(call.on(Event::AgentConnected).is_empty());
+}
+
+#[test]
+fn wideband_audio_is_ignored_and_logged_once() {
+    let mut call = Call::connected();
+    for _ in 0..3 {
+        let frame = Frame::Audio {
+            rate_hz: 16_000,
+            payload: &[0; 640],
+        };
+        assert!(call.frame(frame).is_empty());
+    }
+    assert_eq!(
+        call.logged(),
+        [
+            "WARN Ignoring 16000 Hz audio: only 8 kHz (kind 0x10) is supported; use c(slin) in \
+          the dialplan"
+        ]
+    );
+    assert_eq!(call.state.frames_in(), 3, "counted all the same");
+}
+
+#[test]
+fn a_second_uuid_and_odd_frames_are_ignored_and_logged_once_each() {
+    let mut call = Call::connected();
+    for _ in 0..2 {
+        assert!(call.frame(Frame::Uuid([7; 16])).is_empty());
+        assert!(call.frame(Frame::Unknown { kind: 0x02, len: 4 }).is_empty());
+        let malformed = Frame::Malformed {
+            kind: 0x03,
+            len: 2,
+            reason: "a digit is one byte",
+        };
+        assert!(call.frame(malformed).is_empty());
+    }
+    assert_eq!(
+        call.logged(),
+        [
+            "WARN Ignoring a second UUID frame",
+            "WARN Ignoring AudioSocket frames of unknown kind 0x02 (4 bytes); logged once per \
+             call",
+            "WARN Ignoring a malformed kind 0x03 frame (2 bytes: a digit is one byte); logged \
+             once per call",
+        ]
+    );
+    assert!(!call.state.is_over());
+}
+
+#[test]
+fn each_oddity_is_noted_once_and_apart_from_the_others() {
+    let all = [
+        Oddity::WidebandAudio,
+        Oddity::UnknownFrame,
+        Oddity::MalformedFrame,
+        Oddity::SecondUuid,
+        Oddity::BacklogFull,
+        Oddity::AgentNotReading,
+        Oddity::AgentUnknownMessage,
+        Oddity::AgentInvalidMessage,
+        Oddity::AgentOddAudio,
+        Oddity::AgentTooFarAhead,
+    ];
+    let mut noted = Noted::default();
+    for (i, &oddity) in all.iter().enumerate() {
+        assert!(noted.first(oddity), "{oddity:?} is new");
+        assert!(!noted.first(oddity), "{oddity:?} was noted");
+        assert!(all[i + 1..].iter().all(|&later| {
+            let mut copy = noted;
+            copy.first(later)
+        }));
+    }
+}
+
+// ---- the caller's codec -----------------------------------------------------------------
+
+#[test]
+fn slin_frames_decide_at_once_and_pass_through() {
+    let mut call = Call::connected();
+    assert_eq!(call.state.codec(), None);
+    assert_eq!(call.audio(&SLIN_20MS), ["agent audio 320"]);
+    assert_eq!(call.state.codec(), Some(Codec::Slin));
+    assert_eq!(call.logged(), ["INFO Audio codec detected: SLIN"]);
+    // A stray odd byte is dropped so the samples after it keep their alignment.
+    let mut odd = vec![0u8; 641];
+    odd[640] = 9;
+    assert_eq!(call.audio(&odd), ["agent audio 640"]);
+}
+
+#[test]
+fn ulaw_and_alaw_are_detected_from_the_audio_and_decoded() {
+    for (encode, codec, name) in [
+        (linear_to_ulaw as fn(i16) -> u8, Codec::Ulaw, "ULAW"),
+        (linear_to_alaw, Codec::Alaw, "ALAW"),
+    ] {
+        let mut call = Call::connected();
+        for frame in tone_frames(encode, 150) {
+            // 160 G.711 bytes are 320 bytes of s16le for the agent, decided or not.
+            assert_eq!(call.audio(&frame), ["agent audio 320"]);
+        }
+        assert_eq!(call.state.codec(), Some(codec), "{name}");
+        assert_eq!(
+            call.logged(),
+            [format!("INFO Audio codec detected: {name}")]
+        );
+    }
+}
+
+#[test]
+fn a_forced_codec_skips_detection() {
+    let call = Call::with_codec(CodecChoice::Alaw);
+    assert_eq!(call.state.codec(), Some(Codec::Alaw));
+    assert_eq!(
+        call.logged(),
+        ["INFO Audio codec forced by AUDIO_CODEC: ALAW"]
+    );
+    let mut call = call;
+    call.on(Event::AgentConnected);
+    // 320 bytes would decide slin under detection; forced, they are 320 A-law samples.
+    assert_eq!(call.audio(&[0xd5; 320]), ["agent audio 640"]);
+    assert_eq!(call.state.codec(), Some(Codec::Alaw));
+    assert_eq!(call.logged().len(), 1, "nothing detected");
+}

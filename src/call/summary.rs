@@ -1,0 +1,105 @@
+//! The end-of-call line: what the call carried each way, and why it ended.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::EndReason;
+use crate::agent::LinkStats;
+use crate::playout::ClockStats;
+use crate::proto::g711::Codec;
+
+/// Everything the closing log line reports; its `Display` is that line (after the `[uuid]`).
+#[derive(Debug, Clone)]
+pub struct CallSummary {
+    /// From the UUID to the end of teardown.
+    pub duration: Duration,
+    /// `None` only if nothing recorded a reason (printed as `unknown`).
+    pub reason: Option<EndReason>,
+    /// The caller's codec, once forced or detected.
+    pub codec: Option<Codec>,
+    /// AudioSocket frames read from Asterisk, of every kind.
+    pub frames_in: u64,
+    /// What the playout clock wrote to Asterisk.
+    pub clock: ClockStats,
+    /// What the agent link carried.
+    pub link: LinkStats,
+}
+
+impl fmt::Display for CallSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Call ended after {:.1} s: ", self.duration.as_secs_f64())?;
+        match &self.reason {
+            Some(reason) => write!(f, "{reason}")?,
+            None => f.write_str("unknown")?,
+        }
+        write!(
+            f,
+            "; codec {}, frames in {}, frames out {} ({} agent, {} underruns, {} late slots \
+             skipped), audio messages to agent {} ({} dropped: agent not reading), messages \
+             from agent {}",
+            self.codec.map(|c| c.name()).unwrap_or("none"),
+            self.frames_in,
+            self.clock.frames_out,
+            self.clock.agent_frames,
+            self.clock.underruns,
+            self.clock.late_slots,
+            self.link.audio_sent,
+            self.link.dropped_for_backpressure,
+            self.link.messages_received,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_reads_as_operators_know_it() {
+        let summary = CallSummary {
+            duration: Duration::from_millis(12_345),
+            reason: Some(EndReason::CallerHangup(
+                "Asterisk sent a hangup frame".into(),
+            )),
+            codec: Some(Codec::Ulaw),
+            frames_in: 617,
+            clock: ClockStats {
+                frames_out: 620,
+                agent_frames: 300,
+                underruns: 2,
+                late_slots: 1,
+                hangup_sent: false,
+            },
+            link: LinkStats {
+                audio_sent: 615,
+                messages_received: 40,
+                dropped_for_backpressure: 3,
+            },
+        };
+        assert_eq!(
+            summary.to_string(),
+            "Call ended after 12.3 s: caller hung up (Asterisk sent a hangup frame); codec \
+             ULAW, frames in 617, frames out 620 (300 agent, 2 underruns, 1 late slots \
+             skipped), audio messages to agent 615 (3 dropped: agent not reading), messages \
+             from agent 40"
+        );
+    }
+
+    #[test]
+    fn a_call_without_audio_or_reason_says_so() {
+        let summary = CallSummary {
+            duration: Duration::from_millis(80),
+            reason: None,
+            codec: None,
+            frames_in: 0,
+            clock: ClockStats::default(),
+            link: LinkStats::default(),
+        };
+        assert_eq!(
+            summary.to_string(),
+            "Call ended after 0.1 s: unknown; codec none, frames in 0, frames out 0 (0 agent, \
+             0 underruns, 0 late slots skipped), audio messages to agent 0 (0 dropped: agent \
+             not reading), messages from agent 0"
+        );
+    }
+}
