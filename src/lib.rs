@@ -7,13 +7,15 @@
 //! - [`playout`]: the agent's audio on its way to the caller, and the 20 ms clocks;
 //! - [`http`]: `/health`, `/call`, `/metrics`; [`registry`]: `/call` metadata waiting for
 //!   its call; [`webhook`]: the events;
-//! - [`config`], [`metrics`], [`sys`], [`time`]: what every path shares;
+//! - [`config`], [`metrics`], [`sys`], [`time`]: what every path shares; [`cli`]: the
+//!   command-line reader of every subcommand;
 //! - [`tools`]: what ships beside the product (simulator, echo agent, demo).
 //!
 //! `main.rs` wires these together; `tests/` and `benches/` drive the same code.
 
 pub mod agent;
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

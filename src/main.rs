@@ -1,8 +1,11 @@
 //! `avr-core`: the server, and the tools that ship with it.
 //!
-//! Wiring only: configuration → logging → shared call context → listener threads.
+//! Wiring only: the subcommand → its parser ([`cli::Flags`]) → its run function → one
+//! [`StartError`] → the exit status. The server: configuration → logging → shared call
+//! context → listener threads.
 
-use std::io::Write as _;
+use std::fmt;
+use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -16,12 +19,14 @@ use signal_hook::iterator::Signals;
 use avr_core::agent;
 use avr_core::call::listener;
 use avr_core::call::{CallContext, LiveCalls};
-use avr_core::config::Config;
+use avr_core::cli::{self, Flags, Parsed, UsageError};
+use avr_core::config::{self, Config, ConfigError};
 use avr_core::metrics::Metrics;
 use avr_core::playout::{Ambient, Clocks};
 use avr_core::registry::Registry;
 use avr_core::sys::StopSignal;
-use avr_core::tools::{demo, echo_sts, simulate};
+use avr_core::tools::simulate::{self, SimError};
+use avr_core::tools::{demo, echo_sts};
 use avr_core::webhook::{self, Event, EventKind, Webhooks};
 use avr_core::{http, time};
 
@@ -38,100 +43,203 @@ USAGE:
     avr-core webhooks test|replay [FILE]
                              send a sample event to WEBHOOK_URL, or re-send the dead letters
     avr-core --help | --version
-
-CONFIGURATION (environment; see README.md for the full table):
-    STS_URL              ws:// or wss:// URL of the agent (required)
-    PORT, BIND_ADDRESS   AudioSocket listener (default 0.0.0.0:5001)
-    STS_CONNECT_TIMEOUT  default 3000 ms      MAX_CALLS     default 500
-    AUDIO_CODEC          auto|slin|ulaw|alaw  LOG_LEVEL     default info
-    AMBIENT_NOISE_FILE, AMBIENT_NOISE_LEVEL   raw 8 kHz s16le noise under the call
-    HTTP_PORT, HTTP_BIND_ADDRESS  /health, /call, /metrics (off unless HTTP_PORT is set)
-    HTTP_TOKEN           if set, POST /call needs \"Authorization: Bearer <token>\"
-    CALL_METADATA_TTL    how long /call metadata waits for its call (default 60s)
-
-Durations are milliseconds (3000) or carry a unit (500ms, 3s, 2m).
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or_default();
-    match args.first().map(String::as_str) {
-        None => serve(),
-        Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
         }
-        Some("-V" | "--version") => {
+    }
+}
+
+/// Why a command did not run (or the server did not start). The text is the whole line
+/// printed on stderr: what went wrong and what to check.
+#[derive(Debug)]
+enum StartError {
+    /// The command line: `command` is the subcommand, `None` for avr-core's own.
+    Usage {
+        command: Option<&'static str>,
+        error: UsageError,
+    },
+    /// An environment variable (the configuration table) is wrong.
+    Config(ConfigError),
+    /// `SSL_CERT_FILE` or the platform's CA store; the text names which.
+    Tls(String),
+    /// `AMBIENT_NOISE_FILE`; the text names the file and what is wrong with it.
+    Ambient(String),
+    /// A listening socket could not be bound; `vars` are the settings that choose it.
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        vars: &'static str,
+        source: io::Error,
+    },
+    /// The operating system refused a thread, an eventfd or a signal handler.
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// `simulate`: the call could not be placed, or its recording not written.
+    Simulate(SimError),
+    /// `echo-sts`: the agent could not start.
+    EchoSts(io::Error),
+    /// `demo`: a step was not seen; the text lists which.
+    Demo(String),
+}
+
+impl StartError {
+    /// 2 for a command line that cannot run (and, as `simulate --help` documents, a call
+    /// that cannot be placed); 1 for everything else.
+    fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Usage { .. } | StartError::Simulate(_) => cli::USAGE_EXIT_CODE,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Usage {
+                command: Some(command),
+                error,
+            } => write!(
+                f,
+                "avr-core {command}: {error}\nrun `avr-core {command} --help` for the options"
+            ),
+            StartError::Usage {
+                command: None,
+                error,
+            } => write!(
+                f,
+                "avr-core: {error}; run `avr-core --help` for the commands"
+            ),
+            StartError::Config(e) => write!(f, "avr-core: configuration error: {e}"),
+            StartError::Tls(e) | StartError::Ambient(e) => write!(f, "avr-core: {e}"),
+            StartError::Listen {
+                what,
+                addr,
+                vars,
+                source,
+            } => write!(
+                f,
+                "avr-core: cannot listen for {what} on {addr}: {source} ({vars})"
+            ),
+            StartError::Os { what, source } => write!(f, "avr-core: cannot {what}: {source}"),
+            StartError::Simulate(e) => write!(f, "avr-core simulate: {e}"),
+            StartError::EchoSts(e) => write!(f, "avr-core echo-sts: {e}"),
+            StartError::Demo(e) => write!(f, "avr-core demo: FAILED: {e}"),
+        }
+    }
+}
+
+/// The subcommand in `args` → its parser → its run function.
+fn run(args: &[String]) -> Result<ExitCode, StartError> {
+    let mut flags = Flags::new(args);
+    let Some(command) = flags.next_arg() else {
+        return serve();
+    };
+    let rest = flags.rest();
+    match command {
+        _ if cli::is_help(command) || command == "help" => {
+            print!("{USAGE}\n{}", config::usage_section());
+            Ok(ExitCode::SUCCESS)
+        }
+        "-V" | "--version" => {
             println!("avr-core {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Some("check-config") => check_config(),
-        Some("demo") => {
+        "check-config" => {
+            let options = cli::no_options(rest, "check-config reads only the environment");
+            let Some(()) = options_or_help("check-config", USAGE, options)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            check_config()
+        }
+        "demo" => {
             // The demo prints its own timeline; only warnings of its in-process agent show.
             init_logging("warn");
-            demo::main(rest)
+            let Some(()) = options_or_help("demo", demo::USAGE, demo::parse_args(rest))? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            demo::run().map_err(StartError::Demo)?;
+            Ok(ExitCode::SUCCESS)
         }
-        Some("simulate") => {
-            init_logging(&log_level_from_env());
-            simulate::main(rest)
+        "simulate" => {
+            init_logging(&config::log_level_from_env());
+            let options = simulate::cli::parse_args(rest);
+            let Some(command) = options_or_help("simulate", simulate::cli::USAGE, options)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            simulate::cli::run(command).map_err(StartError::Simulate)
         }
-        Some("echo-sts") => {
-            init_logging(&log_level_from_env());
-            match echo_sts::parse_args(rest) {
-                Ok((bind, opts)) => match echo_sts::run(bind, opts) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(&format!("echo-sts: {e}")),
-                },
-                Err(e) if e == "help" => {
-                    print!("{}", echo_sts::USAGE);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&format!("echo-sts: {e}")),
-            }
+        "echo-sts" => {
+            init_logging(&config::log_level_from_env());
+            let options = echo_sts::parse_args(rest);
+            let Some((bind, opts)) = options_or_help("echo-sts", echo_sts::USAGE, options)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            echo_sts::run(bind, opts).map_err(StartError::EchoSts)?;
+            Ok(ExitCode::SUCCESS)
         }
-        Some("webhooks") => {
-            init_logging(&log_level_from_env());
-            webhook::cli::main(rest)
+        "webhooks" => {
+            init_logging(&config::log_level_from_env());
+            let options = webhook::cli::parse_args(rest);
+            let Some(command) = options_or_help("webhooks", webhook::cli::USAGE, options)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            Ok(webhook::cli::run(command))
         }
-        Some(other) => fail(&format!(
-            "unknown command {other:?}; run `avr-core --help` for the commands"
-        )),
+        _ => Err(StartError::Usage {
+            command: None,
+            error: UsageError::UnknownCommand {
+                word: command.into(),
+                expected: "demo, check-config, simulate, echo-sts or webhooks",
+            },
+        }),
     }
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("avr-core: {message}");
-    ExitCode::FAILURE
-}
-
-fn check_config() -> ExitCode {
-    match Config::from_env() {
-        Ok(config) => {
-            print!("{}", config.describe());
-            println!("configuration OK");
-            ExitCode::SUCCESS
+/// What a subcommand's flags ask to run; `None` after printing its usage for `--help`.
+fn options_or_help<T>(
+    command: &'static str,
+    usage: &str,
+    parsed: Result<Parsed<T>, UsageError>,
+) -> Result<Option<T>, StartError> {
+    match parsed {
+        Ok(Parsed::Run(options)) => Ok(Some(options)),
+        Ok(Parsed::Help) => {
+            print!("{usage}");
+            Ok(None)
         }
-        Err(e) => fail(&format!("configuration error: {e}")),
+        Err(error) => Err(StartError::Usage {
+            command: Some(command),
+            error,
+        }),
     }
 }
 
-fn serve() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => Arc::new(c),
-        Err(e) => return fail(&format!("configuration error: {e}")),
-    };
+fn check_config() -> Result<ExitCode, StartError> {
+    let config = Config::from_env().map_err(StartError::Config)?;
+    print!("{}", config.describe());
+    println!("configuration OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server: runs until SIGTERM/SIGINT; exit 1 if the AudioSocket listener died.
+fn serve() -> Result<ExitCode, StartError> {
+    let config = Arc::new(Config::from_env().map_err(StartError::Config)?);
     init_logging(&config.log_level);
 
-    let tls = match agent::tls_config(config.ssl_cert_file.as_deref()) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
-    };
+    let tls = agent::tls_config(config.ssl_cert_file.as_deref()).map_err(StartError::Tls)?;
     let ambient = match &config.ambient_noise_file {
         Some(path) if config.ambient_noise_level > 0.0 => {
-            match Ambient::load(path, config.ambient_noise_level) {
-                Ok(a) => Some(a),
-                Err(e) => return fail(&e),
-            }
+            Some(Ambient::load(path, config.ambient_noise_level).map_err(StartError::Ambient)?)
         }
         _ => None,
     };
@@ -140,22 +248,17 @@ fn serve() -> ExitCode {
     let webhooks = Webhooks::start(&config, metrics.clone());
     let registry = Arc::new(Registry::new(config.call_metadata_ttl));
     // One stop for both listeners: SIGTERM closes them together.
-    let stop = match StopSignal::new() {
-        Ok(s) => Arc::new(s),
-        Err(e) => return fail(&format!("cannot create the shutdown eventfd: {e}")),
-    };
+    let stop = Arc::new(StopSignal::new().map_err(os("create the shutdown eventfd"))?);
 
     let mut http_port = None;
     if let Some(port) = config.http_port {
         let addr = SocketAddr::new(config.http_bind_address, port);
-        let listener = match TcpListener::bind(addr) {
-            Ok(l) => l,
-            Err(e) => {
-                return fail(&format!(
-                    "cannot listen for HTTP on {addr}: {e} (HTTP_PORT, HTTP_BIND_ADDRESS)"
-                ))
-            }
-        };
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Listen {
+            what: "HTTP",
+            addr,
+            vars: "HTTP_PORT, HTTP_BIND_ADDRESS",
+            source,
+        })?;
         http_port = Some(listener.local_addr().map_or(port, |a| a.port()));
         let hook = webhooks.clone();
         let service = http::Service::new(&config, registry.clone(), metrics.clone())
@@ -163,29 +266,23 @@ fn serve() -> ExitCode {
                 let payload = serde_json::Value::Object(payload.clone());
                 hook.call_initiated(Event::new(uuid, EventKind::CallInitiated, payload))
             });
-        if let Err(e) = http::spawn(listener, service, http::Limits::default(), stop.clone()) {
-            return fail(&format!("cannot start the HTTP service thread: {e}"));
-        }
+        http::spawn(listener, service, http::Limits::default(), stop.clone())
+            .map_err(os("start the HTTP service thread"))?;
     }
 
     let addr = SocketAddr::new(config.bind_address, config.port);
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            return fail(&format!(
-                "cannot listen for AudioSocket on {addr}: {e} (PORT, BIND_ADDRESS)"
-            ))
-        }
-    };
+    let listener = TcpListener::bind(addr).map_err(|source| StartError::Listen {
+        what: "AudioSocket",
+        addr,
+        vars: "PORT, BIND_ADDRESS",
+        source,
+    })?;
     let port = listener
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.port);
 
-    let clocks = match Clocks::start(config.max_calls) {
-        Ok(c) => c,
-        Err(e) => return fail(&format!("cannot start the playout clock threads: {e}")),
-    };
+    let clocks = Clocks::start(config.max_calls).map_err(os("start the playout clock threads"))?;
     let ctx = Arc::new(CallContext {
         config: config.clone(),
         tls,
@@ -196,29 +293,22 @@ fn serve() -> ExitCode {
         registry,
         clocks,
     });
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("cannot install the SIGTERM/SIGINT handlers: {e}")),
-    };
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(os("install the SIGTERM/SIGINT handlers"))?;
     let listener_failed = Arc::new(AtomicBool::new(false));
-    let accept = thread::Builder::new().name("audiosocket".into()).spawn({
-        let (ctx, stop, failed) = (ctx.clone(), stop.clone(), listener_failed.clone());
-        move || {
-            if !listener::serve(listener, ctx, &stop) {
-                // A dead listener is fatal: take the graceful path so live calls finish.
-                failed.store(true, Relaxed);
-                let _ = signal_hook::low_level::raise(SIGTERM);
+    let accept = thread::Builder::new()
+        .name("audiosocket".into())
+        .spawn({
+            let (ctx, stop, failed) = (ctx.clone(), stop.clone(), listener_failed.clone());
+            move || {
+                if !listener::serve(listener, ctx, &stop) {
+                    // A dead listener is fatal: take the graceful path so live calls finish.
+                    failed.store(true, Relaxed);
+                    let _ = signal_hook::low_level::raise(SIGTERM);
+                }
             }
-        }
-    });
-    let accept = match accept {
-        Ok(h) => h,
-        Err(e) => {
-            return fail(&format!(
-                "cannot start the AudioSocket listener thread: {e}"
-            ))
-        }
-    };
+        })
+        .map_err(os("start the AudioSocket listener thread"))?;
 
     // Logged once every thread is up: tests and scripts take these lines as "ready".
     if let Some(port) = http_port {
@@ -228,11 +318,17 @@ fn serve() -> ExitCode {
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     shutdown(signal, &mut signals, &ctx, &stop, accept, &webhooks);
-    if listener_failed.load(Relaxed) {
+    // The listener logged why it died; the status tells scripts and systemd.
+    Ok(if listener_failed.load(Relaxed) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
+    })
+}
+
+/// Maps a refusal of the operating system to what we were doing.
+fn os(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Os { what, source }
 }
 
 /// SPEC §7: stop accepting, let live calls run up to `SHUTDOWN_GRACE`, hang up the rest,
@@ -283,12 +379,6 @@ fn shutdown(
         report.dead_lettered,
         report.lost
     );
-}
-
-fn log_level_from_env() -> String {
-    std::env::var("LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into())
 }
 
 /// One line per event: `<time> [LEVEL]: message`. Under systemd the journal stamps lines

@@ -1,6 +1,14 @@
 //! The STS messages: what avr-core sends a speech-to-speech agent and what the agent sends
 //! back (docs/sts.md). Pure text and bytes, no sockets: the bridge and the echo agent both
-//! speak through these definitions.
+//! speak through these definitions, each side building what it sends and parsing what the
+//! other sends:
+//!
+//! | direction | built by | parsed by |
+//! | --- | --- | --- |
+//! | avr-core → agent | [`init_message`], [`audio_message`], [`dtmf_message`] | [`parse_to_agent`] → [`ToAgentMessage`] |
+//! | agent → avr-core | [`audio_message`], [`transcript_message`] | [`parse_text`], [`parse_binary`] → [`FromAgent`] |
+
+use std::borrow::Cow;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -123,6 +131,103 @@ pub enum ToAgent {
     Dtmf(char),
 }
 
+/// `{"type":"transcript","role":…,"text":…}`: what an agent sends about the conversation.
+pub fn transcript_message(role: &str, text: &str) -> String {
+    serde_json::json!({"type": "transcript", "role": role, "text": text}).to_string()
+}
+
+/// A text message from avr-core as the agent reads it: the other end of [`init_message`],
+/// [`audio_message`] and [`dtmf_message`]. Unlike [`ToAgent`] (what a call queues), it has
+/// `init` and what can be wrong with a message, since an agent must survive any text.
+#[derive(Debug, PartialEq)]
+pub enum ToAgentMessage {
+    Init {
+        uuid: String,
+        /// The `/call` metadata, when there was any.
+        payload: Option<Value>,
+    },
+    /// 8 kHz s16le caller audio (whole samples).
+    Audio(Vec<u8>),
+    Dtmf(char),
+    /// A well-formed message of a type the agent side does not know.
+    Unknown(String),
+    /// Not a usable message; `kind` is its `type` when it had one, `reason` says what is wrong.
+    Invalid {
+        kind: Option<String>,
+        reason: String,
+    },
+}
+
+/// The fields of a message to the agent. Borrowed: caller audio arrives 50 times a second
+/// per call, and its base64 need not be copied before it is decoded.
+#[derive(Deserialize)]
+struct ToAgentFields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    audio: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    digit: Option<Cow<'a, str>>,
+    payload: Option<Value>,
+}
+
+/// Maps one text frame from avr-core, on the agent's side.
+pub fn parse_to_agent(text: &str) -> ToAgentMessage {
+    let invalid = |kind: Option<&str>, reason: String| ToAgentMessage::Invalid {
+        kind: kind.map(str::to_owned),
+        reason,
+    };
+    let msg: ToAgentFields = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return invalid(None, format!("not a JSON message ({e})")),
+    };
+    let Some(kind) = msg.kind else {
+        return invalid(None, "message without a \"type\"".into());
+    };
+    match kind.as_ref() {
+        "init" => match msg.uuid {
+            Some(uuid) => ToAgentMessage::Init {
+                uuid: uuid.into_owned(),
+                payload: msg.payload,
+            },
+            None => invalid(Some(&kind), "init without a \"uuid\"".into()),
+        },
+        "audio" => {
+            let Some(b64) = msg.audio else {
+                return invalid(
+                    Some(&kind),
+                    "audio message without an \"audio\" field".into(),
+                );
+            };
+            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+                Ok(pcm) if pcm.len() % 2 == 1 => invalid(
+                    Some(&kind),
+                    format!(
+                        "{} bytes of audio: an odd length is not 16-bit samples",
+                        pcm.len()
+                    ),
+                ),
+                Ok(pcm) => ToAgentMessage::Audio(pcm),
+                Err(e) => invalid(Some(&kind), format!("audio is not valid base64 ({e})")),
+            }
+        }
+        "dtmf_digit" => {
+            let digit = msg.digit.as_deref().unwrap_or_default();
+            let mut chars = digit.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => ToAgentMessage::Dtmf(c),
+                _ => invalid(
+                    Some(&kind),
+                    format!("dtmf_digit without one digit (got {digit:?})"),
+                ),
+            }
+        }
+        _ => ToAgentMessage::Unknown(kind.into_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +312,115 @@ mod tests {
                 pcm: vec![1, 2, 3, 4],
                 odd_byte_dropped: false
             }
+        );
+    }
+
+    /// What the bridge builds, the agent side parses back to the same values.
+    #[test]
+    fn messages_to_the_agent_round_trip() {
+        let uuid = "550e8400-e29b-41d4-a716-446655440000";
+        assert_eq!(
+            parse_to_agent(&init_message(uuid, None)),
+            ToAgentMessage::Init {
+                uuid: uuid.into(),
+                payload: None
+            }
+        );
+        let meta = serde_json::json!({"from": "2000", "nested": {"a": [1, 2]}});
+        assert_eq!(
+            parse_to_agent(&init_message(uuid, Some(&meta))),
+            ToAgentMessage::Init {
+                uuid: uuid.into(),
+                payload: Some(meta)
+            }
+        );
+        let pcm: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(
+            parse_to_agent(&audio_message(&pcm)),
+            ToAgentMessage::Audio(pcm)
+        );
+        assert_eq!(
+            parse_to_agent(&audio_message(&[])),
+            ToAgentMessage::Audio(vec![])
+        );
+        for digit in ['0', '9', '*', '#', 'A', 'D'] {
+            assert_eq!(
+                parse_to_agent(&dtmf_message(digit)),
+                ToAgentMessage::Dtmf(digit)
+            );
+        }
+    }
+
+    /// What the agent side builds, the bridge parses back to the same values.
+    #[test]
+    fn messages_from_the_agent_round_trip() {
+        let pcm: Vec<u8> = (0..100u8).collect();
+        assert_eq!(
+            parse_text(&audio_message(&pcm)),
+            FromAgent::Audio {
+                pcm,
+                odd_byte_dropped: false
+            }
+        );
+        for (role, text) in [("agent", "You pressed 5"), ("user", "quote \" and ünïcode")] {
+            assert_eq!(
+                parse_text(&transcript_message(role, text)),
+                FromAgent::Transcript {
+                    role: role.into(),
+                    text: text.into()
+                }
+            );
+        }
+        assert_eq!(
+            transcript_message("agent", "hi"),
+            r#"{"type":"transcript","role":"agent","text":"hi"}"#
+        );
+    }
+
+    #[test]
+    fn bad_messages_to_the_agent_say_what_is_wrong() {
+        let invalid = |text: &str| match parse_to_agent(text) {
+            ToAgentMessage::Invalid { kind, reason } => (kind, reason),
+            other => panic!("{text}: {other:?}"),
+        };
+        let (kind, reason) = invalid("not json{");
+        assert!(
+            kind.is_none() && reason.contains("not a JSON message"),
+            "{reason}"
+        );
+        let (kind, reason) = invalid(r#"{"no_type":1}"#);
+        assert!(
+            kind.is_none() && reason.contains("without a \"type\""),
+            "{reason}"
+        );
+        for (text, needle) in [
+            (r#"{"type":"audio","audio":"!!!"}"#, "not valid base64"),
+            (r#"{"type":"audio","audio":"AA=="}"#, "odd length"),
+            (r#"{"type":"audio"}"#, "without an \"audio\""),
+        ] {
+            let (kind, reason) = invalid(text);
+            assert_eq!(kind.as_deref(), Some("audio"));
+            assert!(reason.contains(needle), "{text}: {reason}");
+        }
+        let (kind, reason) = invalid(r#"{"type":"init"}"#);
+        assert_eq!(kind.as_deref(), Some("init"));
+        assert!(reason.contains("uuid"), "{reason}");
+        for text in [
+            r#"{"type":"dtmf_digit"}"#,
+            r#"{"type":"dtmf_digit","digit":"12"}"#,
+        ] {
+            let (kind, reason) = invalid(text);
+            assert_eq!(kind.as_deref(), Some("dtmf_digit"));
+            assert!(reason.contains("one digit"), "{reason}");
+        }
+        assert_eq!(
+            parse_to_agent(r#"{"type":"bogus"}"#),
+            ToAgentMessage::Unknown("bogus".into())
+        );
+        // A JSON escape in the base64 still decodes (the borrowed field falls back to a copy).
+        assert_eq!(
+            parse_to_agent(r#"{"type":"audio","audio":"AQ\u0049="}"#),
+            ToAgentMessage::Audio(vec![1, 2])
         );
     }
 }

@@ -12,7 +12,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
+use crate::cli::{self, Parsed, UsageError};
 use crate::sys::lock;
 use crate::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
 use crate::tools::http_sink::{HttpSink, Reply};
@@ -71,23 +72,9 @@ impl Timeline {
     }
 }
 
-/// `avr-core demo`.
-pub fn main(args: &[String]) -> ExitCode {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if let Some(other) = args.first() {
-        eprintln!("avr-core demo: unknown option {other:?} (the demo takes no options)");
-        return ExitCode::from(2);
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("avr-core demo: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// The flags after `demo`: only `--help`.
+pub fn parse_args(args: &[String]) -> Result<Parsed<()>, UsageError> {
+    cli::no_options(args, "the demo takes no options")
 }
 
 /// What the sources saw that the verdict needs.
@@ -99,7 +86,8 @@ struct Seen {
     hooks: Vec<String>,
 }
 
-fn run() -> Result<(), String> {
+/// Runs the demo and prints its timeline; the error says which steps were not seen.
+pub fn run() -> Result<(), String> {
     let t0 = Instant::now();
     let (tx, lines) = crossbeam_channel::unbounded();
     let timeline = Timeline(tx);

@@ -11,23 +11,22 @@
 //! when nothing is pending. tungstenite 0.30 reports the timeout as `Error::Io` (WouldBlock on
 //! Unix, TimedOut on Windows) and keeps any partly read frame for the next `read()`.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use crossbeam_channel::{Receiver, Sender};
-use serde::{Deserialize, Serialize};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
+
+use crate::cli::{is_help, Flags, Parsed, UsageError};
+use crate::proto::sts::{audio_message, parse_to_agent, transcript_message, ToAgentMessage};
+use crate::sys::StopSignal;
 
 /// Sizes, in bytes, of the audio chunks sent back, cycled in order. All even (whole s16le
 /// samples) and unlike the 320-byte caller frames, so the bridge must carry remainders.
@@ -57,9 +56,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client that stops reading must not wedge its connection thread forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop cannot spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Buffered events; when nobody drains them the newest are dropped, never the server.
 const EVENT_CAPACITY: usize = 4096;
@@ -99,11 +95,14 @@ pub enum EchoEvent {
 /// agent in its own process with a tap, so caller→agent latency is measured on one clock.
 pub type AudioTap = Arc<dyn Fn(&str, &[u8], Instant) + Send + Sync>;
 
-/// A running echo agent. Its accept loop runs for the life of the process.
+/// A running echo agent. It accepts until it is dropped; connections already open then run
+/// until their client leaves.
 pub struct EchoServer {
     addr: SocketAddr,
     events: Arc<Events>,
-    accept_thread: JoinHandle<()>,
+    stop: Arc<StopSignal>,
+    /// `None` once joined (by [`run`], or on drop).
+    accept_thread: Option<JoinHandle<()>>,
 }
 
 impl EchoServer {
@@ -137,16 +136,22 @@ impl EchoServer {
         }
         let listener = TcpListener::bind(bind)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+        // `StopSignal::accept` polls the listener beside the stop bell.
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let events = Arc::new(Events::default());
-        let loop_events = Arc::clone(&events);
+        let stop = Arc::new(StopSignal::new()?);
         let accept_thread = thread::Builder::new()
             .name("echo-sts-accept".into())
-            .spawn(move || accept_loop(listener, opts, loop_events, tap))?;
+            .spawn({
+                let (events, stop) = (Arc::clone(&events), Arc::clone(&stop));
+                move || accept_loop(&listener, &stop, opts, events, tap)
+            })?;
         Ok(EchoServer {
             addr,
             events,
-            accept_thread,
+            stop,
+            accept_thread: Some(accept_thread),
         })
     }
 
@@ -171,19 +176,29 @@ impl EchoServer {
     }
 }
 
+impl Drop for EchoServer {
+    /// Stops accepting and waits for the accept loop, so the port is closed on return.
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(accept) = self.accept_thread.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
 /// Blocks forever serving echo connections on `bind`.
 pub fn run(bind: SocketAddr, opts: EchoOptions) -> io::Result<()> {
-    let server = EchoServer::start(bind, opts)?;
+    let mut server = EchoServer::start(bind, opts)?;
     log::info!("Echo STS agent listening on ws://{}", server.local_addr());
-    server
+    let accept = server
         .accept_thread
+        .take()
+        .expect("a started server accepts");
+    accept
         .join()
         .map_err(|_| io::Error::other("the echo STS accept loop panicked"))
 }
 
-/// Parses the arguments after `echo-sts`:
-/// `--bind ADDR` (IP, default 127.0.0.1), `--port N` (default 6030), `--delay-ms N`
-/// (default 200), `--no-transcripts`.
 /// Usage of `avr-core echo-sts`.
 pub const USAGE: &str = "\
 avr-core echo-sts — an STS agent that plays the caller's audio back
@@ -197,41 +212,29 @@ USAGE:
     --no-transcripts   send no transcripts and no DTMF answers
 ";
 
-/// Parses `echo-sts` options; `Err("help")` when help was asked for.
-pub fn parse_args(args: &[String]) -> Result<(SocketAddr, EchoOptions), String> {
+/// Parses the flags after `echo-sts` into the address to listen on and the options.
+pub fn parse_args(args: &[String]) -> Result<Parsed<(SocketAddr, EchoOptions)>, UsageError> {
     let mut ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut port = DEFAULT_PORT;
     let mut opts = EchoOptions::default();
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "--bind" => ip = flag_value(flag, args.next(), "an IP address such as 0.0.0.0")?,
-            "--port" => port = flag_value(flag, args.next(), "a port number 0-65535")?,
+    let mut flags = Flags::new(args);
+    while let Some(flag) = flags.next_arg() {
+        match flag {
+            _ if is_help(flag) => return Ok(Parsed::Help),
+            "--bind" => ip = flags.parse("an IP address such as 0.0.0.0")?,
+            "--port" => port = flags.parse("a port number 0-65535")?,
             "--delay-ms" => {
-                let max = MAX_DELAY.as_millis();
-                let ms: u64 = flag_value(flag, args.next(), "milliseconds")?;
-                if u128::from(ms) > max {
-                    return Err(format!("--delay-ms {ms}: at most {max} ms"));
-                }
-                opts.delay = Duration::from_millis(ms);
+                let max = MAX_DELAY.as_millis() as u64;
+                opts.delay = Duration::from_millis(flags.number("milliseconds", max)?);
             }
-            "--no-transcripts" => opts.transcripts = false,
-            "-h" | "--help" => return Err("help".into()),
-            other => {
-                return Err(format!(
-                "unknown option {other:?} (expected --bind, --port, --delay-ms, --no-transcripts)"
-            ))
+            "--no-transcripts" => {
+                flags.switch()?;
+                opts.transcripts = false;
             }
+            _ => return Err(flags.unknown("expected --bind, --port, --delay-ms, --no-transcripts")),
         }
     }
-    Ok((SocketAddr::new(ip, port), opts))
-}
-
-fn flag_value<T: FromStr>(flag: &str, value: Option<&String>, expected: &str) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value: {expected}"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag} {value:?}: expected {expected}"))
+    Ok(Parsed::Run((SocketAddr::new(ip, port), opts)))
 }
 
 /// The event channel, created on first subscription so that unwatched servers send nothing.
@@ -254,22 +257,17 @@ impl Events {
     }
 }
 
+/// Accepts until `stop` rings, a thread per connection.
 fn accept_loop(
-    listener: TcpListener,
+    listener: &TcpListener,
+    stop: &StopSignal,
     opts: EchoOptions,
     events: Arc<Events>,
     tap: Option<AudioTap>,
 ) {
     let mut last_conn = 0u64;
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!("Echo STS: accept failed: {e}");
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
-        };
+    let log_error = |e: &io::Error| log::warn!("Echo STS: accept failed: {e}");
+    while let Some((stream, _)) = stop.accept(listener, log_error) {
         last_conn += 1;
         let conn = last_conn;
         let events = Arc::clone(&events);
@@ -334,26 +332,6 @@ fn handshake(stream: TcpStream) -> Result<(WebSocket<TcpStream>, String), String
     Ok((ws, path))
 }
 
-/// Messages from avr-core. Borrowed so a 20 ms audio message costs no string copies.
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    audio: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    uuid: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    digit: Option<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Outgoing<'a> {
-    Audio { audio: String },
-    Transcript { role: &'a str, text: &'a str },
-}
-
 /// One connection's state.
 struct Session<'a> {
     conn: u64,
@@ -416,73 +394,48 @@ impl<'a> Session<'a> {
     }
 
     fn on_text(&mut self, text: &str) -> tungstenite::Result<()> {
-        let msg: Incoming = match serde_json::from_str(text) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.report(text);
-                log::warn!(
-                    "[{}] Echo STS: ignored non-STS text ({e}): {}",
-                    self.label,
-                    preview(text)
-                );
-                return Ok(());
-            }
+        let msg = parse_to_agent(text);
+        // Caller audio is the stream itself; everything else is an event worth reporting.
+        let audio = match &msg {
+            ToAgentMessage::Audio(_) => true,
+            ToAgentMessage::Invalid { kind, .. } => kind.as_deref() == Some("audio"),
+            _ => false,
         };
-        if msg.kind == "audio" {
-            return self.on_audio(msg.audio.as_deref());
+        if !audio {
+            self.report(text);
         }
-        self.report(text);
-        match msg.kind.as_ref() {
-            "init" => match msg.uuid {
-                Some(uuid) => {
-                    self.label = uuid.into_owned();
-                    log::info!(
-                        "[{}] Echo STS: init on connection {}",
-                        self.label,
-                        self.conn
-                    );
-                }
-                None => log::warn!("[{}] Echo STS: init without a uuid", self.label),
-            },
-            "dtmf_digit" => match msg.digit {
-                Some(digit) if self.opts.transcripts => {
+        match msg {
+            ToAgentMessage::Audio(pcm) => self.on_audio(&pcm)?,
+            ToAgentMessage::Init { uuid, .. } => {
+                self.label = uuid;
+                log::info!(
+                    "[{}] Echo STS: init on connection {}",
+                    self.label,
+                    self.conn
+                );
+            }
+            ToAgentMessage::Dtmf(digit) => {
+                if self.opts.transcripts {
                     self.send_transcript("agent", &format!("You pressed {digit}"))?;
                 }
-                Some(_) => {}
-                None => log::warn!("[{}] Echo STS: dtmf_digit without a digit", self.label),
-            },
-            other => log::warn!("[{}] Echo STS: ignored unknown type {other:?}", self.label),
+            }
+            ToAgentMessage::Unknown(kind) => {
+                log::warn!("[{}] Echo STS: ignored unknown type {kind:?}", self.label)
+            }
+            ToAgentMessage::Invalid { reason, .. } => log::warn!(
+                "[{}] Echo STS: ignored a message ({reason}): {}",
+                self.label,
+                preview(text)
+            ),
         }
         Ok(())
     }
 
-    fn on_audio(&mut self, audio: Option<&str>) -> tungstenite::Result<()> {
-        let Some(audio) = audio else {
-            log::warn!("[{}] Echo STS: audio message without `audio`", self.label);
-            return Ok(());
-        };
-        let pcm = match BASE64.decode(audio) {
-            Ok(pcm) => pcm,
-            Err(e) => {
-                log::warn!(
-                    "[{}] Echo STS: ignored audio with bad base64: {e}",
-                    self.label
-                );
-                return Ok(());
-            }
-        };
-        if pcm.len() % 2 != 0 {
-            log::warn!(
-                "[{}] Echo STS: ignored {} bytes of audio: odd length is not s16le",
-                self.label,
-                pcm.len()
-            );
-            return Ok(());
-        }
+    fn on_audio(&mut self, pcm: &[u8]) -> tungstenite::Result<()> {
         if let Some(tap) = &self.tap {
-            tap(&self.label, &pcm, self.read_at);
+            tap(&self.label, pcm, self.read_at);
         }
-        self.queue.push(Instant::now(), &pcm);
+        self.queue.push(Instant::now(), pcm);
         let seconds_before = self.received_bytes / BYTES_PER_SECOND;
         self.received_bytes += pcm.len() as u64;
         let seconds_after = self.received_bytes / BYTES_PER_SECOND;
@@ -500,8 +453,7 @@ impl<'a> Session<'a> {
         let now = Instant::now();
         let mut wrote = false;
         while let Some(chunk) = self.queue.pop_due(now) {
-            let audio = BASE64.encode(&chunk);
-            self.ws.write(to_message(&Outgoing::Audio { audio })?)?;
+            self.ws.write(Message::text(audio_message(&chunk)))?;
             wrote = true;
         }
         if wrote {
@@ -511,8 +463,7 @@ impl<'a> Session<'a> {
     }
 
     fn send_transcript(&mut self, role: &str, text: &str) -> tungstenite::Result<()> {
-        self.ws
-            .send(to_message(&Outgoing::Transcript { role, text })?)
+        self.ws.send(Message::text(transcript_message(role, text)))
     }
 
     fn report(&self, text: &str) {
@@ -522,11 +473,6 @@ impl<'a> Session<'a> {
             text: text.to_owned(),
         });
     }
-}
-
-fn to_message(msg: &Outgoing) -> tungstenite::Result<Message> {
-    let json = serde_json::to_string(msg).map_err(io::Error::other)?;
-    Ok(Message::text(json))
 }
 
 /// A read timeout, as the OS reports it: WouldBlock on Unix, TimedOut on Windows.
@@ -620,7 +566,7 @@ impl EchoQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use crate::proto::sts::{parse_text, FromAgent};
 
     const FRAME: Duration = Duration::from_millis(20);
     const WAIT: Duration = Duration::from_secs(3);
@@ -665,17 +611,22 @@ mod tests {
     #[test]
     fn parse_args_defaults_flags_and_errors() {
         let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let (addr, opts) = parse_args(&[]).unwrap();
+        let run = |line: &str| match parse_args(&args(line)) {
+            Ok(Parsed::Run(parsed)) => parsed,
+            other => panic!("{line}: {other:?}"),
+        };
+        let (addr, opts) = run("");
         assert_eq!(addr, "127.0.0.1:6030".parse().unwrap());
         assert_eq!(opts, EchoOptions::default());
 
-        let (addr, opts) = parse_args(&args(
-            "--bind 0.0.0.0 --port 7000 --delay-ms 50 --no-transcripts",
-        ))
-        .unwrap();
+        let (addr, opts) = run("--bind 0.0.0.0 --port 7000 --delay-ms 50 --no-transcripts");
         assert_eq!(addr, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(opts.delay, Duration::from_millis(50));
         assert!(!opts.transcripts);
+        let (addr, opts) = run("--bind=::1 --port=7001 --delay-ms=60000");
+        assert_eq!(addr, "[::1]:7001".parse().unwrap());
+        assert_eq!(opts.delay, MAX_DELAY);
+        assert_eq!(parse_args(&args("--help")), Ok(Parsed::Help));
 
         for (bad, flag) in [
             ("--port", "--port"),
@@ -684,8 +635,9 @@ mod tests {
             ("--delay-ms -1", "--delay-ms"),
             ("--delay-ms 600000", "--delay-ms"),
             ("--verbose", "--verbose"),
+            ("--no-transcripts=yes", "--no-transcripts takes no value"),
         ] {
-            let err = parse_args(&args(bad)).unwrap_err();
+            let err = parse_args(&args(bad)).unwrap_err().to_string();
             assert!(err.contains(flag), "{bad}: {err}");
         }
     }
@@ -707,14 +659,11 @@ mod tests {
         }
 
         fn send_audio(&mut self, pcm: &[u8]) {
-            self.send(&format!(
-                r#"{{"type":"audio","audio":"{}"}}"#,
-                BASE64.encode(pcm)
-            ));
+            self.send(&audio_message(pcm));
         }
 
-        /// The next text message as JSON, or `None` once `deadline` passes.
-        fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
+        /// The next text message as avr-core reads it, or `None` once `deadline` passes.
+        fn recv_until(&mut self, deadline: Instant) -> Option<FromAgent> {
             loop {
                 let left = deadline.checked_duration_since(Instant::now())?;
                 if left.is_zero() {
@@ -722,7 +671,7 @@ mod tests {
                 }
                 self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
                 match self.ws.read() {
-                    Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+                    Ok(Message::Text(text)) => return Some(parse_text(&text)),
                     Ok(_) => {}
                     Err(tungstenite::Error::Io(e)) if is_timeout(&e) => return None,
                     Err(e) => panic!("echo connection failed: {e}"),
@@ -733,10 +682,10 @@ mod tests {
         fn recv_transcript(&mut self) -> (String, String) {
             let deadline = Instant::now() + WAIT;
             loop {
-                let msg = self.recv_until(deadline).expect("a transcript");
-                if msg["type"] == "transcript" {
-                    let field = |k: &str| msg[k].as_str().unwrap().to_owned();
-                    return (field("role"), field("text"));
+                if let FromAgent::Transcript { role, text } =
+                    self.recv_until(deadline).expect("a transcript")
+                {
+                    return (role, text);
                 }
             }
         }
@@ -774,18 +723,17 @@ mod tests {
     }
 
     impl Replies {
-        fn absorb(&mut self, msg: Value) {
-            match msg["type"].as_str() {
-                Some("audio") => {
-                    let pcm = BASE64.decode(msg["audio"].as_str().unwrap()).unwrap();
+        fn absorb(&mut self, msg: FromAgent) {
+            match msg {
+                FromAgent::Audio {
+                    pcm,
+                    odd_byte_dropped: false,
+                } => {
                     self.echoed.extend(pcm);
                     self.chunks.push((self.echoed.len(), Instant::now()));
                 }
-                Some("transcript") => self.transcripts.push((
-                    msg["role"].as_str().unwrap().to_owned(),
-                    msg["text"].as_str().unwrap().to_owned(),
-                )),
-                _ => panic!("unexpected message {msg}"),
+                FromAgent::Transcript { role, text } => self.transcripts.push((role, text)),
+                other => panic!("unexpected message {other:?}"),
             }
         }
     }
@@ -908,5 +856,21 @@ mod tests {
         }
         closed.sort();
         assert_eq!(closed, [1, 2]);
+    }
+
+    #[test]
+    fn dropping_the_server_closes_its_port() {
+        let (server, _events) = start(EchoOptions::default());
+        let addr = server.local_addr();
+        let mut client = Client::connect(&server, "/");
+        drop(server);
+        let refused = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        // The connection already open goes on.
+        client.send(r#"{"type":"dtmf_digit","digit":"9"}"#);
+        assert_eq!(
+            client.recv_transcript(),
+            ("agent".into(), "You pressed 9".into())
+        );
     }
 }

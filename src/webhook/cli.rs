@@ -9,9 +9,10 @@ use serde_json::json;
 use super::client::{Client, Message, MAX_ANSWER_BYTES};
 use super::dead_letter::{self, DeadLetter};
 use super::{Event, EventKind};
+use crate::cli::{is_help, Flags, Parsed, UsageError};
 use crate::config::WebhookConfig;
 
-const USAGE: &str = "\
+pub const USAGE: &str = "\
 USAGE:
     avr-core webhooks test           send one sample call_started event to WEBHOOK_URL with the
                                      real headers and print the receiver's answer (exit 0 on 2xx)
@@ -22,18 +23,43 @@ USAGE:
 Both read only the WEBHOOK_* variables from the environment (STS_URL is not needed).
 ";
 
-/// Runs the subcommand in `args` (the words after `webhooks`).
-pub fn main(args: &[String]) -> ExitCode {
-    let command = args.first().map(String::as_str);
-    if matches!(command, None | Some("-h" | "--help" | "help")) {
-        print!("{USAGE}");
-        return if command.is_none() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        };
+/// What `avr-core webhooks` runs.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Test,
+    /// Re-send the dead letters in this file, or in `WEBHOOK_DEAD_LETTER_FILE`.
+    Replay(Option<PathBuf>),
+}
+
+/// Parses the words after `webhooks`.
+pub fn parse_args(args: &[String]) -> Result<Parsed<Command>, UsageError> {
+    const COMMANDS: &str = "test or replay";
+    let mut flags = Flags::new(args);
+    let mut command = match flags.next_arg() {
+        None => return Err(UsageError::MissingCommand { expected: COMMANDS }),
+        Some(arg) if is_help(arg) || arg == "help" => return Ok(Parsed::Help),
+        Some("test") => Command::Test,
+        Some("replay") => Command::Replay(None),
+        Some(word) => {
+            return Err(UsageError::UnknownCommand {
+                word: word.into(),
+                expected: COMMANDS,
+            })
+        }
+    };
+    while let Some(arg) = flags.next_arg() {
+        match &mut command {
+            _ if is_help(arg) => return Ok(Parsed::Help),
+            Command::Replay(file @ None) => *file = Some(PathBuf::from(flags.arg())),
+            _ => return Err(flags.unknown("")),
+        }
     }
-    // Only the webhook variables: the tools run where the server's STS_URL is not set.
+    Ok(Parsed::Run(command))
+}
+
+/// Runs `command` with the webhook variables from the environment only: the tools run
+/// where the server's STS_URL is not set.
+pub fn run(command: Command) -> ExitCode {
     let config = match WebhookConfig::from_env() {
         Ok(c) => c,
         Err(e) => return fail(&format!("configuration error: {e}")),
@@ -41,13 +67,9 @@ pub fn main(args: &[String]) -> ExitCode {
     let Some(client) = Client::new(&config) else {
         return fail("WEBHOOK_URL is not set: there is no receiver to send to");
     };
-    match (command, &args[1..]) {
-        (Some("test"), []) => test(&client),
-        (Some("replay"), []) => replay(&client, config.dead_letter_file),
-        (Some("replay"), [file]) => replay(&client, PathBuf::from(file)),
-        _ => fail(&format!(
-            "unknown arguments {args:?}; run `avr-core webhooks --help`"
-        )),
+    match command {
+        Command::Test => test(&client),
+        Command::Replay(file) => replay(&client, file.unwrap_or(config.dead_letter_file)),
     }
 }
 

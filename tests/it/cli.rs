@@ -30,8 +30,72 @@ fn help_and_version() {
         format!("avr-core {}", env!("CARGO_PKG_VERSION"))
     );
     let (code, _, err) = avr(&["frobnicate"], &[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a usage error");
     assert!(err.contains("unknown command"), "{err}");
+}
+
+/// One flag reader for every subcommand: `--help` prints the usage and exits 0, any usage
+/// error names the argument on stderr and exits 2.
+#[test]
+fn every_subcommand_has_help_and_the_same_usage_error_code() {
+    for (args, title) in [
+        (&["help"][..], "avr-core — bridges"),
+        (&["simulate", "--help"][..], "avr-core simulate —"),
+        (&["simulate", "--calls=2", "-h"][..], "LOAD MODE"),
+        (&["echo-sts", "--help"][..], "avr-core echo-sts —"),
+        (&["demo", "--help"][..], "avr-core demo —"),
+        (&["webhooks", "help"][..], "avr-core webhooks test"),
+        (
+            &["webhooks", "replay", "--help"][..],
+            "avr-core webhooks replay",
+        ),
+        (&["check-config", "--help"][..], "check-config"),
+    ] {
+        let (code, out, err) = avr(args, &[]);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains(title), "{args:?}:\n{out}");
+    }
+    for (args, needle) in [
+        (&["--frobnicate"][..], r#"unknown command "--frobnicate""#),
+        (&["simulate", "--bogus"][..], r#"unknown option "--bogus""#),
+        (&["simulate", "--seconds"][..], "--seconds needs a value"),
+        (
+            &["simulate", "--codec=opus"][..],
+            r#"--codec: "opus" is not one of"#,
+        ),
+        (
+            &["simulate", "--calls", "2", "--show", "x"][..],
+            r#"--show: "x""#,
+        ),
+        (
+            &["echo-sts", "--port", "70000"][..],
+            r#"--port: "70000" is not a port"#,
+        ),
+        (
+            &["echo-sts", "--verbose"][..],
+            r#"unknown option "--verbose""#,
+        ),
+        (&["demo", "--bogus"][..], r#"unknown option "--bogus""#),
+        (&["webhooks"][..], "a command is needed: test or replay"),
+        (&["webhooks", "frob"][..], r#"unknown command "frob""#),
+        (
+            &["webhooks", "test", "extra"][..],
+            r#"unexpected argument "extra""#,
+        ),
+        (
+            &["check-config", "--strict"][..],
+            r#"unknown option "--strict""#,
+        ),
+    ] {
+        let (code, out, err) = avr(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.contains("--help"),
+            "{args:?}: the error points at the help: {err}"
+        );
+        assert!(out.is_empty(), "{args:?}: nothing on stdout: {out}");
+    }
 }
 
 #[test]

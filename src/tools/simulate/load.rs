@@ -15,15 +15,14 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{
-    gaps, receive_into, sleep_until, window_max, EndedBy, Receiver, Shared, FRAME,
-    SAMPLES_PER_FRAME,
-};
+use super::checker::Checker;
+use super::runner::{receive, sleep_until, Shared};
+use super::stats::{gaps, ms, nearest_rank, window_max};
+use super::{EndedBy, FRAME, SAMPLES_PER_FRAME};
 use crate::proto::audiosocket::{self, KIND_AUDIO, KIND_UUID};
 
 /// Longest marked audio: frame numbers must fit the marker (`k + 1 ≤ i16::MAX`).
@@ -84,9 +83,9 @@ impl LoadOptions {
     }
 }
 
-/// Echo markers found in received audio, gathered by the receiver as frames complete.
+/// Echo markers found in received audio, gathered by the receiver thread after each read.
 #[derive(Default)]
-pub(super) struct EchoScan {
+struct EchoScan {
     /// Highest frame number seen so far; markers only increase along the stream.
     next: u32,
     echoes: Vec<(u32, Duration)>,
@@ -94,7 +93,8 @@ pub(super) struct EchoScan {
 }
 
 impl EchoScan {
-    pub(super) fn frame(&mut self, payload: &[u8], now: Duration) {
+    /// Scans audio that arrived at `now` (whole samples).
+    fn audio(&mut self, payload: &[u8], now: Duration) {
         for pair in payload.chunks_exact(2) {
             let Some(seq) = frame_seq(i16::from_le_bytes([pair[0], pair[1]])) else {
                 continue;
@@ -286,11 +286,11 @@ impl LoadReport {
                  lost {}; {}{}",
                 c.sent.len(),
                 c.frames_received,
-                fmt_ms(gap(50.0)),
-                fmt_ms(gap(99.0)),
-                fmt_ms(c.gaps_us.last().copied().map_or(Duration::ZERO, us)),
-                fmt_ms(percentile_us(&rt, 50.0)),
-                fmt_ms(percentile_us(&rt, 99.0)),
+                ms(gap(50.0)),
+                ms(gap(99.0)),
+                ms(c.gaps_us.last().copied().map_or(Duration::ZERO, us)),
+                ms(percentile_us(&rt, 50.0)),
+                ms(percentile_us(&rt, 99.0)),
                 c.lost(marked),
                 c.ended_by.map_or("not ended".into(), |e| e.to_string()),
                 if c.violations.is_empty() {
@@ -321,21 +321,21 @@ impl LoadReport {
             out,
             "  pacing:      gap p50 {}, p99 {}, max {}; jitter |gap-20ms| p99 {}, max {}; \
              at most {} frames in any 100 ms",
-            fmt_ms(s.gap_p50),
-            fmt_ms(s.gap_p99),
-            fmt_ms(s.gap_max),
-            fmt_ms(s.jitter_p99),
-            fmt_ms(s.jitter_max),
+            ms(s.gap_p50),
+            ms(s.gap_p99),
+            ms(s.gap_max),
+            ms(s.jitter_p99),
+            ms(s.jitter_max),
             s.max_frames_in_100ms
         );
         let _ = writeln!(
             out,
             "  round trip:  p50 {}, p99 {}, max {} (caller -> agent -> caller, the agent's {} \
              taken out; includes the 20 ms playout grid and its jitter buffer)",
-            fmt_ms(s.round_trip_p50),
-            fmt_ms(s.round_trip_p99),
-            fmt_ms(s.round_trip_max),
-            fmt_ms(delay)
+            ms(s.round_trip_p50),
+            ms(s.round_trip_p99),
+            ms(s.round_trip_max),
+            ms(delay)
         );
         let _ = writeln!(
             out,
@@ -351,17 +351,9 @@ impl LoadReport {
     }
 }
 
-/// [`percentile`] (nearest rank) over ascending microseconds.
+/// [`nearest_rank`] over ascending microseconds; zero when empty.
 fn percentile_us(sorted: &[u32], pct: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
-    us(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn fmt_ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    nearest_rank(sorted, pct).map_or(Duration::ZERO, us)
 }
 
 /// A call as the pacing thread sees it.
@@ -512,15 +504,9 @@ fn connect(opts: &LoadOptions, slot: &mut Slot, total_frames: u32) -> Result<Ins
     (&stream)
         .write_all(&hello)
         .map_err(|e| format!("sending the UUID: {e}"))?;
-    let shared = Arc::new(Shared {
-        t0: Instant::now(),
-        live: AtomicBool::new(true),
-        end: Mutex::new(None),
-        stop_reading: AtomicBool::new(false),
-    });
-    let mut rx = Receiver::new(total_frames as usize + 64);
-    rx.received = Vec::with_capacity(64 * 1024);
-    rx.scan = Some(EchoScan::default());
+    let shared = Arc::new(Shared::new());
+    // The received audio is scanned and dropped after every read: room for one read.
+    let rx = Checker::with_capacity(total_frames as usize + 64, 64 * 1024);
     let handle = thread::Builder::new()
         .name("sim-load-recv".into())
         .stack_size(RECEIVER_STACK)
@@ -537,9 +523,13 @@ fn connect(opts: &LoadOptions, slot: &mut Slot, total_frames: u32) -> Result<Ins
 }
 
 /// The receiver thread: reads until the call is over, then boils the frames down.
-fn collect(stream: TcpStream, shared: &Shared, rx: Receiver) -> LoadCall {
-    let mut rx = match receive_into(stream, shared, rx) {
-        Ok(rx) => rx,
+fn collect(stream: TcpStream, shared: &Shared, rx: Checker) -> LoadCall {
+    let mut scan = EchoScan::default();
+    let scanned = receive(stream, shared, rx, |rx, now| {
+        rx.drain_audio(|audio| scan.audio(audio, now))
+    });
+    let rx = match scanned {
+        Ok(rx) => rx.into_checked(),
         Err(e) => {
             shared.end(EndedBy::ServerClose, shared.t0.elapsed());
             return LoadCall {
@@ -555,7 +545,6 @@ fn collect(stream: TcpStream, shared: &Shared, rx: Receiver) -> LoadCall {
         .map(|g| g.as_micros().min(u128::from(u32::MAX)) as u32)
         .collect();
     gaps_us.sort_unstable();
-    let scan = rx.scan.take().unwrap_or_default();
     LoadCall {
         started: Some(shared.t0),
         frames_received: rx.arrivals.len() as u64,
@@ -563,103 +552,10 @@ fn collect(stream: TcpStream, shared: &Shared, rx: Receiver) -> LoadCall {
         gaps_us,
         echoes: scan.echoes,
         echo_samples: scan.samples,
-        violations: std::mem::take(&mut rx.violations).into_vec(),
+        violations: rx.violations,
         ended_by: shared.ended().map(|(by, _)| by),
         ..LoadCall::default()
     }
-}
-
-/// `avr-core simulate --calls N …`.
-pub(super) fn main(args: &[String]) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let (opts, show) = match parse_args(args) {
-        Ok(Some(parsed)) => parsed,
-        Ok(None) => {
-            print!("{}", super::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("avr-core simulate: {e}\nrun `avr-core simulate --help` for the options");
-            return ExitCode::from(2);
-        }
-    };
-    println!(
-        "placing {} calls to {} over {} ms, {:.1} s of marked audio each …",
-        opts.calls,
-        opts.addr,
-        opts.ramp.as_millis(),
-        opts.duration.as_secs_f64()
-    );
-    let report = run_load(&opts);
-    print!("{}", report.text(show));
-    if report.summary().clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-/// `Ok(None)` for `--help`.
-fn parse_args(args: &[String]) -> Result<Option<(LoadOptions, usize)>, String> {
-    use std::net::ToSocketAddrs;
-    let mut addr = "127.0.0.1:5001".to_string();
-    let mut calls = 0usize;
-    let mut seconds = 10.0;
-    let mut ramp_ms = 1000u64;
-    let mut delay_ms = 200u64;
-    let mut show = 20usize;
-    let mut flags = super::Flags::new(args);
-    while let Some((arg, flag, inline)) = flags.next_flag() {
-        let mut value = |what: &str| flags.value(flag, inline, what);
-        let number = |v: String, what: &str, max: u64| {
-            v.parse::<u64>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| format!("{flag}: {v:?} is not {what} (0 to {max})"))
-        };
-        match flag {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => addr = value("HOST:PORT")?,
-            "--calls" => {
-                calls = number(value("a number of calls")?, "a number of calls", 10_000)? as usize
-            }
-            "--seconds" => {
-                let v = value("a number of seconds")?;
-                seconds = super::parse_seconds(&v)
-                    .filter(|s| *s > 0.0 && *s <= MAX_MARKED.as_secs_f64())
-                    .ok_or_else(|| {
-                        format!(
-                            "--seconds: {v:?} is not a number of seconds between 0 and {} \
-                             (frame numbers must fit the marker)",
-                            MAX_MARKED.as_secs()
-                        )
-                    })?;
-            }
-            "--ramp-ms" => ramp_ms = number(value("milliseconds")?, "milliseconds", 600_000)?,
-            "--echo-delay-ms" => delay_ms = number(value("milliseconds")?, "milliseconds", 60_000)?,
-            "--show" => {
-                show = number(value("a number of calls")?, "a number of calls", 10_000)? as usize
-            }
-            _ => {
-                return Err(format!(
-                    "unknown option {arg:?} in load mode (--calls, --seconds, --addr, --ramp-ms, \
-                     --echo-delay-ms, --show)"
-                ))
-            }
-        }
-    }
-    if calls == 0 {
-        return Err("--calls: give at least 1 call".into());
-    }
-    let resolved = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--addr: cannot resolve {addr:?} ({e}); expected HOST:PORT"))?
-        .next()
-        .ok_or_else(|| format!("--addr: {addr:?} resolves to no address"))?;
-    let mut opts = LoadOptions::new(resolved, calls, Duration::from_secs_f64(seconds));
-    opts.ramp = Duration::from_millis(ramp_ms);
-    opts.echo_delay = Duration::from_millis(delay_ms);
-    Ok(Some((opts, show)))
 }
 
 #[cfg(test)]
@@ -677,13 +573,13 @@ mod tests {
         // Frame 0 from its middle, then half of 0 + half of 1 + silence padding, then 2.
         let mut a = vec![marker(0); 80];
         a.extend(vec![0; 80]);
-        scan.frame(&bytes(&a), ms(1));
+        scan.audio(&bytes(&a), ms(1));
         let mut b = vec![marker(0); 80];
         b.extend(vec![marker(1); 80]);
-        scan.frame(&bytes(&b), ms(2));
+        scan.audio(&bytes(&b), ms(2));
         let mut c = vec![marker(1); 80];
         c.extend(vec![marker(2); 80]);
-        scan.frame(&bytes(&c), ms(3));
+        scan.audio(&bytes(&c), ms(3));
         assert_eq!(scan.echoes, [(0, ms(1)), (1, ms(2)), (2, ms(3))]);
         assert_eq!(scan.samples, 80 * 5);
         assert_eq!(frame_seq(marker(41)), Some(41));

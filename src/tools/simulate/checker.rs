@@ -1,0 +1,447 @@
+//! The strict receive side of the fake Asterisk: Asterisk HEAD's AudioSocket parser rules
+//! (audiosocket.md §1.4, §5) applied to what the server sends, each broken rule a violation
+//! with its time. No I/O and no clock: bytes come in with their arrival time as an argument,
+//! so every rule is unit-tested with synthetic times.
+
+use std::time::Duration;
+
+use super::stats::{ms, secs};
+use crate::proto::audiosocket::{self, HEADER_LEN, KIND_HANGUP};
+
+/// Asterisk HEAD polls 5 ms for the rest of a payload, then drops the call.
+const PAYLOAD_LIMIT: Duration = Duration::from_millis(5);
+/// `AudioSocket()` ends the call after 2 s without activity (20.14+).
+const INACTIVITY_LIMIT: Duration = Duration::from_secs(2);
+/// A broken server can break a rule 50 times a second; the report stays readable.
+const MAX_VIOLATIONS: usize = 100;
+
+/// Where the parser is in the byte stream.
+#[derive(Clone, Copy)]
+enum Parse {
+    Header {
+        have: usize,
+        bytes: [u8; HEADER_LEN],
+    },
+    Payload {
+        kind: u8,
+        len: usize,
+        got: usize,
+        /// When the header's last byte arrived: Asterisk's 5 ms clock starts here.
+        header_at: Duration,
+    },
+}
+
+const NO_HEADER: Parse = Parse::Header {
+    have: 0,
+    bytes: [0; HEADER_LEN],
+};
+
+/// The strict receive side: an incremental parser fed with (bytes, arrival time). Every byte
+/// in one `read()` shares that read's timestamp, so "payload completed > 5 ms after its header"
+/// is measured between the read that completed the header and the one that completed the
+/// payload. Kept free of I/O so the rules are unit-tested with synthetic times.
+pub struct Checker {
+    parse: Parse,
+    received: Vec<u8>,
+    arrivals: Vec<Duration>,
+    violations: Violations,
+    hangup_received: bool,
+    server_closed: bool,
+    /// Last frame (any kind) while the call was live; starts at the UUID.
+    last_live_frame: Duration,
+    trailing_bytes: usize,
+    trailing_at: Duration,
+    /// The last read filled the buffer, so the rest of a cut-off frame was probably queued
+    /// already: its 5 ms clock restarts at the next read instead of blaming the server for
+    /// our own scheduling delay.
+    restart_clock: bool,
+    /// How much of `received` belongs to complete audio frames (the rest is the frame still
+    /// arriving).
+    complete: usize,
+}
+
+impl Checker {
+    /// Room for `frames` arrivals and `audio_bytes` of payload up front: the receive loop
+    /// should not reallocate while it timestamps.
+    pub fn with_capacity(frames: usize, audio_bytes: usize) -> Self {
+        Checker {
+            parse: NO_HEADER,
+            received: Vec::with_capacity(audio_bytes),
+            arrivals: Vec::with_capacity(frames),
+            violations: Violations::default(),
+            hangup_received: false,
+            server_closed: false,
+            last_live_frame: Duration::ZERO,
+            trailing_bytes: 0,
+            trailing_at: Duration::ZERO,
+            restart_clock: false,
+            complete: 0,
+        }
+    }
+
+    /// Consumes bytes that arrived at `now`; `live` = the call had not ended yet.
+    pub fn feed(&mut self, mut data: &[u8], now: Duration, live: bool) {
+        if std::mem::take(&mut self.restart_clock) {
+            if let Parse::Payload { header_at, .. } = &mut self.parse {
+                *header_at = now;
+            }
+        }
+        while !data.is_empty() {
+            if self.hangup_received {
+                // Asterisk stops reading at the hangup; anything more is a server bug.
+                if self.trailing_bytes == 0 {
+                    self.trailing_at = now;
+                }
+                self.trailing_bytes += data.len();
+                return;
+            }
+            match self.parse {
+                Parse::Header {
+                    mut have,
+                    mut bytes,
+                } => {
+                    let take = (HEADER_LEN - have).min(data.len());
+                    bytes[have..have + take].copy_from_slice(&data[..take]);
+                    have += take;
+                    data = &data[take..];
+                    self.parse = Parse::Header { have, bytes };
+                    if have == HEADER_LEN {
+                        let [kind, hi, lo] = bytes;
+                        self.header(kind, usize::from(u16::from_be_bytes([hi, lo])), now, live);
+                    }
+                }
+                Parse::Payload {
+                    kind,
+                    len,
+                    got,
+                    header_at,
+                } => {
+                    let take = (len - got).min(data.len());
+                    if audiosocket::audio_rate_hz(kind).is_some() {
+                        // Asterisk plays len/2 samples: a trailing odd byte is dropped.
+                        let keep = len & !1;
+                        let (from, to) = (got.min(keep), (got + take).min(keep));
+                        self.received.extend_from_slice(&data[from - got..to - got]);
+                    }
+                    data = &data[take..];
+                    if got + take == len {
+                        self.parse = NO_HEADER;
+                        self.complete(kind, len, header_at, now, live);
+                    } else {
+                        self.parse = Parse::Payload {
+                            kind,
+                            len,
+                            got: got + take,
+                            header_at,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The read that just ended filled the whole buffer; see `restart_clock`.
+    pub fn more_queued(&mut self) {
+        self.restart_clock = true;
+    }
+
+    /// A header is complete: judge it the way Asterisk's parser does (audiosocket.md §1.4).
+    fn header(&mut self, kind: u8, len: usize, now: Duration, live: bool) {
+        if kind == KIND_HANGUP {
+            // Asterisk acts on the kind alone; a payload would count as trailing bytes.
+            self.parse = NO_HEADER;
+            self.hangup_received = true;
+            self.activity(now, live);
+            return;
+        }
+        if audiosocket::audio_rate_hz(kind).is_none() {
+            self.violations.push(
+                now,
+                format!(
+                    "frame of kind 0x{kind:02x} ({}, {len} bytes): Asterisk accepts only 0x00 and \
+                     audio 0x10-0x18 and drops the call",
+                    audiosocket::kind_name(kind)
+                ),
+            );
+        } else if len == 0 {
+            self.violations.push(
+                now,
+                format!(
+                    "audio frame (kind 0x{kind:02x}) with length 0: Asterisk drops the call \
+                     (Invalid message length)"
+                ),
+            );
+        } else if len % 2 == 1 {
+            self.violations.push(
+                now,
+                format!(
+                    "audio frame (kind 0x{kind:02x}) with odd length {len}: 16-bit samples need \
+                     an even length; Asterisk drops the last byte"
+                ),
+            );
+        }
+        if len == 0 {
+            self.parse = NO_HEADER;
+            self.activity(now, live);
+        } else {
+            self.parse = Parse::Payload {
+                kind,
+                len,
+                got: 0,
+                header_at: now,
+            };
+        }
+    }
+
+    /// A frame with a payload is complete.
+    fn complete(&mut self, kind: u8, len: usize, header_at: Duration, now: Duration, live: bool) {
+        let wait = now.saturating_sub(header_at);
+        if wait > PAYLOAD_LIMIT {
+            self.violations.push(
+                now,
+                format!(
+                    "payload of a {len}-byte kind 0x{kind:02x} frame completed {} after its header \
+                     (Asterisk waits at most 5 ms, then drops the call; write each frame in one write)",
+                    ms(wait)
+                ),
+            );
+        }
+        if audiosocket::audio_rate_hz(kind).is_some() {
+            self.arrivals.push(now);
+            self.complete = self.received.len();
+        }
+        self.activity(now, live);
+    }
+
+    /// Any complete frame restarts Asterisk's inactivity clock.
+    fn activity(&mut self, now: Duration, live: bool) {
+        if !live {
+            return;
+        }
+        let silent = now.saturating_sub(self.last_live_frame);
+        if silent > INACTIVITY_LIMIT {
+            self.violations.push(
+                now,
+                format!(
+                    "no frame from the server for {} (Asterisk ends the call after 2 s of inactivity)",
+                    secs(silent)
+                ),
+            );
+        }
+        self.last_live_frame = now;
+    }
+
+    /// EOF or reset from the server; `how` is "closed" or "reset".
+    pub fn closed(&mut self, now: Duration, how: &str) {
+        self.server_closed = true;
+        let detail = match self.parse {
+            Parse::Header { have: 0, .. } => return,
+            Parse::Header { have, .. } => format!("after {have} of {HEADER_LEN} header bytes"),
+            Parse::Payload { kind, len, got, .. } => {
+                format!("kind 0x{kind:02x} frame with {got} of {len} payload bytes")
+            }
+        };
+        self.violations.push(
+            now,
+            format!("connection {how} in the middle of a frame: {detail} (Asterisk: Insufficient payload read)"),
+        );
+    }
+
+    /// The receive loop has stopped reading: bytes after the hangup are judged now, once.
+    pub fn end_of_stream(&mut self) {
+        if self.trailing_bytes > 0 {
+            self.violations.push(
+                self.trailing_at,
+                format!(
+                    "{} bytes arrived after the hangup frame (Asterisk stops reading at 00 00 00)",
+                    self.trailing_bytes
+                ),
+            );
+        }
+    }
+
+    /// The call ended at `ended_at`: a silence from the last frame up to the end breaks the
+    /// inactivity rule as one between frames does (the single-call report applies this).
+    pub fn call_ended(&mut self, ended_at: Duration) {
+        let silent = ended_at.saturating_sub(self.last_live_frame);
+        if silent > INACTIVITY_LIMIT {
+            self.violations.push(
+                ended_at,
+                format!(
+                    "no frame from the server for {} before the call ended \
+                     (Asterisk ends the call after 2 s of inactivity)",
+                    secs(silent)
+                ),
+            );
+        }
+    }
+
+    /// Saw `00 00 00`.
+    pub fn hangup_received(&self) -> bool {
+        self.hangup_received
+    }
+
+    /// Hands the payloads of the audio frames completed since the last call to `scan`, then
+    /// forgets them. Frames completed by one `feed` share its time, so scanning after each
+    /// feed sees each frame with its arrival. Load mode keeps no audio this way: 1,000 long
+    /// calls do not hold theirs in memory.
+    pub fn drain_audio(&mut self, scan: impl FnOnce(&[u8])) {
+        scan(&self.received[..self.complete]);
+        self.received.drain(..self.complete);
+        self.complete = 0;
+    }
+
+    /// What the call's receive side came to.
+    pub fn into_checked(self) -> Checked {
+        Checked {
+            received: self.received,
+            arrivals: self.arrivals,
+            violations: self.violations.into_vec(),
+            hangup_received: self.hangup_received,
+            server_closed: self.server_closed,
+        }
+    }
+}
+
+/// The checker's findings for one call.
+pub struct Checked {
+    /// Audio payloads in order (an odd length loses its last byte, as in Asterisk).
+    pub received: Vec<u8>,
+    /// When each audio frame's last byte arrived.
+    pub arrivals: Vec<Duration>,
+    /// Each rule broken, with its time; capped at 100 lines plus a count of the rest.
+    pub violations: Vec<String>,
+    pub hangup_received: bool,
+    /// EOF or a reset from the server.
+    pub server_closed: bool,
+}
+
+/// Violation lines, capped so a server that breaks a rule every frame still gives a short report.
+#[derive(Default)]
+struct Violations {
+    list: Vec<String>,
+    dropped: usize,
+}
+
+impl Violations {
+    fn push(&mut self, at: Duration, what: String) {
+        if self.list.len() < MAX_VIOLATIONS {
+            self.list.push(format!("at {}: {what}", secs(at)));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn into_vec(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.list.push(format!(
+                "... and {} more violations not listed",
+                self.dropped
+            ));
+        }
+        self.list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn receiver_rules_with_synthetic_times() {
+        let mut rx = Checker::with_capacity(8, 8 * 320);
+        let good = audiosocket::encode(0x10, &[7; 320]).unwrap();
+        // Header split across reads is fine; payload 4 ms after the header is fine.
+        rx.feed(&good[..2], d(10), true);
+        rx.feed(&good[2..100], d(11), true);
+        rx.feed(&good[100..], d(15), true);
+        // 6 ms is not.
+        rx.feed(&good[..3], d(20), true);
+        rx.feed(&good[3..], d(26), true);
+        assert_eq!(rx.arrivals, [d(15), d(26)]);
+        assert_eq!(rx.received, [7; 640]);
+        assert_eq!(rx.violations.list.len(), 1);
+        assert!(rx.violations.list[0].contains("at 0.026 s"));
+        assert!(rx.violations.list[0].contains("6.0 ms after its header"));
+        // A 2.1 s silence while live is flagged; after the end it is not.
+        rx.feed(&good, d(2126), true);
+        assert!(rx.violations.list[1].contains("no frame from the server for 2.100 s"));
+        rx.feed(&good, d(9000), false);
+        assert_eq!(rx.violations.list.len(), 2);
+        // Hangup then stray bytes; EOF afterwards is clean.
+        rx.feed(&[0, 0, 0, 0x10, 0], d(9010), false);
+        rx.feed(&[2], d(9011), false);
+        rx.closed(d(9012), "closed");
+        rx.end_of_stream();
+        assert!(rx.hangup_received && rx.server_closed);
+        assert!(rx.violations.list[2].contains("3 bytes arrived after the hangup frame"));
+        assert_eq!(rx.arrivals.len(), 4);
+
+        // A frame cut off by a full read buffer is timed from the next read.
+        let mut rx = Checker::with_capacity(1, 320);
+        rx.feed(&good[..50], d(100), true);
+        rx.more_queued();
+        rx.feed(&good[50..], d(120), true);
+        assert!(rx.violations.list.is_empty());
+        assert_eq!(rx.arrivals, [d(120)]);
+
+        let mut rx = Checker::with_capacity(1, 320);
+        rx.feed(&[0x10, 0x01, 0x40, 1, 2], d(1), true);
+        rx.closed(d(2), "reset");
+        assert!(rx.violations.list[0]
+            .contains("reset in the middle of a frame: kind 0x10 frame with 2 of 320"));
+    }
+
+    #[test]
+    fn violations_are_capped() {
+        let mut rx = Checker::with_capacity(1, 320);
+        for i in 0..150 {
+            rx.feed(&[0x10, 0, 0], d(i), true);
+        }
+        let v = rx.violations.into_vec();
+        assert_eq!(v.len(), MAX_VIOLATIONS + 1);
+        assert!(v[MAX_VIOLATIONS].contains("50 more"));
+    }
+
+    /// A one-connection fake server; `serve` runs on its own thread with the accepted socket.
+
+    #[test]
+    fn silence_up_to_the_end_is_judged_once_the_call_ended() {
+        let good = audiosocket::encode(0x10, &[7; 320]).unwrap();
+        let mut rx = Checker::with_capacity(1, 320);
+        rx.feed(&good, d(100), true);
+        rx.call_ended(d(2100));
+        assert!(rx.violations.list.is_empty(), "exactly 2 s is allowed");
+        rx.call_ended(d(2101));
+        assert!(rx.violations.list[0]
+            .starts_with("at 2.101 s: no frame from the server for 2.001 s before the call ended"));
+        let checked = rx.into_checked();
+        assert_eq!(checked.violations.len(), 1);
+        assert_eq!(checked.arrivals, [d(100)]);
+        assert_eq!(checked.received, [7; 320]);
+    }
+
+    #[test]
+    fn drained_audio_is_whole_frames_and_the_rest_waits() {
+        let a = audiosocket::encode(0x10, &[1; 320]).unwrap();
+        let b = audiosocket::encode(0x10, &[2; 320]).unwrap();
+        let mut rx = Checker::with_capacity(4, 1024);
+        let mut bytes = a.clone();
+        bytes.extend_from_slice(&b[..100]);
+        rx.feed(&bytes, d(20), true);
+        let mut seen = Vec::new();
+        rx.drain_audio(|audio| seen.push(audio.to_vec()));
+        rx.feed(&b[100..], d(21), true);
+        rx.feed(&[0x03, 0, 1, b'5'], d(22), true); // not audio: nothing to drain
+        rx.drain_audio(|audio| seen.push(audio.to_vec()));
+        rx.drain_audio(|audio| seen.push(audio.to_vec()));
+        assert_eq!(seen, [vec![1; 320], vec![2; 320], vec![]]);
+        let checked = rx.into_checked();
+        assert_eq!(checked.arrivals, [d(20), d(21)]);
+        assert!(checked.received.is_empty(), "drained audio is not kept");
+    }
+}
