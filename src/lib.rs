@@ -26,3 +26,107 @@ pub mod sys;
 pub mod time;
 pub mod tools;
 pub mod webhook;
+
+/// The layering of docs/ARCHITECTURE.md §3, checked on the source: each folder names the
+/// modules it may use, so an import that runs back up (or closes a circle) fails here, not
+/// in a reviewer's head. Comments are skipped; `main.rs`, `benches/` and `tests/` may use
+/// anything.
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    /// (module, the other modules of this crate it may use). Lower layers first.
+    const RULES: &[(&str, &[&str])] = &[
+        ("time", &[]),
+        ("metrics", &[]),
+        ("cli", &[]),
+        ("sys", &[]),
+        ("proto", &["time"]),
+        ("config", &["proto"]),
+        ("registry", &["sys"]),
+        ("agent", &["proto", "sys"]),
+        ("playout", &["proto", "sys"]),
+        (
+            "webhook",
+            &["cli", "config", "metrics", "proto", "sys", "time"],
+        ),
+        ("http", &["config", "metrics", "proto", "registry", "sys"]),
+        (
+            "call",
+            &[
+                "agent", "config", "metrics", "playout", "proto", "registry", "sys", "webhook",
+            ],
+        ),
+        ("tools", &["cli", "http", "proto", "sys"]),
+    ];
+
+    fn sources(path: &Path, out: &mut Vec<(String, String)>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                sources(&entry.unwrap().path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(path).unwrap();
+            out.push((path.display().to_string(), text));
+        }
+    }
+
+    /// The `crate::x` modules `text` uses outside comments.
+    fn uses(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (at, _) in code.match_indices("crate::") {
+                let rest = &code[at + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                found.push(name);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut broken = Vec::new();
+        for (module, allowed) in RULES {
+            let mut files = Vec::new();
+            let dir = src.join(module);
+            sources(&dir, &mut files);
+            sources(&dir.with_extension("rs"), &mut files);
+            assert!(!files.is_empty(), "no source for module {module}");
+            for (file, text) in &files {
+                for used in uses(text) {
+                    if used != *module && !allowed.contains(&used.as_str()) {
+                        broken.push(format!("{file} uses crate::{used}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            broken.is_empty(),
+            "imports against the layering:\n{}",
+            broken.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_module_has_a_rule() {
+        let lib = include_str!("lib.rs");
+        for line in lib.lines().filter(|l| l.starts_with("pub mod ")) {
+            let name = line.trim_start_matches("pub mod ").trim_end_matches(';');
+            assert!(
+                RULES.iter().any(|(m, _)| *m == name),
+                "module {name} has no layering rule"
+            );
+        }
+    }
+
+    #[test]
+    fn the_check_sees_an_import() {
+        assert_eq!(uses("use crate::call::x; // crate::http"), vec!["call"]);
+    }
+}

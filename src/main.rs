@@ -331,7 +331,7 @@ fn os(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Os { what, source }
 }
 
-/// SPEC §7: stop accepting, let live calls run up to `SHUTDOWN_GRACE`, hang up the rest,
+/// Stopping (docs/configuration.md §6): stop accepting, let live calls run up to `SHUTDOWN_GRACE`, hang up the rest,
 /// drain webhooks (what is left goes to the dead-letter file). A second signal hangs up at once.
 fn shutdown(
     signal: i32,

@@ -1,4 +1,4 @@
-//! `/call` metadata waiting for its AudioSocket call (SPEC §5 step 3).
+//! `/call` metadata waiting for its AudioSocket call (docs/http.md §3.3 step 3).
 //!
 //! The dialplan posts `/call`, then dials AudioSocket with the same uuid; the call takes its
 //! entry when the UUID frame arrives. Entries that no call claims (the dial failed, the caller

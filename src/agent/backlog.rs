@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 
 use crate::proto::sts::ToAgent;
 
-/// Caller audio held while the agent is not taking it: 1 s of 8 kHz s16le (SPEC §4).
+/// Caller audio held while the agent is not taking it: 1 s of 8 kHz s16le (docs/sts.md §3).
 pub const BACKLOG_AUDIO_CAP: usize = 16_000;
 
 /// Caller audio and DTMF that arrive while the agent is still connecting, sent after `init`
-/// (SPEC §4). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
+/// (docs/sts.md §3). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
 /// audio is dropped, so a slow agent cannot make memory grow; DTMF is always kept.
 #[derive(Default)]
 pub struct Backlog {

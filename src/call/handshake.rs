@@ -1,4 +1,4 @@
-//! The first thing Asterisk sends: the call's UUID (SPEC §3).
+//! The first thing Asterisk sends: the call's UUID (docs/audiosocket.md §10).
 
 use std::fmt;
 use std::io::{self, ErrorKind};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::audiosocket::{self, Frame, FrameBuffer};
 
-/// How long a new connection may take to send its UUID (SPEC §3).
+/// How long a new connection may take to send its UUID (docs/audiosocket.md §10).
 pub const UUID_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a connection gave no UUID; logged as the reason it was closed.

@@ -2,7 +2,7 @@
 //!
 //! Read once at startup and passed down, so nothing deep in the code calls `env::var`.
 //! Every variable is a row of [`vars::VARS`]; every error names the variable, the value and
-//! what is allowed (SPEC §2).
+//! what is allowed (docs/configuration.md §1).
 
 mod env;
 pub mod vars;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use env::Env;
 pub use vars::usage_section;
-pub use webhook::{event_names, Signature, WebhookConfig};
+pub use webhook::{Signature, WebhookConfig};
 
 /// Which codec the caller sends; `Auto` detects it from the first frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

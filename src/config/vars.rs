@@ -11,6 +11,7 @@
 //! which are only read to explain why avr-core refuses to start without `STS_URL`.
 
 use super::{mask_url_password, Config};
+use crate::proto::event::EventKind;
 
 /// What an unset variable means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +196,7 @@ pub const VARS: [Var; 25] = [
         when_unset: WhenUnset::Value("all"),
         meaning: "comma list of event types to send, or all",
         secret: false,
-        show: |c| Some(super::webhook::event_names(&c.webhook.events)),
+        show: |c| Some(EventKind::names(&c.webhook.events)),
     },
     Var {
         name: "WEBHOOK_QUEUE_SIZE",
@@ -282,6 +283,7 @@ mod tests {
 
     const README: &str = include_str!("../../README.md");
     const PACKAGED_ENV: &str = include_str!("../../packaging/avr-core.env");
+    const DOCS: &str = include_str!("../../docs/configuration.md");
 
     fn names() -> BTreeSet<&'static str> {
         VARS.iter().map(|v| v.name).collect()
@@ -301,10 +303,15 @@ mod tests {
     /// `(variable, default cell)` of each row of README's configuration table; the variable
     /// is the first `code` word of the row (`LOG_LEVEL` in "`LOG_LEVEL` (or `RUST_LOG`)").
     fn readme_rows() -> Vec<(String, String)> {
-        let section = README
-            .split("\n## Configuration\n")
+        table_rows(README, "\n## Configuration\n")
+    }
+
+    /// The same, for the table under `heading` in `doc`.
+    fn table_rows(doc: &str, heading: &str) -> Vec<(String, String)> {
+        let section = doc
+            .split(heading)
             .nth(1)
-            .expect("README.md has a ## Configuration section");
+            .unwrap_or_else(|| panic!("no section {heading:?}"));
         let section = section.split("\n## ").next().unwrap_or(section);
         section
             .lines()
@@ -357,6 +364,14 @@ mod tests {
                 WhenUnset::Required => assert!(default.contains("required"), "{name}"),
             }
         }
+    }
+
+    #[test]
+    fn the_configuration_doc_lists_exactly_the_table() {
+        let rows = table_rows(DOCS, "\n## 2. Variables\n");
+        let listed: BTreeSet<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(listed.len(), rows.len(), "a variable is listed twice");
+        assert_lists_the_table("docs/configuration.md", &listed);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::env::{self, Env};
 use super::ConfigError;
-use crate::webhook::EventKind;
+use crate::proto::event::EventKind;
 
 /// Name of the dead-letter file when `WEBHOOK_DEAD_LETTER_FILE` is unset.
 const DEAD_LETTER_FILE_NAME: &str = "webhook-dead-letter.jsonl";
@@ -85,12 +85,6 @@ impl WebhookConfig {
             },
         })
     }
-}
-
-/// `a,b,c`: how the event list is shown (`check-config`, the startup line).
-pub fn event_names(events: &[EventKind]) -> String {
-    let names: Vec<&str> = events.iter().map(|k| k.as_str()).collect();
-    names.join(",")
 }
 
 fn http_url(t: &str) -> Result<String, String> {

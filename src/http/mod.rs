@@ -1,4 +1,4 @@
-//! The HTTP service (SPEC §5): `GET /health`, `POST /call`, `GET /metrics`.
+//! The HTTP service (docs/http.md §3): `GET /health`, `POST /call`, `GET /metrics`.
 //!
 //! A small HTTP/1.1 server of our own on `httparse`, one thread per connection, one request
 //! per connection (`Connection: close`). Why not a crate's server loop: the point of this

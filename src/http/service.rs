@@ -205,7 +205,7 @@ impl Service {
         response
     }
 
-    /// `POST /call`, steps 1–4 of SPEC §5.
+    /// `POST /call`, steps 1–4 of docs/http.md §3.
     fn call(&self, body: &[u8]) -> Response {
         let (uuid, payload) = match parse_call(body) {
             Ok(parsed) => parsed,

@@ -1,7 +1,7 @@
 //! The agent's audio waiting for its 20 ms slots: a byte queue with a small jitter buffer
 //! in front of each talk spurt. Pure logic; the clock takes one frame per tick out of it.
 //!
-//! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6): a burst from
+//! Asterisk neither buffers nor paces what it receives (docs/audiosocket.md §5): a burst from
 //! the agent would leave as a burst of RTP and garble the caller's audio. So agent audio
 //! goes into [`AgentAudio`] and only the clock takes it out, one frame per tick.
 

@@ -1,7 +1,7 @@
 //! The agent's audio on its way to the caller: what is played, and the clocks that write it
 //! to Asterisk every 20 ms.
 //!
-//! Asterisk neither buffers nor paces what it receives (audiosocket.md §1.6), so agent audio
+//! Asterisk neither buffers nor paces what it receives (docs/audiosocket.md §5), so agent audio
 //! waits in each call's [`Playout`] and only a clock takes it out, one frame per tick.
 //! - [`agent_audio`]: the agent's audio waiting for its slots ([`AgentAudio`], pure logic);
 //! - [`ambient`]: the noise mixed under it ([`Ambient`], [`AmbientCursor`]);
@@ -32,7 +32,7 @@ use crate::proto::audiosocket::{self, SLIN_FRAME_BYTES};
 use crate::sys::{lock, Bell};
 use clocks::Clock;
 
-/// After the agent closes, queued audio is played for at most this long (SPEC §4).
+/// After the agent closes, queued audio is played for at most this long (docs/sts.md §3).
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a caller may take none of its audio before its call is ended: Asterisk reads

@@ -1,6 +1,6 @@
 //! AudioSocket frame codec: bytes ⇄ frames, no I/O policy.
 //!
-//! Wire format (SPEC §3, audiosocket.md §1.1): `kind u8 | length u16 big-endian | payload[length]`.
+//! Wire format (docs/audiosocket.md §2): `kind u8 | length u16 big-endian | payload[length]`.
 //! Decoding is incremental because TCP delivers arbitrary fragments: [`FrameBuffer`] accumulates
 //! whatever the socket returns and hands out whole frames, borrowing payloads instead of copying.
 
@@ -9,8 +9,8 @@ use std::io;
 
 /// Bytes in a frame header: kind (1) + big-endian payload length (2).
 pub const HEADER_LEN: usize = 3;
-/// Largest payload the u16 length can announce. SPEC refuses headers announcing more than
-/// 64 KiB; a u16 cannot exceed this anyway, so this is the ceiling for any buffer limit.
+/// Largest payload the u16 length can announce (docs/audiosocket.md §2): the ceiling for any
+/// buffer limit, so no header can make avr-core allocate more.
 pub const MAX_PAYLOAD: usize = 65_535;
 /// The hangup message; Asterisk treats it as a graceful end (the dialplan continues).
 pub const HANGUP: [u8; 3] = [0, 0, 0];

@@ -1,8 +1,8 @@
 //! G.711 µ-law / A-law codecs and detection of the caller's codec.
 //!
 //! With `Dial(AudioSocket/…)` and no `c(slin)`, Asterisk passes the caller's G.711 bytes through
-//! labelled as slin kind `0x10` (audiosocket.md §1.7), so the codec has to be inferred from the
-//! audio itself (SPEC §3, `AUDIO_CODEC=auto`). Everything downstream is 8 kHz s16le.
+//! labelled as slin kind `0x10` (docs/audiosocket.md §8), so the codec has to be inferred from the
+//! audio itself (docs/audiosocket.md §10, `AUDIO_CODEC=auto`). Everything downstream is 8 kHz s16le.
 
 /// What the caller's `0x10` payloads really contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ const MAX_G711_BYTES: usize = 480;
 
 /// Infers the caller's codec from the first inbound `0x10` payloads.
 ///
-/// Size (SPEC §3): an even payload of ≥ 320 bytes is slin (320 = 20 ms); anything smaller or
+/// Size (docs/audiosocket.md §10): an even payload of ≥ 320 bytes is slin (320 = 20 ms); anything smaller or
 /// odd is G.711 (160 = 20 ms; 80/240 = 10/30 ms ptime). Slin is decided on the first such frame.
 /// Odd payloads above 480 bytes fit neither and are no evidence at all.
 ///

@@ -2,6 +2,7 @@
 //! here is tested in place; the I/O loops that carry these formats live elsewhere.
 
 pub mod audiosocket;
+pub mod event;
 pub mod g711;
 pub mod sts;
 pub mod sts_url;

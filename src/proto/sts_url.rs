@@ -1,4 +1,4 @@
-//! The effective STS URL of a `/call` (SPEC §5 step 1): the base with the payload appended as
+//! The effective STS URL of a `/call` (docs/sts.md §2.2): the base with the payload appended as
 //! query parameters, byte for byte what the Node.js original's `URLSearchParams` produces, so
 //! agents that parse the query keep working unchanged.
 

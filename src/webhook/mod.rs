@@ -1,4 +1,4 @@
-//! Call events and their delivery to the operator's webhook receiver (SPEC §6).
+//! Call events and their delivery to the operator's webhook receiver (docs/webhooks.md §5).
 //!
 //! Calls hand events to [`Webhooks::emit`], which never blocks: the event is serialised once,
 //! filtered by `WEBHOOK_EVENTS` and offered to a bounded queue. A dispatcher thread keeps each
@@ -12,7 +12,6 @@ pub mod cli;
 mod client;
 mod dead_letter;
 mod dispatch;
-mod event;
 pub mod policy;
 pub mod sign;
 
@@ -26,16 +25,16 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::Value;
 
-use crate::config::{event_names, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
+pub use crate::proto::event::{Event, EventKind};
 use crate::sys::lock;
 use client::{Client, Message};
 use dead_letter::{DeadLetter, PendingLetter};
 use dispatch::Drain;
-pub use event::{Event, EventKind};
 
 /// `/call` waits for `call_initiated` at most this long in total, retries and backoff
-/// included (SPEC §5 step 2), so a dead receiver cannot stall call setup.
+/// included (docs/http.md §3.3 step 2), so a dead receiver cannot stall call setup.
 pub const CALL_INITIATED_BUDGET: Duration = Duration::from_secs(10);
 
 /// Stack of the webhook threads; rustls handshakes are the deepest thing they do.
@@ -175,7 +174,7 @@ impl Webhooks {
                 "Webhooks to {} (events: {}; {workers} workers, queue {}, timeout {} ms, {} \
                  retries; dead letters to {})",
                 client.masked_url(),
-                event_names(&config.events),
+                EventKind::names(&config.events),
                 config.queue_size,
                 config.timeout.as_millis(),
                 config.retry,

@@ -1,4 +1,4 @@
-//! Hostile and broken AudioSocket peers: each is handled as SPEC §3 says, the process
+//! Hostile and broken AudioSocket peers: each is handled as docs/audiosocket.md §10 says, the process
 //! survives, nothing leaks, and a normal call works afterwards.
 
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! The HTTP service (SPEC §5) against the real binary: `/health`, `/metrics`, `/call` and the
+//! The HTTP service (docs/http.md §3) against the real binary: `/health`, `/metrics`, `/call` and the
 //! AudioSocket call that consumes it, and every error status with its JSON body.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Graceful shutdown (SPEC §7): SIGTERM stops new calls, lets live ones finish within
+//! Graceful shutdown (docs/configuration.md §6): SIGTERM stops new calls, lets live ones finish within
 //! SHUTDOWN_GRACE, hangs up the rest with `00 00 00`, and leaves no webhook event behind.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

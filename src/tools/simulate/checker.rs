@@ -1,5 +1,5 @@
 //! The strict receive side of the fake Asterisk: Asterisk HEAD's AudioSocket parser rules
-//! (audiosocket.md §1.4, §5) applied to what the server sends, each broken rule a violation
+//! (docs/audiosocket.md §6, §11) applied to what the server sends, each broken rule a violation
 //! with its time. No I/O and no clock: bytes come in with their arrival time as an argument,
 //! so every rule is unit-tested with synthetic times.
 
@@ -145,7 +145,7 @@ impl Checker {
         self.restart_clock = true;
     }
 
-    /// A header is complete: judge it the way Asterisk's parser does (audiosocket.md §1.4).
+    /// A header is complete: judge it the way Asterisk's parser does (docs/audiosocket.md §6).
     fn header(&mut self, kind: u8, len: usize, now: Duration, live: bool) {
         if kind == KIND_HANGUP {
             // Asterisk acts on the kind alone; a payload would count as trailing bytes.

@@ -2,7 +2,7 @@
 //! strictly, what the server sent back.
 //!
 //! It is both `avr-core simulate` and the peer the integration tests drive, so its report must
-//! be trustworthy: the receive side applies Asterisk HEAD's rules (audiosocket.md §1.4, §5) and
+//! be trustworthy: the receive side applies Asterisk HEAD's rules (docs/audiosocket.md §6, §11) and
 //! timestamps every frame on a thread that does nothing but read, stamp and append.
 //!
 //! - `checker`: those rules, pure (bytes and their arrival time in, violations out);

@@ -52,7 +52,7 @@ impl fmt::Debug for AudioSource {
 }
 
 /// What the caller's `0x10` payloads contain. G.711 is what `Dial(AudioSocket/…)` without
-/// `c(slin)` passes through, still labelled `0x10` (audiosocket.md §1.3).
+/// `c(slin)` passes through, still labelled `0x10` (docs/audiosocket.md §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimCodec {
     Slin,
@@ -286,7 +286,7 @@ pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
 
 /// Waits (briefly) for a server byte and leaves it unread, so dropping the socket sends RST.
 /// std's `set_linger` is unstable and SO_LINGER 0 would need unsafe or libc; closing with
-/// unread data is also exactly how Asterisk's RSTs arise (audiosocket.md §1.5).
+/// unread data is also exactly how Asterisk's RSTs arise (docs/audiosocket.md §7).
 /// Returns whether the server had already closed (then no RST is possible).
 fn leave_unread_data(stream: &TcpStream) -> bool {
     let _ = stream.set_read_timeout(Some(RESET_WAIT));

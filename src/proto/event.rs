@@ -1,4 +1,5 @@
-//! Call events and the sink that calls hand them to.
+//! Call events as the webhook receiver sees them (docs/webhooks.md §2–§3): the event types
+//! and the JSON envelope. Pure data; delivery is `crate::webhook`.
 
 use std::time::SystemTime;
 
@@ -30,6 +31,12 @@ impl EventKind {
     /// The kind with this wire name, if it is one of the six.
     pub fn from_name(name: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// `a,b,c`: how a list of kinds is shown (`check-config`, the startup line).
+    pub fn names(kinds: &[EventKind]) -> String {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        names.join(",")
     }
 
     /// The wire name (`call_started`, …).
