@@ -3,8 +3,8 @@
 //! A small HTTP/1.1 server of our own on `httparse`, one thread per connection, one request
 //! per connection (`Connection: close`). Why not a crate's server loop: the point of this
 //! service is that no client can disturb the calls, and that takes control of accepting.
-//! oxhttp 0.3 (the DESIGN.md choice) blocks its accept loop once its connection cap is
-//! reached, so 128 idle sockets stall `/call` until its per-read timeout frees them (and a
+//! oxhttp 0.3 (the original design's choice; docs/http.md §5) blocks its accept loop once
+//! its connection cap is reached, so 128 idle sockets stall `/call` until its per-read timeout frees them (and a
 //! client sending a byte every few seconds holds a place for hours); it drains a refused body
 //! after the handler, turning a 413 into a 500 after the timeout; and it cannot report the
 //! port it bound, which `HTTP_PORT=0` needs.
