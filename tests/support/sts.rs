@@ -6,11 +6,11 @@
 //! a read, and everything avr-core sends waits in a channel for `recv*`.
 
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use avr_core::sys::StopSignal;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -39,7 +39,7 @@ pub enum Received {
 pub struct StsServer {
     addr: SocketAddr,
     conns: Receiver<StsConn>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     accept_thread: Option<JoinHandle<()>>,
 }
 
@@ -48,7 +48,10 @@ impl StsServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test STS server");
         let addr = listener.local_addr().expect("test STS server address");
         let (tx, conns) = crossbeam_channel::unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking test STS listener");
+        let stop = Arc::new(StopSignal::new().expect("a stop signal"));
         let stop_flag = Arc::clone(&stop);
         let accept_thread = thread::Builder::new()
             .name("sts-accept".into())
@@ -78,22 +81,19 @@ impl StsServer {
 
 impl Drop for StsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees `stop`, then wait until the listener is closed.
-        if TcpStream::connect(self.addr).is_ok() {
-            if let Some(thread) = self.accept_thread.take() {
-                let _ = thread.join();
-            }
+        // The accept loop returns, closing the listener, before the join does.
+        self.stop.trigger();
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn accept_loop(listener: TcpListener, conns: Sender<StsConn>, stop: Arc<AtomicBool>) {
-    for (n, stream) in listener.incoming().enumerate() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
+fn accept_loop(listener: TcpListener, conns: Sender<StsConn>, stop: Arc<StopSignal>) {
+    let on_error = |e: &std::io::Error| eprintln!("test STS server: accept failed: {e}");
+    let mut n = 0;
+    while let Some((stream, _)) = stop.accept(&listener, on_error) {
+        n += 1;
         let conns = conns.clone();
         let spawned = thread::Builder::new()
             .name(format!("sts-conn-{n}"))
