@@ -93,7 +93,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         state: CallState::new(&uuid, ctx.config.audio_codec),
         actions: VecDeque::new(),
         link: None,
-        init: Some(init_message(&uuid, metadata.as_ref())),
+        init: init_message(&uuid, metadata.as_ref()),
         link_stats: LinkStats::default(),
         connector,
     };
@@ -175,8 +175,9 @@ struct Bridge<'a> {
     connector: Option<Connector>,
     /// The agent is connected.
     link: Option<Box<Link>>,
-    /// Sent first once connected.
-    init: Option<String>,
+    /// Sent first once connected (moved into the link then; an agent reached after the
+    /// caller left still gets it in `close_agent`).
+    init: String,
     /// What a link that is gone carried.
     link_stats: LinkStats,
 }
@@ -190,8 +191,8 @@ impl Bridge<'_> {
             link_stats = link.stats;
             link.close();
         } else if let Some(connector) = self.connector {
-            if let (Some(ws), Some(init)) = (connector.finish(), self.init) {
-                if let Ok(link) = Link::new(ws, init) {
+            if let Some(ws) = connector.finish() {
+                if let Ok(link) = Link::new(ws, self.init) {
                     link.close();
                 }
             }
@@ -323,7 +324,7 @@ impl Bridge<'_> {
             Err(e) => return self.feed(Event::AgentUnreachable(e)),
         };
         log::info!("[{}] Connected to STS", self.uuid);
-        let init = self.init.take().unwrap_or_default();
+        let init = std::mem::take(&mut self.init);
         match Link::new(ws, init) {
             Ok(link) => self.link = Some(Box::new(link)),
             Err(e) => return self.agent_gone(LinkEnd::Failed(e)),

@@ -4,24 +4,19 @@
 use crate::config::CodecChoice;
 use crate::proto::g711::{Codec, Detector};
 
-/// The caller's codec as far as the call knows it: forced, decided, or still being detected
-/// (each frame is then decoded with the detector's best guess so far).
-pub struct CallerCodec {
-    decided: Option<Codec>,
-    /// Still deciding (`AUDIO_CODEC=auto`).
-    detector: Option<Detector>,
+/// The caller's codec as far as the call knows it: still being detected (each frame is then
+/// decoded with the detector's best guess so far), or known (forced or decided).
+pub enum CallerCodec {
+    /// `AUDIO_CODEC=auto` and the detector has not decided yet.
+    Detecting(Detector),
+    Known(Codec),
 }
 
 impl CallerCodec {
     /// Starts from `AUDIO_CODEC`; a forced codec is logged.
     pub fn new(uuid: &str, choice: CodecChoice) -> CallerCodec {
         let forced = match choice {
-            CodecChoice::Auto => {
-                return CallerCodec {
-                    decided: None,
-                    detector: Some(Detector::new()),
-                }
-            }
+            CodecChoice::Auto => return CallerCodec::Detecting(Detector::new()),
             CodecChoice::Ulaw => Codec::Ulaw,
             CodecChoice::Alaw => Codec::Alaw,
             CodecChoice::Slin => Codec::Slin,
@@ -30,32 +25,28 @@ impl CallerCodec {
             "[{uuid}] Audio codec forced by AUDIO_CODEC: {}",
             forced.name()
         );
-        CallerCodec {
-            decided: Some(forced),
-            detector: None,
-        }
+        CallerCodec::Known(forced)
     }
 
     /// The codec to decode this 8 kHz payload with: the detector's guess until it has
     /// decided (the decision is logged once).
     pub fn of(&mut self, uuid: &str, payload: &[u8]) -> Codec {
-        match (&mut self.detector, self.decided) {
-            (Some(det), _) => {
-                let guess = det.observe(payload);
-                if let Some(decided) = det.decided() {
-                    log::info!("[{uuid}] Audio codec detected: {}", decided.name());
-                    self.decided = Some(decided);
-                    self.detector = None;
-                }
-                guess
-            }
-            (None, Some(c)) => c,
-            (None, None) => Codec::Slin,
+        let (guess, decided) = match self {
+            CallerCodec::Known(codec) => return *codec,
+            CallerCodec::Detecting(det) => (det.observe(payload), det.decided()),
+        };
+        if let Some(decided) = decided {
+            log::info!("[{uuid}] Audio codec detected: {}", decided.name());
+            *self = CallerCodec::Known(decided);
         }
+        guess
     }
 
     /// The codec once forced or decided; `None` while detecting (or if no audio came).
     pub fn decided(&self) -> Option<Codec> {
-        self.decided
+        match self {
+            CallerCodec::Known(codec) => Some(*codec),
+            CallerCodec::Detecting(_) => None,
+        }
     }
 }

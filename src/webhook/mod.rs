@@ -40,9 +40,6 @@ pub const CALL_INITIATED_BUDGET: Duration = Duration::from_secs(10);
 /// Stack of the webhook threads; rustls handshakes are the deepest thing they do.
 const THREAD_STACK: usize = 512 * 1024;
 
-/// The former name of [`Webhooks`], kept so code written against it still compiles.
-pub type EventSink = Webhooks;
-
 /// Where calls hand their events. A cheap `Clone` (one `Arc`), cloned into every call.
 #[derive(Clone, Default)]
 pub struct Webhooks {
