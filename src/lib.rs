@@ -2,6 +2,7 @@
 //!
 //! The folders follow the data paths (docs/ARCHITECTURE.md):
 //! - [`proto`]: the wire formats, no sockets (AudioSocket frames, G.711, STS messages);
+//! - [`audio`]: signal processing both directions share (sample-rate conversion);
 //! - [`call`]: one call, from the AudioSocket listener to its end;
 //! - [`agent`]: the agent side of a call (the STS WebSocket);
 //! - [`playout`]: the agent's audio on its way to the caller, and the 20 ms clocks;
@@ -14,6 +15,7 @@
 //! `main.rs` wires these together; `tests/` and `benches/` drive the same code.
 
 pub mod agent;
+pub mod audio;
 pub mod call;
 pub mod cli;
 pub mod config;
@@ -42,10 +44,11 @@ mod layering {
         ("cli", &[]),
         ("sys", &[]),
         ("proto", &["time"]),
+        ("audio", &[]),
         ("config", &["proto"]),
         ("registry", &["sys"]),
         ("agent", &["proto", "sys"]),
-        ("playout", &["proto", "sys"]),
+        ("playout", &["audio", "proto", "sys"]),
         (
             "webhook",
             &["cli", "config", "metrics", "proto", "sys", "time"],
@@ -54,10 +57,11 @@ mod layering {
         (
             "call",
             &[
-                "agent", "config", "metrics", "playout", "proto", "registry", "sys", "webhook",
+                "agent", "audio", "config", "metrics", "playout", "proto", "registry", "sys",
+                "webhook",
             ],
         ),
-        ("tools", &["cli", "http", "proto", "sys"]),
+        ("tools", &["audio", "cli", "http", "proto", "sys"]),
     ];
 
     fn sources(path: &Path, out: &mut Vec<(String, String)>) {

@@ -219,20 +219,45 @@ fn is_dtmf(b: u8) -> bool {
     matches!(b, b'0'..=b'9' | b'*' | b'#' | b'A'..=b'D')
 }
 
+/// The audio kinds with their rates (docs/audiosocket.md §3): the one table both directions
+/// are read from.
+const AUDIO_KINDS: [(u8, u32); 9] = [
+    (0x10, 8_000),
+    (0x11, 12_000),
+    (0x12, 16_000),
+    (0x13, 24_000),
+    (0x14, 32_000),
+    (0x15, 44_100),
+    (0x16, 48_000),
+    (0x17, 96_000),
+    (0x18, 192_000),
+];
+
+/// Every rate an audio kind can carry, lowest first.
+pub fn audio_rates() -> impl Iterator<Item = u32> {
+    AUDIO_KINDS.iter().map(|&(_, rate)| rate)
+}
+
 /// Sample rate of an audio kind (`0x10..=0x18`), `None` for other kinds.
 pub fn audio_rate_hz(kind: u8) -> Option<u32> {
-    match kind {
-        0x10 => Some(8_000),
-        0x11 => Some(12_000),
-        0x12 => Some(16_000),
-        0x13 => Some(24_000),
-        0x14 => Some(32_000),
-        0x15 => Some(44_100),
-        0x16 => Some(48_000),
-        0x17 => Some(96_000),
-        0x18 => Some(192_000),
-        _ => None,
-    }
+    AUDIO_KINDS
+        .iter()
+        .find(|&&(k, _)| k == kind)
+        .map(|&(_, rate)| rate)
+}
+
+/// The audio kind that carries `rate_hz`, `None` if AudioSocket has none.
+pub fn audio_kind(rate_hz: u32) -> Option<u8> {
+    AUDIO_KINDS
+        .iter()
+        .find(|&&(_, rate)| rate == rate_hz)
+        .map(|&(kind, _)| kind)
+}
+
+/// Bytes of s16le mono in one 20 ms frame at `rate_hz` (320 at 8 kHz, 640 at 16 kHz, 1,764
+/// at 44.1 kHz): every AudioSocket rate is a multiple of 50 Hz, so a frame is whole samples.
+pub fn frame_bytes(rate_hz: u32) -> usize {
+    rate_hz as usize / 50 * 2
 }
 
 /// Builds one outbound slin audio frame (kind 0x10, header+payload in one array, for a single write()).
@@ -382,6 +407,23 @@ mod tests {
         );
         assert_eq!(fb.next_frame().unwrap(), None);
         assert_eq!(fb.buffered(), 0);
+    }
+
+    #[test]
+    fn kinds_and_rates_map_both_ways() {
+        for kind in 0x10..=0x18u8 {
+            let rate = audio_rate_hz(kind).unwrap();
+            assert_eq!(audio_kind(rate), Some(kind));
+            assert_eq!(frame_bytes(rate) % 2, 0);
+        }
+        assert_eq!(audio_rate_hz(0x11), Some(12_000));
+        assert_eq!(audio_rate_hz(0x19), None);
+        assert_eq!(audio_kind(22_050), None);
+        assert_eq!(frame_bytes(8_000), SLIN_FRAME_BYTES);
+        assert_eq!(frame_bytes(16_000), 640);
+        assert_eq!(frame_bytes(44_100), 1_764);
+        assert_eq!(frame_bytes(48_000), 1_920);
+        assert_eq!(audio_rates().count(), 9);
     }
 
     #[test]
