@@ -4,16 +4,28 @@ use std::collections::VecDeque;
 
 use crate::proto::sts::ToAgent;
 
-/// Caller audio held while the agent is not taking it: 1 s of 8 kHz s16le (docs/sts.md §3).
+/// Caller audio held while an 8 kHz agent is not taking it: 1 s of s16le (docs/sts.md §3).
 pub const BACKLOG_AUDIO_CAP: usize = 16_000;
 
 /// Caller audio and DTMF that arrive while the agent is still connecting, sent after `init`
 /// (docs/sts.md §3). Audio is capped at [`BACKLOG_AUDIO_CAP`]: the newest second is kept and older
 /// audio is dropped, so a slow agent cannot make memory grow; DTMF is always kept.
-#[derive(Default)]
 pub struct Backlog {
     items: VecDeque<ToAgent>,
     audio_bytes: usize,
+    /// Audio bytes kept at most: 1 s at the agent's rate.
+    cap: usize,
+}
+
+impl Default for Backlog {
+    /// For an 8 kHz agent.
+    fn default() -> Backlog {
+        Backlog {
+            items: VecDeque::new(),
+            audio_bytes: 0,
+            cap: BACKLOG_AUDIO_CAP,
+        }
+    }
 }
 
 /// What a push did.
@@ -24,6 +36,14 @@ pub struct Pushed {
 }
 
 impl Backlog {
+    /// For an agent speaking `rate_hz`: the newest second of its audio is kept.
+    pub fn for_rate(rate_hz: u32) -> Backlog {
+        Backlog {
+            cap: rate_hz as usize * 2,
+            ..Backlog::default()
+        }
+    }
+
     pub fn push(&mut self, item: ToAgent) -> Pushed {
         let mut dropped_bytes = 0;
         if let ToAgent::Audio(pcm) = &item {
@@ -31,7 +51,7 @@ impl Backlog {
         }
         self.items.push_back(item);
         // Drop the oldest audio, never the item just queued (however large it is).
-        while self.audio_bytes > BACKLOG_AUDIO_CAP {
+        while self.audio_bytes > self.cap {
             let older = self.items.len() - 1;
             let Some(pos) = self
                 .items

@@ -25,9 +25,11 @@ use super::state::{Action, CallState, Event};
 use super::summary::CallSummary;
 use super::{CallContext, CallSlot};
 use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
-use crate::playout::{Ambient, Playout, Stop, BYTES_PER_MS};
+use crate::playout::{Playout, Stop};
 use crate::proto::audiosocket::{self, CallId, FrameBuffer};
+use crate::config::UPSTREAM_SAMPLE_RATE;
 use crate::proto::sts::{init_message, ToAgent};
+use crate::proto::sts_url::with_sample_rate;
 use crate::sys::{poll, Bell};
 use crate::webhook::{self, EventKind};
 
@@ -63,6 +65,11 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
         None => (ctx.config.sts_url.clone(), None),
     };
+    // An agent at another rate than the upstream contract's is told it (docs/sts.md §2.3).
+    let sts_url = match ctx.config.sts_sample_rate {
+        UPSTREAM_SAMPLE_RATE => sts_url,
+        rate => with_sample_rate(&sts_url, rate),
+    };
     log::info!(
         "[{uuid}] Call started from {peer}{}",
         if metadata.is_some() {
@@ -90,7 +97,8 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         live: &live,
         playout: &playout,
         frames,
-        state: CallState::new(&uuid, ctx.config.audio_codec),
+        state: CallState::new(&uuid, ctx.config.audio_codec)
+            .with_agent_rate(ctx.config.sts_sample_rate),
         actions: VecDeque::new(),
         link: None,
         init: init_message(&uuid, metadata.as_ref()),
@@ -135,7 +143,7 @@ fn join_clock(
     uuid: &str,
     stream: &Arc<TcpStream>,
 ) -> Option<(Arc<Bell>, Arc<Playout>)> {
-    let ambient = ctx.ambient.as_ref().map(Ambient::cursor);
+    let ambient = ctx.ambient.clone();
     let setup = Bell::new().map(Arc::new).and_then(|bell| {
         let playout = ctx.clocks.add(stream.clone(), ambient, bell.clone())?;
         Ok((bell, playout))
@@ -206,7 +214,7 @@ impl Bridge<'_> {
                 Some(by) => {
                     let left = by.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.feed(Event::CloseWaitOver);
+                        self.feed(Event::DeadlinePassed);
                         continue;
                     }
                     Some(left)
@@ -274,8 +282,9 @@ impl Bridge<'_> {
                         self.feed(Event::PlayoutFull);
                     }
                 }
+                Action::SetPlayoutRate(rate_hz) => self.playout.set_rate(rate_hz),
                 Action::InterruptPlayout => {
-                    let dropped_ms = self.playout.interrupt() / BYTES_PER_MS;
+                    let dropped_ms = self.playout.interrupt();
                     self.feed(Event::PlayoutInterrupted { dropped_ms });
                 }
                 Action::StopPlayout(stop) => self.playout.stop(stop),

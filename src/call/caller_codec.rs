@@ -42,6 +42,18 @@ impl CallerCodec {
         guess
     }
 
+    /// TEMPORARY until the hold lands: the 8 kHz s16le PCM of `payload`, appended to `out`.
+    pub fn decode(&mut self, uuid: &str, payload: &[u8], out: &mut Vec<Vec<u8>>) {
+        let codec = self.of(uuid, payload);
+        let payload = match codec {
+            Codec::Slin => &payload[..payload.len() & !1],
+            _ => payload,
+        };
+        let mut pcm = Vec::with_capacity(payload.len() * 2);
+        crate::proto::g711::decode_into(codec, payload, &mut pcm);
+        out.push(pcm);
+    }
+
     /// The codec once forced or decided; `None` while detecting (or if no audio came).
     pub fn decided(&self) -> Option<Codec> {
         match self {

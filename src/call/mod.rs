@@ -10,6 +10,7 @@
 //! - [`connector`]: the short-lived thread that reaches the agent;
 //! - [`state`]: the call's decisions ([`CallState`]), pure: events in, actions out;
 //! - [`caller_codec`]: what the caller's audio is (forced or detected);
+//! - [`rates`]: the caller's rate, the agent's, and the conversions between them;
 //! - [`summary`]: the end-of-call line ([`CallSummary`]);
 //! - [`end_reason`]: why a call ended ([`EndReason`], the first reason wins);
 //! - [`live_calls`]: the calls in progress, for a shutdown to hang up ([`LiveCalls`]).
@@ -25,6 +26,7 @@ pub mod end_reason;
 pub mod handshake;
 pub mod listener;
 pub mod live_calls;
+pub mod rates;
 pub mod state;
 pub mod summary;
 

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::caller_codec::CallerCodec;
+use super::rates::{CallRates, SILENT_CALLER_HZ};
 use super::EndReason;
 use crate::agent::{Backlog, LinkEnd, StsError};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop, BYTES_PER_MS};
-use crate::proto::audiosocket::{Frame, FrameError};
-use crate::proto::g711::{self, Codec};
+use crate::proto::audiosocket::{self, Frame, FrameError};
+use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
 use crate::webhook::{self, EventKind};
 
@@ -61,7 +62,7 @@ pub enum Event<'a> {
     /// The call's thread cannot wait for its sockets any more.
     PollFailed(io::Error),
     /// [`CallState::deadline`] passed.
-    CloseWaitOver,
+    DeadlinePassed,
 }
 
 /// What the call's thread is to do.
@@ -69,6 +70,8 @@ pub enum Event<'a> {
 pub enum Action {
     /// Send this to the agent now.
     ToAgent(ToAgent),
+    /// Play from now on at this rate, in its audio kind (the caller's own).
+    SetPlayoutRate(u32),
     /// Queue this agent audio for the caller; report [`Event::PlayoutFull`] if refused.
     Play(Vec<u8>),
     /// Drop the queued agent audio; report [`Event::PlayoutInterrupted`].
@@ -86,7 +89,7 @@ pub enum Action {
 /// Oddities logged once per call each: a stream that repeats one keeps the log readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Oddity {
-    WidebandAudio,
+    RateChange,
     UnknownFrame,
     MalformedFrame,
     SecondUuid,
@@ -133,6 +136,10 @@ pub struct CallState {
     /// Caller audio and DTMF waiting for the agent to answer.
     backlog: Backlog,
     codec: CallerCodec,
+    /// The caller's rate, the agent's, and the conversions between them.
+    rates: CallRates,
+    /// Decoded caller frames on their way to the agent; kept so its memory is reused.
+    decoded: Vec<Vec<u8>>,
     frames_in: u64,
     noted: Noted,
     /// The first reason wins.
@@ -153,6 +160,8 @@ impl CallState {
             agent: Agent::Connecting,
             backlog: Backlog::default(),
             codec: CallerCodec::new(uuid, codec),
+            rates: CallRates::new(8_000),
+            decoded: Vec::new(),
             frames_in: 0,
             noted: Noted::default(),
             end: None,
@@ -162,11 +171,18 @@ impl CallState {
         }
     }
 
+    /// The agent speaks `agent_hz` (`STS_SAMPLE_RATE`) instead of 8 kHz.
+    pub fn with_agent_rate(mut self, agent_hz: u32) -> CallState {
+        self.rates = CallRates::new(agent_hz);
+        self.backlog = Backlog::for_rate(agent_hz);
+        self
+    }
+
     /// Takes in what happened at `now`; appends what to do to `actions`, in order.
     pub fn handle(&mut self, event: Event<'_>, now: Instant, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         match event {
-            Event::CallerFrame(frame) => self.on_frame(frame, actions),
+            Event::CallerFrame(frame) => self.on_frame(frame, now, actions),
             Event::CallerUnframable(e) => {
                 self.end(EndReason::Protocol(e.to_string()));
                 actions.push_back(Action::StopPlayout(Stop::Hangup));
@@ -200,10 +216,15 @@ impl CallState {
                 ),
                 actions,
             ),
-            Event::AgentMessage(msg) => self.on_agent_message(msg, actions),
+            Event::AgentMessage(msg) => self.on_agent_message(msg, now, actions),
             Event::AgentEnded { end, queued_ms } => {
                 self.agent = Agent::Gone;
                 self.backlog = Backlog::default();
+                // What the agent sent is played in full: the converter's tail too.
+                if self.rates.caller_hz().is_none() {
+                    self.fix_playout_rate(SILENT_CALLER_HZ, actions);
+                }
+                play(self.rates.flush(), actions);
                 let why = match end {
                     LinkEnd::AgentClosed(why) => {
                         format!("{why}; playing {queued_ms} ms of queued audio, then hanging up")
@@ -262,17 +283,30 @@ impl CallState {
                 self.end(EndReason::Internal(format!("poll failed: {e}")));
                 self.over = true;
             }
-            Event::CloseWaitOver => {
-                // Asterisk did not close after the hangup: close for it.
-                actions.push_back(Action::CloseCaller);
-                self.over = true;
+            Event::DeadlinePassed => {
+                if self.close_by.is_some() {
+                    // Asterisk did not close after the hangup: close for it.
+                    actions.push_back(Action::CloseCaller);
+                    self.over = true;
+                    return;
+                }
+                let due = self.rates.on_deadline(now);
+                if due.fix_rate {
+                    self.fix_playout_rate(SILENT_CALLER_HZ, actions);
+                }
+                if due.flush {
+                    play(self.rates.flush(), actions);
+                }
             }
         }
     }
 
-    /// When the call's thread must report [`Event::CloseWaitOver`], if it must.
+    /// When the call's thread must report [`Event::DeadlinePassed`], if it must.
     pub fn deadline(&self) -> Option<Instant> {
-        self.close_by
+        if self.close_by.is_some() {
+            return self.close_by;
+        }
+        self.rates.deadline()
     }
 
     /// The caller's side is over: nothing more to read or decide.
@@ -326,32 +360,12 @@ impl CallState {
         self.backlog = Backlog::default();
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>, actions: &mut VecDeque<Action>) {
+    fn on_frame(&mut self, frame: Frame<'_>, now: Instant, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         self.frames_in += 1;
         let item = match frame {
-            Frame::Audio {
-                rate_hz: 8000,
-                payload,
-            } => {
-                let codec = self.codec.of(uuid, payload);
-                // Asterisk reads len/2 samples; a stray odd byte would shift every sample after it.
-                let payload = match codec {
-                    Codec::Slin => &payload[..payload.len() & !1],
-                    _ => payload,
-                };
-                let mut pcm = Vec::with_capacity(payload.len() * 2);
-                g711::decode_into(codec, payload, &mut pcm);
-                ToAgent::Audio(pcm)
-            }
-            Frame::Audio { rate_hz, .. } => {
-                if self.noted.first(Oddity::WidebandAudio) {
-                    log::warn!(
-                        "[{uuid}] Ignoring {rate_hz} Hz audio: only 8 kHz (kind 0x10) is \
-                         supported; use c(slin) in the dialplan"
-                    );
-                }
-                return;
+            Frame::Audio { rate_hz, payload } => {
+                return self.on_caller_audio(rate_hz, payload, now, actions);
             }
             Frame::Dtmf(digit) => {
                 log::info!("[{uuid}] DTMF digit: {digit}");
@@ -396,6 +410,66 @@ impl CallState {
         self.forward(item, actions);
     }
 
+    /// One audio frame from Asterisk at `rate_hz`: its kind fixes the rate of playout if
+    /// nothing has; decoded (`0x10` may be G.711), converted to the agent's rate, forwarded.
+    fn on_caller_audio(
+        &mut self,
+        rate_hz: u32,
+        payload: &[u8],
+        now: Instant,
+        actions: &mut VecDeque<Action>,
+    ) {
+        let _ = now;
+        if self.rates.caller_hz().is_none() {
+            self.fix_playout_rate(rate_hz, actions);
+        }
+        let mut decoded = std::mem::take(&mut self.decoded);
+        if rate_hz == 8_000 {
+            self.codec.decode(&self.uuid, payload, &mut decoded);
+        } else {
+            // Only slin has a wideband kind; an odd byte is lost, as Asterisk loses it.
+            decoded.push(payload[..payload.len() & !1].to_vec());
+        }
+        for pcm in decoded.drain(..) {
+            let (pcm, changed) = self.rates.to_agent(rate_hz, pcm);
+            if changed && self.noted.first(Oddity::RateChange) {
+                log::warn!(
+                    "[{}] The caller's audio changed to {} ({rate_hz} Hz) mid-call; \
+                     converting it to the agent's rate, playing at the first rate \
+                     (logged once per call)",
+                    self.uuid,
+                    audiosocket::kind_name(audiosocket::audio_kind(rate_hz).unwrap_or(0))
+                );
+            }
+            if !pcm.is_empty() {
+                self.forward(ToAgent::Audio(pcm), actions);
+            }
+        }
+        self.decoded = decoded;
+    }
+
+    /// Fixes the rate of playout and plays the agent audio that waited for it.
+    fn fix_playout_rate(&mut self, rate_hz: u32, actions: &mut VecDeque<Action>) {
+        let agent_hz = self.rates.agent_hz();
+        if rate_hz != 8_000 || agent_hz != 8_000 {
+            log::info!(
+                "[{}] Caller audio is {} ({rate_hz} Hz), the agent's {agent_hz} Hz{}",
+                self.uuid,
+                audiosocket::kind_name(audiosocket::audio_kind(rate_hz).unwrap_or(0)),
+                if rate_hz == agent_hz {
+                    ": no conversion"
+                } else {
+                    ": resampling both ways"
+                }
+            );
+        }
+        let waited = self.rates.fix_caller_rate(rate_hz);
+        if rate_hz != 8_000 {
+            actions.push_back(Action::SetPlayoutRate(rate_hz));
+        }
+        play(waited, actions);
+    }
+
     /// Caller audio or a digit: to the agent, or kept until it answers.
     fn forward(&mut self, item: ToAgent, actions: &mut VecDeque<Action>) {
         match self.agent {
@@ -414,7 +488,7 @@ impl CallState {
         }
     }
 
-    fn on_agent_message(&mut self, msg: FromAgent, actions: &mut VecDeque<Action>) {
+    fn on_agent_message(&mut self, msg: FromAgent, now: Instant, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         match msg {
             FromAgent::Audio {
@@ -427,9 +501,16 @@ impl CallState {
                          (logged once per call)"
                     );
                 }
-                actions.push_back(Action::Play(pcm));
+                let (pcm, refused) = self.rates.from_agent(&pcm, now);
+                if refused > 0 {
+                    self.handle(Event::PlayoutFull, now, actions);
+                }
+                play(pcm, actions);
             }
-            FromAgent::Interruption => actions.push_back(Action::InterruptPlayout),
+            FromAgent::Interruption => {
+                self.rates.interrupt();
+                actions.push_back(Action::InterruptPlayout);
+            }
             FromAgent::Transcript { role, text } => {
                 log::info!("[{uuid}] [{role}]: {text}");
                 actions.push_back(Action::Emit(webhook::Event::new(
@@ -456,6 +537,13 @@ impl CallState {
                 }
             }
         }
+    }
+}
+
+/// Plays agent audio at the caller's rate, if there is any.
+fn play(pcm: Vec<u8>, actions: &mut VecDeque<Action>) {
+    if !pcm.is_empty() {
+        actions.push_back(Action::Play(pcm));
     }
 }
 

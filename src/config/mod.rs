@@ -59,6 +59,8 @@ pub struct Config {
     pub http_token: Option<String>,
     pub sts_url: String,
     pub sts_connect_timeout: Duration,
+    /// The rate the agent speaks, both ways (docs/sts.md §6).
+    pub sts_sample_rate: u32,
     pub max_calls: usize,
     pub audio_codec: CodecChoice,
     pub ambient_noise_file: Option<PathBuf>,
@@ -99,6 +101,32 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The agent's rate the upstream contract fixes: every STS connector speaks it.
+pub const UPSTREAM_SAMPLE_RATE: u32 = 8_000;
+
+/// Lowest and highest `STS_SAMPLE_RATE`: the range of the AudioSocket rates (slin to
+/// slin192), which the resampler is built and tested for.
+const SAMPLE_RATES: (u32, u32) = (8_000, 192_000);
+
+fn sample_rate(t: &str) -> Result<u32, String> {
+    let (min, max) = SAMPLE_RATES;
+    env::whole_number(t, min as usize, max as usize)
+        .map(|n| n as u32)
+        .map_err(|_| format!("a sample rate in Hz from {min} to {max} (8000, 16000, 24000, 48000…)"))
+}
+
+/// `check-config`'s text for `STS_SAMPLE_RATE`: a rate other than the upstream one says
+/// what it changes.
+fn describe_sample_rate(rate: u32) -> String {
+    if rate == UPSTREAM_SAMPLE_RATE {
+        return rate.to_string();
+    }
+    format!(
+        "{rate} (not the upstream 8000: the agent must speak {rate} Hz; it is told so by \
+         sample_rate={rate} on its URL)"
+    )
+}
+
 /// Variables (or prefixes) of the original's ASR→LLM→TTS pipeline mode, which avr-core does
 /// not support yet: read only to say so when `STS_URL` is missing.
 pub const PIPELINE_VARS: [&str; 6] = [
@@ -131,6 +159,7 @@ impl Config {
             http_token: env.parse_opt("HTTP_TOKEN", env::text)?,
             sts_url,
             sts_connect_timeout: env.parse("STS_CONNECT_TIMEOUT", env::duration)?,
+            sts_sample_rate: env.parse("STS_SAMPLE_RATE", sample_rate)?,
             max_calls: env.parse("MAX_CALLS", |t| env::whole_number(t, 1, MAX_CALLS_LIMIT))?,
             audio_codec: env.parse("AUDIO_CODEC", CodecChoice::parse)?,
             ambient_noise_file: env.parse_opt("AMBIENT_NOISE_FILE", env::path)?,
@@ -292,6 +321,7 @@ mod tests {
              HTTP_TOKEN=(unset)\n\
              STS_URL=ws://localhost:6030\n\
              STS_CONNECT_TIMEOUT=3000ms\n\
+             STS_SAMPLE_RATE=8000\n\
              MAX_CALLS=500\n\
              AUDIO_CODEC=auto\n\
              AMBIENT_NOISE_FILE=(unset)\n\
@@ -315,7 +345,7 @@ mod tests {
 
     /// Each table variable, a value other than its default, and how `check-config` shows it:
     /// proves parsing reads every row under its name and `describe` shows what was read.
-    const EVERY_VARIABLE: [(&str, &str, &str); 25] = [
+    const EVERY_VARIABLE: [(&str, &str, &str); 26] = [
         ("PORT", "5002", "5002"),
         ("BIND_ADDRESS", "[::1]", "::1"),
         ("HTTP_PORT", "6001", "6001"),
@@ -323,6 +353,12 @@ mod tests {
         ("HTTP_TOKEN", "tok", "********"),
         ("STS_URL", "wss://u:p@agent/sts", "wss://u:****@agent/sts"),
         ("STS_CONNECT_TIMEOUT", "2s", "2000ms"),
+        (
+            "STS_SAMPLE_RATE",
+            "16000",
+            "16000 (not the upstream 8000: the agent must speak 16000 Hz; it is told so by \
+             sample_rate=16000 on its URL)",
+        ),
         ("MAX_CALLS", "7", "7"),
         ("AUDIO_CODEC", "PCMA", "alaw"),
         ("AMBIENT_NOISE_FILE", "/n.raw", "/n.raw"),
@@ -410,6 +446,8 @@ mod tests {
             ("WEBHOOK_SIGNATURE", "md5"),
             ("WEBHOOK_EVENTS", "call_started,bogus"),
             ("STS_CONNECT_TIMEOUT", "soon"),
+            ("STS_SAMPLE_RATE", "7999"),
+            ("STS_SAMPLE_RATE", "16k"),
             ("BIND_ADDRESS", "localhost:1"),
             ("WEBHOOK_URL", "ftp://x"),
         ];

@@ -71,7 +71,7 @@ fn display(p: &Option<std::path::PathBuf>) -> Option<String> {
 }
 
 /// Every variable, in `check-config` order.
-pub const VARS: [Var; 25] = [
+pub const VARS: [Var; 26] = [
     Var {
         name: "PORT",
         when_unset: WhenUnset::Value("5001"),
@@ -120,6 +120,14 @@ pub const VARS: [Var; 25] = [
         meaning: "budget for TCP + TLS + WebSocket handshake with the agent",
         secret: false,
         show: |c| ms(c.sts_connect_timeout),
+    },
+    Var {
+        name: "STS_SAMPLE_RATE",
+        when_unset: WhenUnset::Value("8000"),
+        meaning: "rate (Hz) of the agent's audio both ways; other rates are resampled \
+                  and announced as sample_rate=<Hz> on the agent's URL",
+        secret: false,
+        show: |c| Some(super::describe_sample_rate(c.sts_sample_rate)),
     },
     Var {
         name: "MAX_CALLS",

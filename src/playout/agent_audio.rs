@@ -8,8 +8,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::proto::audiosocket::SLIN_FRAME_BYTES;
-
 /// Bytes in one millisecond of 8 kHz s16le mono, the only audio format playout handles.
 pub const BYTES_PER_MS: usize = 16;
 
@@ -47,6 +45,12 @@ pub struct AgentAudio {
 }
 
 impl AgentAudio {
+    /// Agent audio for a caller at `rate_hz` (TEMPORARY: 8 kHz bounds until the
+    /// rate-aware version lands).
+    pub fn new(_rate_hz: u32) -> AgentAudio {
+        AgentAudio::default()
+    }
+
     /// Appends audio; returns the bytes refused because the queue is full.
     pub fn push(&mut self, pcm: &[u8], now: Instant) -> usize {
         let room = MAX_QUEUED_BYTES.saturating_sub(self.bytes.len()) & !1;
@@ -79,7 +83,8 @@ impl AgentAudio {
 
     /// Fills `out` for the tick at `now`. `last` means the agent is gone: play what is left
     /// without waiting for more.
-    pub fn fill(&mut self, out: &mut [u8; SLIN_FRAME_BYTES], last: bool, now: Instant) -> Fill {
+    pub fn fill(&mut self, out: &mut [u8], last: bool, now: Instant) -> Fill {
+        let frame = out.len();
         let n = self.bytes.len();
         if !self.playing {
             let waited = self
@@ -98,13 +103,13 @@ impl AgentAudio {
             out.fill(0);
             return Fill::Silence;
         }
-        if n < SLIN_FRAME_BYTES && !self.held_partial && !last {
+        if n < frame && !self.held_partial && !last {
             self.held_partial = true;
             out.fill(0);
             return Fill::Underrun;
         }
         self.held_partial = false;
-        let take = n.min(SLIN_FRAME_BYTES);
+        let take = n.min(frame);
         let (a, b) = self.bytes.as_slices();
         let from_a = take.min(a.len());
         out[..from_a].copy_from_slice(&a[..from_a]);
@@ -130,6 +135,7 @@ impl AgentAudio {
 mod tests {
     use super::*;
     use crate::playout::TICK;
+    use crate::proto::audiosocket::SLIN_FRAME_BYTES;
 
     fn take(a: &mut AgentAudio, last: bool, at: Instant) -> (Fill, Vec<u8>) {
         let mut out = [0xAAu8; SLIN_FRAME_BYTES];

@@ -1,5 +1,6 @@
-//! The playout clocks: one 320-byte slin frame to every call's Asterisk every 20 ms, from the
-//! UUID to the hangup, whatever the agent does.
+//! The playout clocks: one 20 ms frame to every call's Asterisk every 20 ms (320 bytes of
+//! slin, or 20 ms at the caller's own rate), from the UUID to the hangup, whatever the
+//! agent does.
 //!
 //! Each clock thread writes, on a monotonic 20 ms grid, the frame of every [`Playout`] it
 //! holds. It serves a small group of calls (up to [`CALLS_PER_CLOCK`], more only when
@@ -16,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{AmbientCursor, ClockStats, Playout};
-use crate::proto::audiosocket::SLIN_FRAME_BYTES;
+use super::{Ambient, ClockStats, Playout};
+use crate::proto::audiosocket::{frame_bytes, HEADER_LEN};
 use crate::sys::{lock, Bell};
 
 /// One tick of the clock.
@@ -88,7 +89,7 @@ impl Clocks {
     pub fn add(
         &self,
         stream: Arc<TcpStream>,
-        ambient: Option<AmbientCursor>,
+        ambient: Option<Ambient>,
         done: Arc<Bell>,
     ) -> io::Result<Arc<Playout>> {
         let mut started = self.lock();
@@ -192,7 +193,8 @@ impl Clock {
     /// Ticks while there are calls, sleeps on the condvar while there are none. The lock is
     /// held through a tick, so [`Clocks::remove`] waits for the frame being written.
     fn run(&self) {
-        let mut payload = [0u8; SLIN_FRAME_BYTES];
+        // Room for the largest frame (slin192) from the start: a tick never allocates.
+        let mut frame = Vec::with_capacity(HEADER_LEN + frame_bytes(192_000));
         let mut calls = self.lock();
         let mut slot: Option<Instant> = None;
         let mut skipped = 0;
@@ -215,7 +217,7 @@ impl Clock {
                     .0;
                 continue;
             }
-            calls.playing.retain(|p| p.tick(due, skipped, &mut payload));
+            calls.playing.retain(|p| p.tick(due, skipped, &mut frame));
             let next;
             (next, skipped) = next_slot(due, Instant::now());
             slot = Some(next);

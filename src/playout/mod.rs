@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use rustix::net::{send, SendFlags};
 
 pub use agent_audio::{AgentAudio, Fill, BYTES_PER_MS, MAX_QUEUED_BYTES};
-pub use ambient::{Ambient, AmbientCursor};
+pub use ambient::{Ambient, AmbientCursor, AMBIENT_RATE};
 pub use clocks::{next_slot, Clocks, TICK};
 
-use crate::proto::audiosocket::{self, SLIN_FRAME_BYTES};
+use crate::proto::audiosocket::{self, HEADER_LEN, KIND_AUDIO};
 use crate::sys::{lock, Bell};
 use clocks::Clock;
 
@@ -64,6 +64,11 @@ pub struct ClockStats {
     pub hangup_sent: bool,
 }
 
+/// Milliseconds of s16le mono at `rate_hz` in `bytes`.
+fn bytes_to_ms(bytes: usize, rate_hz: u32) -> usize {
+    bytes * 1000 / (rate_hz as usize * 2)
+}
+
 /// Why a clock let go of a call by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
@@ -90,11 +95,16 @@ pub struct Playout {
     clock: Arc<Clock>,
     state: Mutex<PlayoutState>,
     done: Arc<Bell>,
+    /// The ambient noise, for a cursor at the call's rate once it is known.
+    ambient: Option<Ambient>,
 }
 
-#[derive(Default)]
 struct PlayoutState {
     audio: AgentAudio,
+    /// The frames to Asterisk: 20 ms of this rate, in this audio kind. 8 kHz (`0x10`)
+    /// until the call's rate is known ([`Playout::set_rate`]).
+    rate_hz: u32,
+    kind: u8,
     stop: Option<Stop>,
     ambient: Option<AmbientCursor>,
     stats: ClockStats,
@@ -112,38 +122,67 @@ impl Playout {
     fn new(
         stream: Arc<TcpStream>,
         clock: Arc<Clock>,
-        ambient: Option<AmbientCursor>,
+        ambient: Option<Ambient>,
         done: Arc<Bell>,
     ) -> Playout {
         Playout {
             stream,
             clock,
             state: Mutex::new(PlayoutState {
-                ambient,
-                ..PlayoutState::default()
+                audio: AgentAudio::new(AMBIENT_RATE),
+                rate_hz: AMBIENT_RATE,
+                kind: KIND_AUDIO,
+                stop: None,
+                ambient: ambient.as_ref().map(Ambient::cursor),
+                stats: ClockStats::default(),
+                unsent: Vec::new(),
+                stalled_since: None,
+                hanging_up: false,
+                finished: None,
             }),
             done,
+            ambient,
         }
+    }
+
+    /// From the next tick on, frames carry 20 ms at `rate_hz` in its audio kind: the
+    /// caller's own (docs/audiosocket.md §10.4). Called once, before any agent audio is
+    /// queued (audio queued at the old rate would be dropped). The ambient noise at that
+    /// rate is made here, on the call's thread, not under the clock's lock.
+    pub fn set_rate(&self, rate_hz: u32) {
+        let Some(kind) = audiosocket::audio_kind(rate_hz) else {
+            return;
+        };
+        let ambient = self.ambient.as_ref().map(|a| a.cursor_at(rate_hz));
+        let mut st = self.lock();
+        st.rate_hz = rate_hz;
+        st.kind = kind;
+        st.audio = AgentAudio::new(rate_hz);
+        st.ambient = ambient;
     }
 
     fn lock(&self) -> MutexGuard<'_, PlayoutState> {
         lock(&self.state)
     }
 
-    /// Queues agent audio (8 kHz s16le) that arrived at `now`; returns the bytes refused
-    /// because [`MAX_QUEUED_BYTES`] are already waiting.
+    /// Queues agent audio (s16le at the call's rate) that arrived at `now`; returns the
+    /// bytes refused because two minutes are already waiting.
     pub fn play(&self, pcm: &[u8], now: Instant) -> usize {
         self.lock().audio.push(pcm, now)
     }
 
-    /// Drops the agent audio not played yet (the caller barged in); returns how many bytes.
+    /// Drops the agent audio not played yet (the caller barged in); returns how many
+    /// milliseconds.
     pub fn interrupt(&self) -> usize {
-        self.lock().audio.clear()
+        let mut st = self.lock();
+        let dropped = st.audio.clear();
+        bytes_to_ms(dropped, st.rate_hz)
     }
 
     /// How much agent audio waits to be played, in milliseconds.
     pub fn queued_ms(&self) -> usize {
-        self.lock().audio.len() / BYTES_PER_MS
+        let st = self.lock();
+        bytes_to_ms(st.audio.len(), st.rate_hz)
     }
 
     /// Requests a stop, applied at the next tick; a weaker request never replaces a
@@ -165,8 +204,9 @@ impl Playout {
         self.lock().stats
     }
 
-    /// Writes this slot's frame; `false` once the call is off the clock.
-    fn tick(&self, slot: Instant, skipped: u64, payload: &mut [u8; SLIN_FRAME_BYTES]) -> bool {
+    /// Writes this slot's frame, built in `frame` (the clock's scratch buffer); `false` once
+    /// the call is off the clock.
+    fn tick(&self, slot: Instant, skipped: u64, frame: &mut Vec<u8>) -> bool {
         let mut st = self.lock();
         st.stats.late_slots += skipped;
         if st.finished.is_some() {
@@ -204,6 +244,13 @@ impl Playout {
         }
 
         let last = matches!(st.stop, Some(Stop::Drain { .. }));
+        let bytes = audiosocket::frame_bytes(st.rate_hz);
+        frame.clear();
+        frame.push(st.kind);
+        frame.extend_from_slice(&(bytes as u16).to_be_bytes());
+        frame.resize(HEADER_LEN + bytes, 0);
+        let payload = &mut frame[HEADER_LEN..];
+        let st = &mut *st;
         match st.audio.fill(payload, last, slot) {
             Fill::Agent => st.stats.agent_frames += 1,
             Fill::Underrun => st.stats.underruns += 1,
@@ -212,11 +259,10 @@ impl Playout {
         if let Some(cursor) = st.ambient.as_mut() {
             cursor.mix_into(payload);
         }
-        let frame = audiosocket::audio_frame(payload);
         st.stats.frames_out += 1;
-        match self.write(&mut st, &frame) {
+        match self.write(st, frame) {
             Ok(()) => true,
-            Err(e) => self.finish(&mut st, e.into()),
+            Err(e) => self.finish(st, e.into()),
         }
     }
 
@@ -324,7 +370,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(p.play(&[1; 3200], now), 0);
         assert_eq!(p.queued_ms(), 200);
-        assert_eq!(p.interrupt(), 3200);
+        assert_eq!(p.interrupt(), 200);
         assert_eq!(p.queued_ms(), 0);
         assert_eq!(p.play(&vec![0; MAX_QUEUED_BYTES + 10], now), 10);
         assert_eq!(p.queued_ms(), MAX_QUEUED_BYTES / BYTES_PER_MS);

@@ -50,6 +50,20 @@ pub fn effective_url(base: &str, payload: &Map<String, Value>) -> String {
     url
 }
 
+/// The query parameter that tells an agent the rate of its audio when `STS_SAMPLE_RATE` is
+/// not the upstream 8000 (docs/sts.md §2.3). A parameter, not an `init` field, because the
+/// agent may need the rate before it accepts the connection, and connectors that do not
+/// know it ignore it.
+pub const SAMPLE_RATE_PARAM: &str = "sample_rate";
+
+/// `url` with `sample_rate=<rate>` appended to its query, by the same rules as a `/call`
+/// payload (so the result is what [`effective_url`] would give with that pair last).
+pub fn with_sample_rate(url: &str, rate_hz: u32) -> String {
+    let mut pair = Map::new();
+    pair.insert(SAMPLE_RATE_PARAM.into(), Value::from(rate_hz));
+    effective_url(url, &pair)
+}
+
 /// The `application/x-www-form-urlencoded` byte serializer of the WHATWG URL standard.
 fn form_encode_into(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -71,6 +85,18 @@ fn form_encode_into(text: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_rate_follows_any_query() {
+        assert_eq!(
+            with_sample_rate("ws://h:6030", 16_000),
+            "ws://h:6030/?sample_rate=16000"
+        );
+        assert_eq!(
+            with_sample_rate("ws://h/?from=2000&to=5001", 24_000),
+            "ws://h/?from=2000&to=5001&sample_rate=24000"
+        );
+    }
     use serde_json::json;
 
     fn url(base: &str, payload: Value) -> String {

@@ -3,6 +3,7 @@
 use std::sync::{Mutex, Once};
 
 use super::*;
+use crate::call::rates::RATE_WAIT;
 use crate::proto::audiosocket::CallId;
 use crate::proto::g711::{linear_to_alaw, linear_to_ulaw};
 
@@ -48,10 +49,15 @@ impl Call {
     }
 
     fn with_codec(codec: CodecChoice) -> Call {
+        Call::with_rates(codec, 8_000)
+    }
+
+    /// A call whose agent speaks `agent_hz`.
+    fn with_rates(codec: CodecChoice, agent_hz: u32) -> Call {
         capture_logs();
         let uuid = CallId::random().to_string();
         Call {
-            state: CallState::new(&uuid, codec),
+            state: CallState::new(&uuid, codec).with_agent_rate(agent_hz),
             uuid,
             actions: VecDeque::new(),
             now: Instant::now(),
@@ -70,6 +76,12 @@ impl Call {
         self.state.handle(event, self.now, &mut self.actions);
         let now = self.now;
         self.actions.drain(..).map(|a| describe(&a, now)).collect()
+    }
+
+    /// Handles `event`; returns the actions themselves.
+    fn on_raw(&mut self, event: Event<'_>) -> Vec<Action> {
+        self.state.handle(event, self.now, &mut self.actions);
+        self.actions.drain(..).collect()
     }
 
     fn frame(&mut self, frame: Frame<'_>) -> Vec<String> {
@@ -117,6 +129,7 @@ fn describe(action: &Action, now: Instant) -> String {
         Action::ToAgent(ToAgent::Audio(pcm)) => format!("agent audio {}", pcm.len()),
         Action::ToAgent(ToAgent::Dtmf(d)) => format!("agent dtmf {d}"),
         Action::Play(pcm) => format!("play {}", pcm.len()),
+        Action::SetPlayoutRate(hz) => format!("playout at {hz} Hz"),
         Action::InterruptPlayout => "interrupt".into(),
         Action::StopPlayout(Stop::Drain { until }) => {
             format!("drain {} s", (*until - now).as_secs())
@@ -310,7 +323,7 @@ fn a_write_failure_ends_the_call_and_asterisk_gets_the_close_wait() {
         call.state.deadline(),
         Some(call.now - Duration::from_secs(1) + CLOSE_WAIT)
     );
-    assert_eq!(call.on(Event::CloseWaitOver), ["close caller"]);
+    assert_eq!(call.on(Event::DeadlinePassed), ["close caller"]);
     assert!(call.state.is_over());
 }
 
@@ -500,23 +513,117 @@ fn the_backlog_keeps_the_newest_second_until_the_agent_answers() {
 }
 
 #[test]
-fn wideband_audio_is_ignored_and_logged_once() {
+fn a_wideband_caller_sets_the_playout_rate_and_reaches_an_8_khz_agent_resampled() {
     let mut call = Call::connected();
-    for _ in 0..3 {
+    let frame = Frame::Audio {
+        rate_hz: 16_000,
+        payload: &[0; 640],
+    };
+    let first = call.frame(frame);
+    assert_eq!(first[0], "playout at 16000 Hz");
+    // 20 ms at 8 kHz, less what the filter holds back at the start.
+    let audio: usize = first[1].trim_start_matches("agent audio ").parse().unwrap();
+    assert!(audio <= 320 && audio > 200, "{first:?}");
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        call.logged(),
+        ["INFO Caller audio is slin16 (16000 Hz), the agent's 8000 Hz: resampling both ways"]
+    );
+    // From then on, 20 ms in, 20 ms out; the rate is set once.
+    for _ in 0..5 {
+        assert_eq!(call.frame(frame), ["agent audio 320"]);
+    }
+    // Agent audio comes back at 16 kHz.
+    let played = call.message(FromAgent::Audio {
+        pcm: vec![0; 3_200],
+        odd_byte_dropped: false,
+    });
+    let bytes: usize = played[0].trim_start_matches("play ").parse().unwrap();
+    assert!(bytes <= 6_400 && bytes > 6_000, "{played:?}");
+    assert_eq!(call.state.frames_in(), 6);
+}
+
+#[test]
+fn an_8_khz_caller_with_an_8_khz_agent_passes_bytes_through_and_logs_nothing_new() {
+    let mut call = Call::with_codec(CodecChoice::Slin);
+    call.on(Event::AgentConnected);
+    let pcm: Vec<u8> = (0..320).map(|i| i as u8).collect();
+    let frame = Frame::Audio {
+        rate_hz: 8_000,
+        payload: &pcm,
+    };
+    let got = call.on_raw(Event::CallerFrame(frame));
+    match &got[..] {
+        [Action::ToAgent(ToAgent::Audio(sent))] => assert_eq!(*sent, pcm, "bit-exact"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(call.count_logged("Caller audio is"), 0);
+}
+
+#[test]
+fn agent_audio_before_any_caller_audio_waits_for_the_rate_or_plays_at_8_khz() {
+    let mut call = Call::connected();
+    let greeting = || FromAgent::Audio {
+        pcm: vec![1; 1_600],
+        odd_byte_dropped: false,
+    };
+    assert!(call.message(greeting()).is_empty(), "held for the caller's rate");
+    assert_eq!(call.state.deadline(), Some(call.now + RATE_WAIT));
+    let frame = Frame::Audio {
+        rate_hz: 16_000,
+        payload: &[0; 640],
+    };
+    let got = call.frame(frame);
+    assert_eq!(got[0], "playout at 16000 Hz");
+    assert!(got[1].starts_with("play "), "{got:?}");
+
+    // A caller that sends no audio: after the wait, 8 kHz, as AudioSocket() always sends.
+    let mut quiet = Call::connected();
+    quiet.message(greeting());
+    quiet.now += RATE_WAIT;
+    assert_eq!(quiet.on(Event::DeadlinePassed), ["play 1600"]);
+    assert_eq!(quiet.state.deadline(), None);
+}
+
+#[test]
+fn another_agent_rate_converts_both_ways_and_flushes_the_tail_when_the_agent_pauses() {
+    let mut call = Call::with_rates(CodecChoice::Slin, 24_000);
+    call.on(Event::AgentConnected);
+    let got = call.audio(&[0; 320]);
+    assert_eq!(
+        call.count_logged(
+            "INFO Caller audio is slin (8000 Hz), the agent's 24000 Hz: resampling both ways"
+        ),
+        1
+    );
+    let sent: usize = got[0].trim_start_matches("agent audio ").parse().unwrap();
+    assert!(sent <= 960 && sent > 700, "{got:?}");
+    let played = call.message(FromAgent::Audio {
+        pcm: vec![0; 960],
+        odd_byte_dropped: false,
+    });
+    assert_eq!(played.len(), 1);
+    // The agent pauses: its tail is pushed out once its next message is no longer due.
+    let by = call.state.deadline().expect("a flush is due");
+    call.now = by;
+    let tail = call.on(Event::DeadlinePassed);
+    assert!(tail.len() == 1 && tail[0].starts_with("play "), "{tail:?}");
+    assert_eq!(call.state.deadline(), None);
+}
+
+#[test]
+fn a_caller_that_changes_rate_mid_call_is_converted_and_logged_once() {
+    let mut call = Call::connected();
+    call.audio(&[0; 320]);
+    for _ in 0..2 {
         let frame = Frame::Audio {
             rate_hz: 16_000,
             payload: &[0; 640],
         };
-        assert!(call.frame(frame).is_empty());
+        let got = call.frame(frame);
+        assert!(got.iter().all(|a| a.starts_with("agent audio")), "{got:?}");
     }
-    assert_eq!(
-        call.logged(),
-        [
-            "WARN Ignoring 16000 Hz audio: only 8 kHz (kind 0x10) is supported; use c(slin) in \
-          the dialplan"
-        ]
-    );
-    assert_eq!(call.state.frames_in(), 3, "counted all the same");
+    assert_eq!(call.count_logged("changed to slin16 (16000 Hz) mid-call"), 1);
 }
 
 #[test]
@@ -548,7 +655,7 @@ fn a_second_uuid_and_odd_frames_are_ignored_and_logged_once_each() {
 #[test]
 fn each_oddity_is_noted_once_and_apart_from_the_others() {
     let all = [
-        Oddity::WidebandAudio,
+        Oddity::RateChange,
         Oddity::UnknownFrame,
         Oddity::MalformedFrame,
         Oddity::SecondUuid,
