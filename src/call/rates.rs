@@ -103,12 +103,14 @@ impl CallRates {
     pub fn to_agent(&mut self, rate_hz: u32, pcm: Vec<u8>) -> (Vec<u8>, bool) {
         let changed = self.inbound.as_ref().is_some_and(|(hz, _)| *hz != rate_hz);
         if self.inbound.is_none() || changed {
-            let resampler = (rate_hz != self.agent_hz).then(|| Resampler::new(rate_hz, self.agent_hz));
+            let resampler =
+                (rate_hz != self.agent_hz).then(|| Resampler::new(rate_hz, self.agent_hz));
             self.inbound = Some((rate_hz, resampler));
         }
         let pcm = match self.inbound.as_mut().and_then(|(_, r)| r.as_mut()) {
             Some(resampler) => {
-                let mut out = Vec::with_capacity(pcm.len() * self.agent_hz as usize / rate_hz as usize + 8);
+                let mut out =
+                    Vec::with_capacity(pcm.len() * self.agent_hz as usize / rate_hz as usize + 8);
                 resampler.push(&pcm, &mut out);
                 out
             }
@@ -123,7 +125,8 @@ impl CallRates {
     pub fn from_agent(&mut self, pcm: &[u8], now: Instant) -> (Vec<u8>, usize) {
         if self.caller_hz.is_none() {
             self.rate_by.get_or_insert(now + RATE_WAIT);
-            let room = (PENDING_SECONDS * self.agent_hz as usize * 2).saturating_sub(self.pending.len());
+            let room =
+                (PENDING_SECONDS * self.agent_hz as usize * 2).saturating_sub(self.pending.len());
             let take = pcm.len().min(room);
             self.pending.extend_from_slice(&pcm[..take]);
             return (Vec::new(), pcm.len() - take);
@@ -131,7 +134,8 @@ impl CallRates {
         if self.outbound.is_some() {
             // The next message is due about when this one has played; past that plus the
             // jitter allowance, the agent has paused (the rule playout uses for a spurt's end).
-            let plays = Duration::from_secs_f64(pcm.len() as f64 / (2.0 * f64::from(self.agent_hz)));
+            let plays =
+                Duration::from_secs_f64(pcm.len() as f64 / (2.0 * f64::from(self.agent_hz)));
             self.flush_by = Some(now + plays + PREBUFFER_WAIT);
         }
         (self.convert_out(pcm), 0)
@@ -209,7 +213,11 @@ mod tests {
         assert_eq!(r.on_deadline(t0), Due::default());
         let played = r.fix_caller_rate(16_000);
         // 100 ms at 16 kHz, less what the filter still holds.
-        assert!(played.len() <= 6_400 && played.len() >= 6_400 - 640, "{}", played.len());
+        assert!(
+            played.len() <= 6_400 && played.len() >= 6_400 - 640,
+            "{}",
+            played.len()
+        );
         assert_eq!(r.caller_hz(), Some(16_000));
         assert!(r.fix_caller_rate(8_000).is_empty(), "fixed once");
         assert_eq!(r.caller_hz(), Some(16_000));

@@ -112,7 +112,9 @@ fn sample_rate(t: &str) -> Result<u32, String> {
     let (min, max) = SAMPLE_RATES;
     env::whole_number(t, min as usize, max as usize)
         .map(|n| n as u32)
-        .map_err(|_| format!("a sample rate in Hz from {min} to {max} (8000, 16000, 24000, 48000…)"))
+        .map_err(|_| {
+            format!("a sample rate in Hz from {min} to {max} (8000, 16000, 24000, 48000…)")
+        })
 }
 
 /// `check-config`'s text for `STS_SAMPLE_RATE`: a rate other than the upstream one says

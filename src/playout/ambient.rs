@@ -130,8 +130,15 @@ mod tests {
         let amb = Ambient::from_samples(vec![100; 8_000], 1.0);
         let a = amb.cursor_at(16_000);
         let b = amb.clone().cursor_at(16_000);
-        assert!(Arc::ptr_eq(&a.samples, &b.samples), "converted once, shared");
-        assert!(a.samples.len().abs_diff(16_000) <= 64, "{}", a.samples.len());
+        assert!(
+            Arc::ptr_eq(&a.samples, &b.samples),
+            "converted once, shared"
+        );
+        assert!(
+            a.samples.len().abs_diff(16_000) <= 64,
+            "{}",
+            a.samples.len()
+        );
         assert!(Arc::ptr_eq(&amb.cursor_at(8_000).samples, &amb.samples));
         assert_eq!(lock(&amb.converted).len(), 1);
     }

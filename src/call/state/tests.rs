@@ -567,7 +567,10 @@ fn agent_audio_before_any_caller_audio_waits_for_the_rate_or_plays_at_8_khz() {
         pcm: vec![1; 1_600],
         odd_byte_dropped: false,
     };
-    assert!(call.message(greeting()).is_empty(), "held for the caller's rate");
+    assert!(
+        call.message(greeting()).is_empty(),
+        "held for the caller's rate"
+    );
     assert_eq!(call.state.deadline(), Some(call.now + RATE_WAIT));
     let frame = Frame::Audio {
         rate_hz: 16_000,
@@ -623,7 +626,10 @@ fn a_caller_that_changes_rate_mid_call_is_converted_and_logged_once() {
         let got = call.frame(frame);
         assert!(got.iter().all(|a| a.starts_with("agent audio")), "{got:?}");
     }
-    assert_eq!(call.count_logged("changed to slin16 (16000 Hz) mid-call"), 1);
+    assert_eq!(
+        call.count_logged("changed to slin16 (16000 Hz) mid-call"),
+        1
+    );
 }
 
 #[test]
