@@ -128,6 +128,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         duration: started.elapsed(),
         reason: state.end_reason().cloned(),
         codec: state.codec(),
+        caller_hz: state.caller_hz(),
         frames_in: state.frames_in(),
         clock,
         link,

@@ -329,6 +329,11 @@ impl CallState {
         self.frames_in
     }
 
+    /// The rate playout runs at (the caller's), once known.
+    pub fn caller_hz(&self) -> Option<u32> {
+        self.rates.caller_hz()
+    }
+
     /// The caller's codec, once forced or detected.
     pub fn codec(&self) -> Option<Codec> {
         self.codec.decided()

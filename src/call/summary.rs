@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::EndReason;
 use crate::agent::LinkStats;
 use crate::playout::ClockStats;
+use crate::proto::audiosocket::{audio_kind, kind_name};
 use crate::proto::g711::Codec;
 
 /// Everything the closing log line reports; its `Display` is that line (after the `[uuid]`).
@@ -15,14 +16,28 @@ pub struct CallSummary {
     pub duration: Duration,
     /// `None` only if nothing recorded a reason (printed as `unknown`).
     pub reason: Option<EndReason>,
-    /// The caller's codec, once forced or detected.
+    /// The caller's codec, once forced or detected (8 kHz callers).
     pub codec: Option<Codec>,
+    /// The rate of the call, once known: a wideband caller's codec is its slinNN.
+    pub caller_hz: Option<u32>,
     /// AudioSocket frames read from Asterisk, of every kind.
     pub frames_in: u64,
     /// What the playout clock wrote to Asterisk.
     pub clock: ClockStats,
     /// What the agent link carried.
     pub link: LinkStats,
+}
+
+impl CallSummary {
+    /// `SLIN`, `ULAW`, `ALAW` for 8 kHz callers (as the Node.js original logged them),
+    /// `SLIN16` and the like for wideband ones, `none` when no audio came.
+    fn codec_name(&self) -> String {
+        match (self.caller_hz, self.codec) {
+            (Some(hz), _) if hz != 8_000 => kind_name(audio_kind(hz).unwrap_or(0)).to_uppercase(),
+            (_, Some(codec)) => codec.name().to_string(),
+            (_, None) => "none".to_string(),
+        }
+    }
 }
 
 impl fmt::Display for CallSummary {
@@ -37,7 +52,7 @@ impl fmt::Display for CallSummary {
             "; codec {}, frames in {}, frames out {} ({} agent, {} underruns, {} late slots \
              skipped), audio messages to agent {} ({} dropped: agent not reading), messages \
              from agent {}",
-            self.codec.map(|c| c.name()).unwrap_or("none"),
+            self.codec_name(),
             self.frames_in,
             self.clock.frames_out,
             self.clock.agent_frames,
@@ -62,6 +77,7 @@ mod tests {
                 "Asterisk sent a hangup frame".into(),
             )),
             codec: Some(Codec::Ulaw),
+            caller_hz: Some(8_000),
             frames_in: 617,
             clock: ClockStats {
                 frames_out: 620,
@@ -91,6 +107,7 @@ mod tests {
             duration: Duration::from_millis(80),
             reason: None,
             codec: None,
+            caller_hz: None,
             frames_in: 0,
             clock: ClockStats::default(),
             link: LinkStats::default(),
@@ -101,5 +118,19 @@ mod tests {
              0 underruns, 0 late slots skipped), audio messages to agent 0 (0 dropped: agent \
              not reading), messages from agent 0"
         );
+    }
+
+    #[test]
+    fn a_wideband_caller_is_named_by_its_kind() {
+        let summary = CallSummary {
+            duration: Duration::from_secs(1),
+            reason: None,
+            codec: None,
+            caller_hz: Some(16_000),
+            frames_in: 50,
+            clock: ClockStats::default(),
+            link: LinkStats::default(),
+        };
+        assert!(summary.to_string().contains("; codec SLIN16, frames in 50"));
     }
 }
