@@ -133,6 +133,13 @@ pub fn decode_into(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
 const SLIN_MIN_BYTES: usize = 320;
 /// Samples of non-quiet audio whose shape must favour one law before it is decided (300 ms).
 const DECIDE_SAMPLES: usize = 2_400;
+/// Shape votes that decide at once when no frame has spoken for the other law, neither by shape
+/// nor by quietness (60 ms). The caller's audio is held, not guessed, until the law is decided
+/// (`call::caller_codec`, whose hold is 60 ms too), so speech from the first frame would lose
+/// everything between 60 and 300 ms without this. Unanimity keeps it safe: in the test corpus
+/// the wrong law never won a single frame's shape vote, and one vote against (or one frame that
+/// is quiet only under the other law, as a pure tone can fake) defers to the 300 ms rule.
+const UNANIMOUS_SAMPLES: usize = 480;
 /// After this much G.711 audio (3 s) the best guess is taken even without conclusive evidence.
 const CAP_SAMPLES: usize = 24_000;
 /// Shorter payloads are too short to judge a waveform's shape.
@@ -173,6 +180,7 @@ const MAX_G711_BYTES: usize = 480;
 ///   frame.
 ///
 /// The law is decided once 300 ms of frames voted for it with at most a quarter as many against,
+/// or as soon as 60 ms of frames voted for it by shape with no evidence at all for the other law,
 /// or after 3 s of G.711 by the best guess (shape votes, then silent frames, then quiet frames,
 /// then µ-law).
 #[derive(Debug, Clone, Default)]
@@ -228,7 +236,9 @@ impl Detector {
             (U, A)
         };
         let [lead_votes, other_votes] = [self.shape_votes[lead], self.shape_votes[other]];
-        if lead_votes >= DECIDE_SAMPLES && other_votes * 4 <= lead_votes {
+        let unanimous =
+            lead_votes >= UNANIMOUS_SAMPLES && other_votes == 0 && self.quiet_votes[other] == 0;
+        if unanimous || (lead_votes >= DECIDE_SAMPLES && other_votes * 4 <= lead_votes) {
             self.decided = Some(law_codec(lead));
         } else if self.seen >= CAP_SAMPLES {
             self.decided = Some(law_codec(self.best_guess()));
@@ -760,6 +770,76 @@ mod tests {
                 d = Detector::new();
             }
             d.observe(&payload);
+        }
+    }
+
+    /// Frames of `law`-encoded speech from the first sample (no silence before it).
+    fn speech_frames(law: Codec) -> Vec<Vec<u8>> {
+        encode(law, &speech(-15.0, 1.0))
+            .chunks(160)
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// The index of the frame after which `d` had decided, feeding `frames` in order.
+    fn decided_at(d: &mut Detector, frames: &[Vec<u8>]) -> Option<usize> {
+        frames.iter().position(|f| {
+            d.observe(f);
+            d.decided().is_some()
+        })
+    }
+
+    #[test]
+    fn unanimous_shape_votes_decide_within_60_ms() {
+        for law in [Codec::Ulaw, Codec::Alaw] {
+            // The tone of `tones_after_silence`, from its first sample: every frame votes.
+            let tone = encode(law, &tone(440.0, -10.0, 0.5, 1.0));
+            let mut d = Detector::new();
+            let frames: Vec<Vec<u8>> = tone.chunks(160).map(<[u8]>::to_vec).collect();
+            assert_eq!(decided_at(&mut d, &frames), Some(2), "{law:?} tone");
+            assert_eq!(d.decided(), Some(law));
+            // Speech whose first syllable starts from nothing: its first frames are quiet
+            // (no vote), then three votes in a row.
+            let mut d = Detector::new();
+            let at = decided_at(&mut d, &speech_frames(law)).unwrap();
+            assert!(at < 10, "{law:?} speech decided at frame {at}");
+            assert_eq!(d.decided(), Some(law));
+            // 10 ms frames: 60 ms is six of them.
+            let mut d = Detector::new();
+            let short: Vec<Vec<u8>> = tone.chunks(80).map(<[u8]>::to_vec).collect();
+            assert_eq!(decided_at(&mut d, &short), Some(5), "{law:?} 10 ms frames");
+        }
+    }
+
+    #[test]
+    fn any_evidence_against_leaves_it_to_the_300_ms_rule() {
+        let tone_frames = |law| -> Vec<Vec<u8>> {
+            encode(law, &tone(440.0, -10.0, 0.5, 1.0))
+                .chunks(160)
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        for (law, other) in [(Codec::Ulaw, Codec::Alaw), (Codec::Alaw, Codec::Ulaw)] {
+            // One frame whose shape voted for the other law.
+            let mut d = Detector::new();
+            d.observe(&tone_frames(other)[0]);
+            let at = decided_at(&mut d, &tone_frames(law)).unwrap();
+            assert_eq!(
+                at + 1,
+                DECIDE_SAMPLES / 160,
+                "{law:?} after a shape vote against"
+            );
+            assert_eq!(d.decided(), Some(law));
+            // One frame of the other law's digital silence: quiet only under the other law.
+            let mut d = Detector::new();
+            d.observe(&silence(other, 0.02));
+            let at = decided_at(&mut d, &tone_frames(law)).unwrap();
+            assert_eq!(
+                at + 1,
+                DECIDE_SAMPLES / 160,
+                "{law:?} after a quiet frame against"
+            );
+            assert_eq!(d.decided(), Some(law));
         }
     }
 }
