@@ -19,7 +19,7 @@ use crate::agent::{Backlog, LinkEnd, StsError};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop, BYTES_PER_MS};
 use crate::proto::audiosocket::{Frame, FrameError};
-use crate::proto::g711::{self, Codec};
+use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
 use crate::webhook::{self, EventKind};
 
@@ -334,15 +334,13 @@ impl CallState {
                 rate_hz: 8000,
                 payload,
             } => {
-                let codec = self.codec.of(uuid, payload);
-                // Asterisk reads len/2 samples; a stray odd byte would shift every sample after it.
-                let payload = match codec {
-                    Codec::Slin => &payload[..payload.len() & !1],
-                    _ => payload,
-                };
-                let mut pcm = Vec::with_capacity(payload.len() * 2);
-                g711::decode_into(codec, payload, &mut pcm);
-                ToAgent::Audio(pcm)
+                // Held while the codec is detected: none, one, or several frames are ready.
+                let mut ready = Vec::new();
+                self.codec.decode(uuid, payload, &mut ready);
+                for pcm in ready {
+                    self.forward(ToAgent::Audio(pcm), actions);
+                }
+                return;
             }
             Frame::Audio { rate_hz, .. } => {
                 if self.noted.first(Oddity::WidebandAudio) {
