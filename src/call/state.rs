@@ -94,7 +94,6 @@ enum Oddity {
     AgentNotReading,
     AgentUnknownMessage,
     AgentInvalidMessage,
-    AgentOddAudio,
     AgentTooFarAhead,
 }
 
@@ -415,18 +414,8 @@ impl CallState {
     fn on_agent_message(&mut self, msg: FromAgent, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         match msg {
-            FromAgent::Audio {
-                pcm,
-                odd_byte_dropped,
-            } => {
-                if odd_byte_dropped && self.noted.first(Oddity::AgentOddAudio) {
-                    log::warn!(
-                        "[{uuid}] The agent sent audio of odd length; dropped the stray byte \
-                         (logged once per call)"
-                    );
-                }
-                actions.push_back(Action::Play(pcm));
-            }
+            // Any length: an odd byte carries over to the next message in playout.
+            FromAgent::Audio(pcm) => actions.push_back(Action::Play(pcm)),
             FromAgent::Interruption => actions.push_back(Action::InterruptPlayout),
             FromAgent::Transcript { role, text } => {
                 log::info!("[{uuid}] [{role}]: {text}");

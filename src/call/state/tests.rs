@@ -366,15 +366,13 @@ fn a_failed_poll_ends_the_call() {
 // ---- what the agent says ----------------------------------------------------------------
 
 #[test]
-fn agent_audio_is_played_and_odd_lengths_are_logged_once() {
+fn agent_audio_of_any_length_is_played_whole() {
     let mut call = Call::connected();
-    let odd = || FromAgent::Audio {
-        pcm: vec![0; 640],
-        odd_byte_dropped: true,
-    };
-    assert_eq!(call.message(odd()), ["play 640"]);
-    assert_eq!(call.message(odd()), ["play 640"]);
-    assert_eq!(call.count_logged("audio of odd length"), 1);
+    // An odd length is a sample cut in two, not an error: all of it goes to playout.
+    let odd = || FromAgent::Audio(vec![0; 641]);
+    assert_eq!(call.message(odd()), ["play 641"]);
+    assert_eq!(call.message(odd()), ["play 641"]);
+    assert!(call.logged().is_empty(), "{:?}", call.logged());
     // Too far ahead: playout refused some; said once.
     assert!(call.on(Event::PlayoutFull).is_empty());
     call.on(Event::PlayoutFull);
@@ -556,7 +554,6 @@ fn each_oddity_is_noted_once_and_apart_from_the_others() {
         Oddity::AgentNotReading,
         Oddity::AgentUnknownMessage,
         Oddity::AgentInvalidMessage,
-        Oddity::AgentOddAudio,
         Oddity::AgentTooFarAhead,
     ];
     let mut noted = Noted::default();
