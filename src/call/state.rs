@@ -21,6 +21,7 @@ use crate::playout::{self, Finished, Stop, BYTES_PER_MS};
 use crate::proto::audiosocket::{Frame, FrameError};
 use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
+use crate::sys::Printable;
 use crate::webhook::{self, EventKind};
 
 /// After avr-core hangs up, how long Asterisk gets to close its side.
@@ -417,8 +418,9 @@ impl CallState {
             // Any length: an odd byte carries over to the next message in playout.
             FromAgent::Audio(pcm) => actions.push_back(Action::Play(pcm)),
             FromAgent::Interruption => actions.push_back(Action::InterruptPlayout),
+            // The agent's text is logged escaped (one event, one line); webhooks get it raw.
             FromAgent::Transcript { role, text } => {
-                log::info!("[{uuid}] [{role}]: {text}");
+                log::info!("[{uuid}] [{}]: {}", Printable(&role), Printable(&text));
                 actions.push_back(Action::Emit(webhook::Event::new(
                     uuid,
                     EventKind::Transcription,
@@ -426,19 +428,22 @@ impl CallState {
                 )));
             }
             FromAgent::AgentError(message) => {
-                log::warn!("[{uuid}] STS error: {message}");
+                log::warn!("[{uuid}] STS error: {}", Printable(&message));
             }
             FromAgent::Unknown(kind) => {
                 if self.noted.first(Oddity::AgentUnknownMessage) {
                     log::warn!(
-                        "[{uuid}] Ignoring STS messages of unknown type {kind:?} (logged once per call)"
+                        "[{uuid}] Ignoring STS messages of unknown type \"{}\" (logged once per \
+                         call)",
+                        Printable(&kind)
                     );
                 }
             }
             FromAgent::Invalid(why) => {
                 if self.noted.first(Oddity::AgentInvalidMessage) {
                     log::warn!(
-                        "[{uuid}] Ignoring an unusable STS message: {why} (logged once per call)"
+                        "[{uuid}] Ignoring an unusable STS message: {} (logged once per call)",
+                        Printable(&why)
                     );
                 }
             }

@@ -416,6 +416,33 @@ fn a_transcript_is_logged_and_emitted_with_role_and_text() {
 }
 
 #[test]
+fn the_agents_text_is_logged_on_one_line_and_emitted_raw() {
+    let mut call = Call::connected();
+    let forged = "bye\nWARN [0000] Call ending: forged\r\u{1b}[2J";
+    let msg = FromAgent::Transcript {
+        role: "agent\n".into(),
+        text: forged.into(),
+    };
+    assert_eq!(
+        call.message(msg),
+        [
+            r#"emit transcription {"role":"agent\n","text":"bye\nWARN [0000] Call ending: forged\r\u001b[2J"}"#
+        ]
+    );
+    call.message(FromAgent::AgentError("quota\nexceeded".into()));
+    call.message(FromAgent::Unknown("ma\trk".into()));
+    assert_eq!(
+        call.logged(),
+        [
+            r"INFO [agent\n]: bye\nWARN [0000] Call ending: forged\u{d}\u{1b}[2J",
+            r"WARN STS error: quota\nexceeded",
+            r#"WARN Ignoring STS messages of unknown type "ma\trk" (logged once per call)"#,
+        ]
+    );
+    assert!(call.logged().iter().all(|l| !l.contains('\n')));
+}
+
+#[test]
 fn an_agent_error_is_logged_and_the_call_goes_on() {
     let mut call = Call::connected();
     assert!(call
