@@ -773,73 +773,53 @@ mod tests {
         }
     }
 
-    /// Frames of `law`-encoded speech from the first sample (no silence before it).
-    fn speech_frames(law: Codec) -> Vec<Vec<u8>> {
-        encode(law, &speech(-15.0, 1.0))
-            .chunks(160)
-            .map(<[u8]>::to_vec)
-            .collect()
-    }
-
-    /// The index of the frame after which `d` had decided, feeding `frames` in order.
-    fn decided_at(d: &mut Detector, frames: &[Vec<u8>]) -> Option<usize> {
-        frames.iter().position(|f| {
+    /// The index of the frame after which a detector that first saw `before` had decided,
+    /// feeding `stream` in `frame`-byte payloads; and what it decided.
+    fn decided_at(before: &[u8], stream: &[u8], frame: usize) -> (Option<usize>, Option<Codec>) {
+        let mut d = Detector::new();
+        if !before.is_empty() {
+            d.observe(before);
+        }
+        let at = stream.chunks(frame).position(|f| {
             d.observe(f);
             d.decided().is_some()
-        })
+        });
+        (at, d.decided())
+    }
+
+    /// The tone of `tones_after_silence` from its first sample: every frame votes by shape.
+    fn loud_tone(law: Codec) -> Vec<u8> {
+        encode(law, &tone(440.0, -10.0, 0.5, 1.0))
     }
 
     #[test]
     fn unanimous_shape_votes_decide_within_60_ms() {
         for law in [Codec::Ulaw, Codec::Alaw] {
-            // The tone of `tones_after_silence`, from its first sample: every frame votes.
-            let tone = encode(law, &tone(440.0, -10.0, 0.5, 1.0));
-            let mut d = Detector::new();
-            let frames: Vec<Vec<u8>> = tone.chunks(160).map(<[u8]>::to_vec).collect();
-            assert_eq!(decided_at(&mut d, &frames), Some(2), "{law:?} tone");
-            assert_eq!(d.decided(), Some(law));
+            let decided = Some(law);
+            assert_eq!(decided_at(&[], &loud_tone(law), 160), (Some(2), decided));
+            // 10 ms frames: 60 ms is six of them.
+            assert_eq!(decided_at(&[], &loud_tone(law), 80), (Some(5), decided));
             // Speech whose first syllable starts from nothing: its first frames are quiet
             // (no vote), then three votes in a row.
-            let mut d = Detector::new();
-            let at = decided_at(&mut d, &speech_frames(law)).unwrap();
-            assert!(at < 10, "{law:?} speech decided at frame {at}");
-            assert_eq!(d.decided(), Some(law));
-            // 10 ms frames: 60 ms is six of them.
-            let mut d = Detector::new();
-            let short: Vec<Vec<u8>> = tone.chunks(80).map(<[u8]>::to_vec).collect();
-            assert_eq!(decided_at(&mut d, &short), Some(5), "{law:?} 10 ms frames");
+            let (at, codec) = decided_at(&[], &encode(law, &speech(-15.0, 1.0)), 160);
+            assert!(
+                at.is_some_and(|at| at < 10),
+                "{law:?} speech decided at {at:?}"
+            );
+            assert_eq!(codec, decided);
         }
     }
 
     #[test]
     fn any_evidence_against_leaves_it_to_the_300_ms_rule() {
-        let tone_frames = |law| -> Vec<Vec<u8>> {
-            encode(law, &tone(440.0, -10.0, 0.5, 1.0))
-                .chunks(160)
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
         for (law, other) in [(Codec::Ulaw, Codec::Alaw), (Codec::Alaw, Codec::Ulaw)] {
-            // One frame whose shape voted for the other law.
-            let mut d = Detector::new();
-            d.observe(&tone_frames(other)[0]);
-            let at = decided_at(&mut d, &tone_frames(law)).unwrap();
-            assert_eq!(
-                at + 1,
-                DECIDE_SAMPLES / 160,
-                "{law:?} after a shape vote against"
-            );
-            assert_eq!(d.decided(), Some(law));
-            // One frame of the other law's digital silence: quiet only under the other law.
-            let mut d = Detector::new();
-            d.observe(&silence(other, 0.02));
-            let at = decided_at(&mut d, &tone_frames(law)).unwrap();
-            assert_eq!(
-                at + 1,
-                DECIDE_SAMPLES / 160,
-                "{law:?} after a quiet frame against"
-            );
-            assert_eq!(d.decided(), Some(law));
+            // A frame whose shape voted for the other law; a frame of the other law's digital
+            // silence (quiet only under the other law).
+            for against in [loud_tone(other)[..160].to_vec(), silence(other, 0.02)] {
+                let (at, codec) = decided_at(&against, &loud_tone(law), 160);
+                assert_eq!(at.map(|at| at + 1), Some(DECIDE_SAMPLES / 160), "{law:?}");
+                assert_eq!(codec, Some(law));
+            }
         }
     }
 }
