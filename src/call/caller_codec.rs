@@ -14,8 +14,8 @@ use crate::proto::g711::{self, Codec, Detector};
 
 /// Caller audio held at most while the codec is undecided. It is latency the agent hears
 /// at the start of a G.711 call, so it is as short as the detector allows: the detector
-/// decides on 60 ms of unanimous evidence, so speech from the first frame is held, never
-/// silenced.
+/// decides on 60 ms of unanimous evidence, so clear speech from the first frame is held
+/// and then decoded, not silenced.
 pub const HOLD: Duration = Duration::from_millis(60);
 
 /// [`HOLD`] in 8 kHz samples (one G.711 byte each).
@@ -97,11 +97,12 @@ impl CallerCodec {
         // answer is a guess, and is not used.
         let by_size = hold.detector.observe(payload) == Codec::Slin;
         let Some(codec) = hold.detector.decided() else {
-            hold.frames.push_back(HeldFrame {
+            let frame = HeldFrame {
                 payload: payload.to_vec(),
                 slin: by_size,
-            });
-            hold.samples += hold.frames.back().map_or(0, HeldFrame::samples);
+            };
+            hold.samples += frame.samples();
+            hold.frames.push_back(frame);
             hold.release(out);
             return;
         };

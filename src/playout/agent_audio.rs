@@ -61,9 +61,9 @@ pub struct AgentAudio {
     /// one about when that has played, so until then (plus [`PREBUFFER_WAIT`]) more audio
     /// is due and a partial frame is worth holding for it.
     last_chunk: Option<(Instant, Duration)>,
-    /// The bytes refused so far are an odd count: the stream is a byte off, and the next
-    /// byte accepted is dropped too, so the samples after it keep their alignment.
-    byte_off: bool,
+    /// The agent has sent an odd number of bytes since the last [`clear`](Self::clear): its
+    /// next byte is the second half of a sample.
+    stream_odd: bool,
 }
 
 impl Default for AgentAudio {
@@ -85,39 +85,31 @@ impl AgentAudio {
             gathering_since: None,
             held_partial: false,
             last_chunk: None,
-            byte_off: false,
+            stream_odd: false,
         }
     }
 
     /// Appends audio that arrived at `now` (any length, odd too); returns the bytes refused
-    /// because [`MAX_QUEUED`] is already queued.
+    /// because [`MAX_QUEUED`] is already queued. (A byte dropped to keep samples whole is
+    /// not counted: the queue was not full.)
     pub fn push(&mut self, pcm: &[u8], now: Instant) -> usize {
         if pcm.is_empty() {
             return 0;
         }
         self.last_chunk = Some((now, self.duration_of(pcm.len())));
-        let room = self.max_bytes.saturating_sub(self.bytes.len());
-        let mut skip = 0;
-        if self.byte_off && room > 0 {
-            skip = 1;
-            self.byte_off = false;
-        }
+        // A byte whose place in the agent's stream and in the queue differ in parity is the
+        // second half of a sample whose first half is gone (refused, or played padded as a
+        // spurt's lone last byte): dropped, so the samples after it stay whole.
+        let skip = usize::from(self.stream_odd != (self.bytes.len() % 2 == 1));
+        self.stream_odd ^= pcm.len() % 2 == 1;
         let rest = &pcm[skip..];
-        let mut take = rest.len().min(room);
-        // What is refused is cut out of the stream: an even count keeps the samples after
-        // it aligned; an odd one (a full queue and an odd chunk) is evened out later.
-        if (rest.len() - take) % 2 == 1 {
-            if take > 0 {
-                take -= 1;
-            } else {
-                self.byte_off = !self.byte_off;
-            }
-        }
+        let room = self.max_bytes.saturating_sub(self.bytes.len());
+        let take = rest.len().min(room);
         if take > 0 && !self.playing && self.gathering_since.is_none() {
             self.gathering_since = Some(now);
         }
         self.bytes.extend(&rest[..take]);
-        pcm.len() - take
+        rest.len() - take
     }
 
     /// Drops everything queued (barge-in); returns how many bytes were dropped.
@@ -128,6 +120,8 @@ impl AgentAudio {
         self.gathering_since = None;
         self.held_partial = false;
         self.last_chunk = None;
+        // What the agent sends after an interruption is a new stream.
+        self.stream_odd = false;
         self.shrink();
         n
     }
@@ -480,7 +474,9 @@ mod tests {
         for _ in 0..10 {
             take(&mut a, false, t0);
         }
-        assert_eq!(push(&mut a, 5), 1, "the other half of that sample");
+        let before = a.len();
+        assert_eq!(push(&mut a, 5), 0, "room again");
+        assert_eq!(a.len(), before + 4, "the other half of that sample dropped");
         assert_eq!(push(&mut a, 1001), 0);
         let mut bytes = Vec::new();
         while !a.is_empty() {
@@ -492,5 +488,28 @@ mod tests {
             .filter(|s| s != &[0, 0] && s[1] != s[0] | 0x80)
             .count();
         assert_eq!(misaligned, 1, "only the lone last byte, padded");
+    }
+
+    #[test]
+    fn after_a_lone_byte_played_padded_the_samples_stay_whole() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut a = AgentAudio::default();
+        // A frame and a byte, then nothing for long: the byte plays padded.
+        a.push(&[7; 321], t0);
+        assert_eq!(take(&mut a, true, at(0)).0, Fill::Agent);
+        let (fill, bytes) = take(&mut a, false, at(200));
+        assert_eq!(fill, Fill::Agent);
+        assert_eq!((bytes[0], bytes[1]), (7, 0));
+        // The late rest of that sample is dropped, not read as the start of the next one.
+        assert_eq!(a.push(&[8, 1, 2, 3, 4], at(300)), 0);
+        assert_eq!(a.len(), 4);
+        let (_, bytes) = take(&mut a, true, at(300));
+        assert_eq!(&bytes[..4], &[1, 2, 3, 4]);
+        // An interruption starts a new stream: its first byte is kept.
+        a.push(&[5; 3], at(400));
+        a.clear();
+        a.push(&[9, 9], at(420));
+        assert_eq!(a.len(), 2);
     }
 }
