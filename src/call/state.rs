@@ -18,10 +18,11 @@ use super::rates::{CallRates, SILENT_CALLER_HZ};
 use super::EndReason;
 use crate::agent::{Backlog, LinkEnd, StsError};
 use crate::config::CodecChoice;
-use crate::playout::{self, Finished, Stop, BYTES_PER_MS};
+use crate::playout::{self, Finished, Stop};
 use crate::proto::audiosocket::{self, Frame, FrameError};
 use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
+use crate::sys::Printable;
 use crate::webhook::{self, EventKind};
 
 /// After avr-core hangs up, how long Asterisk gets to close its side.
@@ -51,7 +52,7 @@ pub enum Event<'a> {
     AgentEnded { end: LinkEnd, queued_ms: usize },
     /// A message to the agent was dropped: its connection holds 512 KiB unsent.
     AgentNotReading,
-    /// Playout refused agent audio: [`playout::MAX_QUEUED_BYTES`] already wait.
+    /// Playout refused agent audio: [`playout::MAX_QUEUED`] already waits.
     PlayoutFull,
     /// An interruption dropped `dropped_ms` of queued agent audio.
     PlayoutInterrupted { dropped_ms: usize },
@@ -97,7 +98,6 @@ enum Oddity {
     AgentNotReading,
     AgentUnknownMessage,
     AgentInvalidMessage,
-    AgentOddAudio,
     AgentTooFarAhead,
 }
 
@@ -249,7 +249,7 @@ impl CallState {
                     log::warn!(
                         "[{uuid}] The agent sent more than {} s of audio ahead of playback; \
                          dropping the excess",
-                        playout::MAX_QUEUED_BYTES / (BYTES_PER_MS * 1000)
+                        playout::MAX_QUEUED.as_secs()
                     );
                 }
             }
@@ -496,16 +496,9 @@ impl CallState {
     fn on_agent_message(&mut self, msg: FromAgent, now: Instant, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         match msg {
-            FromAgent::Audio {
-                pcm,
-                odd_byte_dropped,
-            } => {
-                if odd_byte_dropped && self.noted.first(Oddity::AgentOddAudio) {
-                    log::warn!(
-                        "[{uuid}] The agent sent audio of odd length; dropped the stray byte \
-                         (logged once per call)"
-                    );
-                }
+            // Any length: an odd byte carries over to the next message (in the resampler, or
+            // in playout).
+            FromAgent::Audio(pcm) => {
                 let (pcm, refused) = self.rates.from_agent(&pcm, now);
                 if refused > 0 {
                     self.handle(Event::PlayoutFull, now, actions);
@@ -516,8 +509,9 @@ impl CallState {
                 self.rates.interrupt();
                 actions.push_back(Action::InterruptPlayout);
             }
+            // The agent's text is logged escaped (one event, one line); webhooks get it raw.
             FromAgent::Transcript { role, text } => {
-                log::info!("[{uuid}] [{role}]: {text}");
+                log::info!("[{uuid}] [{}]: {}", Printable(&role), Printable(&text));
                 actions.push_back(Action::Emit(webhook::Event::new(
                     uuid,
                     EventKind::Transcription,
@@ -525,19 +519,22 @@ impl CallState {
                 )));
             }
             FromAgent::AgentError(message) => {
-                log::warn!("[{uuid}] STS error: {message}");
+                log::warn!("[{uuid}] STS error: {}", Printable(&message));
             }
             FromAgent::Unknown(kind) => {
                 if self.noted.first(Oddity::AgentUnknownMessage) {
                     log::warn!(
-                        "[{uuid}] Ignoring STS messages of unknown type {kind:?} (logged once per call)"
+                        "[{uuid}] Ignoring STS messages of unknown type \"{}\" (logged once per \
+                         call)",
+                        Printable(&kind)
                     );
                 }
             }
             FromAgent::Invalid(why) => {
                 if self.noted.first(Oddity::AgentInvalidMessage) {
                     log::warn!(
-                        "[{uuid}] Ignoring an unusable STS message: {why} (logged once per call)"
+                        "[{uuid}] Ignoring an unusable STS message: {} (logged once per call)",
+                        Printable(&why)
                     );
                 }
             }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustix::net::{send, SendFlags};
 
-pub use agent_audio::{AgentAudio, Fill, BYTES_PER_MS, MAX_QUEUED_BYTES};
+pub use agent_audio::{AgentAudio, Fill, BYTES_PER_MS, MAX_QUEUED, MAX_QUEUED_BYTES};
 pub use ambient::{Ambient, AmbientCursor, AMBIENT_RATE};
 pub use clocks::{next_slot, Clocks, TICK};
 
@@ -62,11 +62,6 @@ pub struct ClockStats {
     /// Slots skipped because the clock was late or the caller's socket was full.
     pub late_slots: u64,
     pub hangup_sent: bool,
-}
-
-/// Milliseconds of s16le mono at `rate_hz` in `bytes`.
-fn bytes_to_ms(bytes: usize, rate_hz: u32) -> usize {
-    bytes * 1000 / (rate_hz as usize * 2)
 }
 
 /// Why a clock let go of a call by itself.
@@ -174,15 +169,15 @@ impl Playout {
     /// Drops the agent audio not played yet (the caller barged in); returns how many
     /// milliseconds.
     pub fn interrupt(&self) -> usize {
-        let mut st = self.lock();
-        let dropped = st.audio.clear();
-        bytes_to_ms(dropped, st.rate_hz)
+        let audio = &mut self.lock().audio;
+        let dropped_ms = audio.queued_ms();
+        audio.clear();
+        dropped_ms
     }
 
     /// How much agent audio waits to be played, in milliseconds.
     pub fn queued_ms(&self) -> usize {
-        let st = self.lock();
-        bytes_to_ms(st.audio.len(), st.rate_hz)
+        self.lock().audio.queued_ms()
     }
 
     /// Requests a stop, applied at the next tick; a weaker request never replaces a

@@ -133,6 +133,13 @@ pub fn decode_into(codec: Codec, input: &[u8], out: &mut Vec<u8>) {
 const SLIN_MIN_BYTES: usize = 320;
 /// Samples of non-quiet audio whose shape must favour one law before it is decided (300 ms).
 const DECIDE_SAMPLES: usize = 2_400;
+/// Shape votes that decide at once when no frame has spoken for the other law, neither by shape
+/// nor by quietness (60 ms). The caller's audio is held, not guessed, until the law is decided
+/// (`call::caller_codec`, whose hold is 60 ms too), so speech from the first frame would lose
+/// everything between 60 and 300 ms without this. Unanimity keeps it safe: in the test corpus
+/// the wrong law never won a single frame's shape vote, and one vote against (or one frame that
+/// is quiet only under the other law, as a pure tone can fake) defers to the 300 ms rule.
+const UNANIMOUS_SAMPLES: usize = 480;
 /// After this much G.711 audio (3 s) the best guess is taken even without conclusive evidence.
 const CAP_SAMPLES: usize = 24_000;
 /// Shorter payloads are too short to judge a waveform's shape.
@@ -173,6 +180,7 @@ const MAX_G711_BYTES: usize = 480;
 ///   frame.
 ///
 /// The law is decided once 300 ms of frames voted for it with at most a quarter as many against,
+/// or as soon as 60 ms of frames voted for it by shape with no evidence at all for the other law,
 /// or after 3 s of G.711 by the best guess (shape votes, then silent frames, then quiet frames,
 /// then µ-law).
 #[derive(Debug, Clone, Default)]
@@ -228,7 +236,9 @@ impl Detector {
             (U, A)
         };
         let [lead_votes, other_votes] = [self.shape_votes[lead], self.shape_votes[other]];
-        if lead_votes >= DECIDE_SAMPLES && other_votes * 4 <= lead_votes {
+        let unanimous =
+            lead_votes >= UNANIMOUS_SAMPLES && other_votes == 0 && self.quiet_votes[other] == 0;
+        if unanimous || (lead_votes >= DECIDE_SAMPLES && other_votes * 4 <= lead_votes) {
             self.decided = Some(law_codec(lead));
         } else if self.seen >= CAP_SAMPLES {
             self.decided = Some(law_codec(self.best_guess()));
@@ -760,6 +770,56 @@ mod tests {
                 d = Detector::new();
             }
             d.observe(&payload);
+        }
+    }
+
+    /// The index of the frame after which a detector that first saw `before` had decided,
+    /// feeding `stream` in `frame`-byte payloads; and what it decided.
+    fn decided_at(before: &[u8], stream: &[u8], frame: usize) -> (Option<usize>, Option<Codec>) {
+        let mut d = Detector::new();
+        if !before.is_empty() {
+            d.observe(before);
+        }
+        let at = stream.chunks(frame).position(|f| {
+            d.observe(f);
+            d.decided().is_some()
+        });
+        (at, d.decided())
+    }
+
+    /// The tone of `tones_after_silence` from its first sample: every frame votes by shape.
+    fn loud_tone(law: Codec) -> Vec<u8> {
+        encode(law, &tone(440.0, -10.0, 0.5, 1.0))
+    }
+
+    #[test]
+    fn unanimous_shape_votes_decide_within_60_ms() {
+        for law in [Codec::Ulaw, Codec::Alaw] {
+            let decided = Some(law);
+            assert_eq!(decided_at(&[], &loud_tone(law), 160), (Some(2), decided));
+            // 10 ms frames: 60 ms is six of them.
+            assert_eq!(decided_at(&[], &loud_tone(law), 80), (Some(5), decided));
+            // Speech whose first syllable starts from nothing: its first frames are quiet
+            // (no vote), then three votes in a row.
+            let (at, codec) = decided_at(&[], &encode(law, &speech(-15.0, 1.0)), 160);
+            assert!(
+                at.is_some_and(|at| at < 10),
+                "{law:?} speech decided at {at:?}"
+            );
+            assert_eq!(codec, decided);
+        }
+    }
+
+    #[test]
+    fn any_evidence_against_leaves_it_to_the_300_ms_rule() {
+        for (law, other) in [(Codec::Ulaw, Codec::Alaw), (Codec::Alaw, Codec::Ulaw)] {
+            // A frame whose shape voted for the other law; a frame of the other law's digital
+            // silence (quiet only under the other law).
+            for against in [loud_tone(other)[..160].to_vec(), silence(other, 0.02)] {
+                let (at, codec) = decided_at(&against, &loud_tone(law), 160);
+                assert_eq!(at.map(|at| at + 1), Some(DECIDE_SAMPLES / 160), "{law:?}");
+                assert_eq!(codec, Some(law));
+            }
         }
     }
 }

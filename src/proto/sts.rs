@@ -42,11 +42,10 @@ pub fn dtmf_message(digit: char) -> String {
 /// A message from the agent, mapped to what the call does with it.
 #[derive(Debug, PartialEq)]
 pub enum FromAgent {
-    /// 8 kHz s16le audio to play. `odd_byte_dropped` when the agent sent an odd length.
-    Audio {
-        pcm: Vec<u8>,
-        odd_byte_dropped: bool,
-    },
+    /// 8 kHz s16le audio to play, of any length: agents that re-chunk their stream by
+    /// bytes may cut a sample in two, and its second byte comes first in the next message
+    /// (playout keeps one continuous byte stream, so nothing is dropped).
+    Audio(Vec<u8>),
     Interruption,
     Transcript {
         role: String,
@@ -86,7 +85,7 @@ pub fn parse_text(text: &str) -> FromAgent {
                 return FromAgent::Invalid("audio message without an \"audio\" field".into());
             };
             match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(pcm) => audio(pcm),
+                Ok(pcm) => FromAgent::Audio(pcm),
                 Err(e) => FromAgent::Invalid(format!("audio is not valid base64 ({e})")),
             }
         }
@@ -109,18 +108,7 @@ pub fn parse_text(text: &str) -> FromAgent {
 
 /// Binary frames carry raw 8 kHz s16le audio.
 pub fn parse_binary(bytes: Vec<u8>) -> FromAgent {
-    audio(bytes)
-}
-
-fn audio(mut pcm: Vec<u8>) -> FromAgent {
-    let odd = pcm.len() % 2 == 1;
-    if odd {
-        pcm.pop();
-    }
-    FromAgent::Audio {
-        pcm,
-        odd_byte_dropped: odd,
-    }
+    FromAgent::Audio(bytes)
 }
 
 /// Something the call sends to the agent.
@@ -251,13 +239,7 @@ mod tests {
         let text = audio_message(&pcm);
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["type"], "audio");
-        assert_eq!(
-            parse_text(&text),
-            FromAgent::Audio {
-                pcm,
-                odd_byte_dropped: false
-            }
-        );
+        assert_eq!(parse_text(&text), FromAgent::Audio(pcm));
     }
 
     #[test]
@@ -299,20 +281,16 @@ mod tests {
             parse_text(r#"{"type":"audio","audio":"@@@"}"#),
             FromAgent::Invalid(_)
         ));
+        // An odd length is kept whole: its last byte begins a sample the next message ends.
         assert_eq!(
             parse_text(r#"{"type":"audio","audio":"AAAA"}"#),
-            FromAgent::Audio {
-                pcm: vec![0, 0],
-                odd_byte_dropped: true
-            }
+            FromAgent::Audio(vec![0, 0, 0])
         );
         assert_eq!(
             parse_binary(vec![1, 2, 3, 4]),
-            FromAgent::Audio {
-                pcm: vec![1, 2, 3, 4],
-                odd_byte_dropped: false
-            }
+            FromAgent::Audio(vec![1, 2, 3, 4])
         );
+        assert_eq!(parse_binary(vec![1, 2, 3]), FromAgent::Audio(vec![1, 2, 3]));
     }
 
     /// What the bridge builds, the agent side parses back to the same values.
@@ -355,13 +333,7 @@ mod tests {
     #[test]
     fn messages_from_the_agent_round_trip() {
         let pcm: Vec<u8> = (0..100u8).collect();
-        assert_eq!(
-            parse_text(&audio_message(&pcm)),
-            FromAgent::Audio {
-                pcm,
-                odd_byte_dropped: false
-            }
-        );
+        assert_eq!(parse_text(&audio_message(&pcm)), FromAgent::Audio(pcm));
         for (role, text) in [("agent", "You pressed 5"), ("user", "quote \" and ünïcode")] {
             assert_eq!(
                 parse_text(&transcript_message(role, text)),

@@ -1,8 +1,10 @@
 //! Small pieces over the operating system that every path shares: wake-ups, `poll(2)`
 //! without `EINTR`, an accept loop that stops and backs off, a mutex lock that survives a
-//! panicked holder, and a throttle for log lines that can recur many times a second.
+//! panicked holder, a throttle for log lines that can recur many times a second, and outside
+//! text made safe for a log line.
 
 mod bell;
+mod printable;
 mod throttle;
 
 use std::io;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, Timespec};
 
 pub use bell::{Bell, StopSignal, ACCEPT_BACKOFF};
+pub use printable::Printable;
 pub use throttle::Throttle;
 
 /// Locks `mutex`, taking the data even if a thread panicked while holding it: the state

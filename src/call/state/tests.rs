@@ -379,15 +379,15 @@ fn a_failed_poll_ends_the_call() {
 // ---- what the agent says ----------------------------------------------------------------
 
 #[test]
-fn agent_audio_is_played_and_odd_lengths_are_logged_once() {
+fn agent_audio_of_any_length_is_played_whole() {
     let mut call = Call::connected();
-    let odd = || FromAgent::Audio {
-        pcm: vec![0; 640],
-        odd_byte_dropped: true,
-    };
-    assert_eq!(call.message(odd()), ["play 640"]);
-    assert_eq!(call.message(odd()), ["play 640"]);
-    assert_eq!(call.count_logged("audio of odd length"), 1);
+    // A caller frame fixes the rate of playout (8 kHz, as the agent's: no conversion).
+    call.audio(&SLIN_20MS);
+    // An odd length is a sample cut in two, not an error: all of it goes to playout.
+    let odd = || FromAgent::Audio(vec![0; 641]);
+    assert_eq!(call.message(odd()), ["play 641"]);
+    assert_eq!(call.message(odd()), ["play 641"]);
+    assert_eq!(call.logged(), ["INFO Audio codec detected: SLIN"]);
     // Too far ahead: playout refused some; said once.
     assert!(call.on(Event::PlayoutFull).is_empty());
     call.on(Event::PlayoutFull);
@@ -428,6 +428,33 @@ fn a_transcript_is_logged_and_emitted_with_role_and_text() {
         [r#"emit transcription {"role":"agent","text":"Hello, how can I help?"}"#]
     );
     assert_eq!(call.logged(), ["INFO [agent]: Hello, how can I help?"]);
+}
+
+#[test]
+fn the_agents_text_is_logged_on_one_line_and_emitted_raw() {
+    let mut call = Call::connected();
+    let forged = "bye\nWARN [0000] Call ending: forged\r\u{1b}[2J";
+    let msg = FromAgent::Transcript {
+        role: "agent\n".into(),
+        text: forged.into(),
+    };
+    assert_eq!(
+        call.message(msg),
+        [
+            r#"emit transcription {"role":"agent\n","text":"bye\nWARN [0000] Call ending: forged\r\u001b[2J"}"#
+        ]
+    );
+    call.message(FromAgent::AgentError("quota\nexceeded".into()));
+    call.message(FromAgent::Unknown("ma\trk".into()));
+    assert_eq!(
+        call.logged(),
+        [
+            r"INFO [agent\n]: bye\nWARN [0000] Call ending: forged\u{d}\u{1b}[2J",
+            r"WARN STS error: quota\nexceeded",
+            r#"WARN Ignoring STS messages of unknown type "ma\trk" (logged once per call)"#,
+        ]
+    );
+    assert!(call.logged().iter().all(|l| !l.contains('\n')));
 }
 
 #[test]
@@ -534,10 +561,7 @@ fn a_wideband_caller_sets_the_playout_rate_and_reaches_an_8_khz_agent_resampled(
         assert_eq!(call.frame(frame), ["agent audio 320"]);
     }
     // Agent audio comes back at 16 kHz.
-    let played = call.message(FromAgent::Audio {
-        pcm: vec![0; 3_200],
-        odd_byte_dropped: false,
-    });
+    let played = call.message(FromAgent::Audio(vec![0; 3_200]));
     let bytes: usize = played[0].trim_start_matches("play ").parse().unwrap();
     assert!(bytes <= 6_400 && bytes > 6_000, "{played:?}");
     assert_eq!(call.state.frames_in(), 6);
@@ -563,10 +587,7 @@ fn an_8_khz_caller_with_an_8_khz_agent_passes_bytes_through_and_logs_nothing_new
 #[test]
 fn agent_audio_before_any_caller_audio_waits_for_the_rate_or_plays_at_8_khz() {
     let mut call = Call::connected();
-    let greeting = || FromAgent::Audio {
-        pcm: vec![1; 1_600],
-        odd_byte_dropped: false,
-    };
+    let greeting = || FromAgent::Audio(vec![1; 1_600]);
     assert!(
         call.message(greeting()).is_empty(),
         "held for the caller's rate"
@@ -601,10 +622,7 @@ fn another_agent_rate_converts_both_ways_and_flushes_the_tail_when_the_agent_pau
     );
     let sent: usize = got[0].trim_start_matches("agent audio ").parse().unwrap();
     assert!(sent <= 960 && sent > 700, "{got:?}");
-    let played = call.message(FromAgent::Audio {
-        pcm: vec![0; 960],
-        odd_byte_dropped: false,
-    });
+    let played = call.message(FromAgent::Audio(vec![0; 960]));
     assert_eq!(played.len(), 1);
     // The agent pauses: its tail is pushed out once its next message is no longer due.
     let by = call.state.deadline().expect("a flush is due");
@@ -669,7 +687,6 @@ fn each_oddity_is_noted_once_and_apart_from_the_others() {
         Oddity::AgentNotReading,
         Oddity::AgentUnknownMessage,
         Oddity::AgentInvalidMessage,
-        Oddity::AgentOddAudio,
         Oddity::AgentTooFarAhead,
     ];
     let mut noted = Noted::default();
@@ -705,10 +722,17 @@ fn ulaw_and_alaw_are_detected_from_the_audio_and_decoded() {
         (linear_to_alaw, Codec::Alaw, "ALAW"),
     ] {
         let mut call = Call::connected();
-        for frame in tone_frames(encode, 150) {
-            // 160 G.711 bytes are 320 bytes of s16le for the agent, decided or not.
-            assert_eq!(call.audio(&frame), ["agent audio 320"]);
+        let mut sent = Vec::new();
+        for (i, frame) in tone_frames(encode, 150).iter().enumerate() {
+            let out = call.audio(frame);
+            // Held, not guessed, until the codec is decided: never more than 60 ms.
+            if i < 2 {
+                assert!(out.is_empty(), "{name} frame {i} held: {out:?}");
+            }
+            sent.extend(out);
         }
+        // 160 G.711 bytes are 320 bytes of s16le for the agent, every one of them.
+        assert_eq!(sent, vec!["agent audio 320"; 150], "{name}");
         assert_eq!(call.state.codec(), Some(codec), "{name}");
         assert_eq!(
             call.logged(),

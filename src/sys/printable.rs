@@ -1,0 +1,72 @@
+//! Text from outside (an agent's transcript, its error messages) made safe for a log line.
+//!
+//! Log lines are a contract with operators, one event per line, and each call's lines start
+//! with `[uuid]`. A newline inside a transcript would end the line early and let the agent
+//! write a line of its own that looks like avr-core's; other control characters can rewrite
+//! a terminal. So such text is logged through [`Printable`].
+
+use std::fmt;
+
+/// Displays a string with its control characters escaped: newline as `\n`, tab as `\t`,
+/// every other C0 or C1 control and DEL as `\u{..}` (Rust's own escape form). Everything
+/// else, non-ASCII letters included, is written as it is, so the text stays readable.
+/// A backslash is not escaped: the result is for reading, not for parsing back.
+pub struct Printable<'a>(pub &'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0;
+        let mut clean_from = 0;
+        for (at, c) in text.char_indices().filter(|(_, c)| c.is_control()) {
+            f.write_str(&text[clean_from..at])?;
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                other => write!(f, "\\u{{{:x}}}", u32::from(other))?,
+            }
+            clean_from = at + c.len_utf8();
+        }
+        f.write_str(&text[clean_from..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(text: &str) -> String {
+        Printable(text).to_string()
+    }
+
+    #[test]
+    fn plain_text_and_unicode_are_unchanged() {
+        assert_eq!(shown(""), "");
+        assert_eq!(shown("Hello, how can I help?"), "Hello, how can I help?");
+        assert_eq!(
+            shown("quote \" ünïcode 日本語 🙂 \\n"),
+            "quote \" ünïcode 日本語 🙂 \\n"
+        );
+    }
+
+    #[test]
+    fn newline_and_tab_are_escaped() {
+        assert_eq!(
+            shown("hi\n[0000] forged line\tx"),
+            "hi\\n[0000] forged line\\tx"
+        );
+        assert_eq!(shown("\n\n"), "\\n\\n");
+    }
+
+    #[test]
+    fn other_controls_and_del_are_escaped_as_code_points() {
+        assert_eq!(shown("a\rb"), "a\\u{d}b");
+        assert_eq!(shown("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(shown("\0"), "\\u{0}");
+        assert_eq!(shown("x\u{7f}"), "x\\u{7f}");
+        // C1 controls (two bytes in UTF-8), around multi-byte letters.
+        assert_eq!(shown("é\u{85}ü\u{9f}"), "é\\u{85}ü\\u{9f}");
+        assert!(!shown("\u{0}\u{1f}\u{7f}\u{80}\u{9f}")
+            .chars()
+            .any(char::is_control));
+    }
+}
