@@ -181,10 +181,10 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
         "echo-sts" => {
             init_logging(&config::log_level_from_env());
             let options = echo_sts::parse_args(rest);
-            let Some((bind, opts)) = options_or_help("echo-sts", echo_sts::USAGE, options)? else {
+            let Some(command) = options_or_help("echo-sts", echo_sts::USAGE, options)? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            echo_sts::run(bind, opts).map_err(StartError::EchoSts)?;
+            echo_sts::run(command).map_err(StartError::EchoSts)?;
             Ok(ExitCode::SUCCESS)
         }
         "webhooks" => {

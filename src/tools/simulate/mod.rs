@@ -31,5 +31,6 @@ pub use wav::{load_audio, parse_wav, wav_bytes};
 
 /// One audio frame: Asterisk's default ptime.
 pub const FRAME: Duration = Duration::from_millis(20);
-/// 8 kHz × 20 ms: a slin (`0x10`) frame; other rates have [`frame_samples`](crate::tools::rates::frame_samples).
+/// 8 kHz × 20 ms: a slin (`0x10`) frame; other rates:
+/// [`frame_samples`](crate::tools::rates::frame_samples).
 pub const SAMPLES_PER_FRAME: usize = 160;
