@@ -164,10 +164,10 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
         "demo" => {
             // The demo prints its own timeline; only warnings of its in-process agent show.
             init_logging("warn");
-            let Some(()) = options_or_help("demo", demo::USAGE, demo::parse_args(rest))? else {
+            let Some(opts) = options_or_help("demo", demo::USAGE, demo::parse_args(rest))? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            demo::run().map_err(StartError::Demo)?;
+            demo::run(opts).map_err(StartError::Demo)?;
             Ok(ExitCode::SUCCESS)
         }
         "simulate" => {
