@@ -21,3 +21,4 @@ mod sts_support_smoke;
 mod tls;
 mod webhooks;
 mod webhooks_api;
+mod wideband_tools;

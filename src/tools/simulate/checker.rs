@@ -18,6 +18,10 @@ const PAYLOAD_LIMIT: Duration = Duration::from_millis(5);
 const INACTIVITY_LIMIT: Duration = Duration::from_secs(2);
 /// A broken server can break a rule 50 times a second; the report stays readable.
 const MAX_VIOLATIONS: usize = 100;
+/// A wideband caller's first frame goes out right after its UUID (`AudioSocket()` streams at
+/// once), so a server still answering in 8 kHz slin this long after the UUID has not taken up
+/// the caller's rate: 50 frames, far more than any delay in reading the first one.
+const PRELUDE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Where the parser is in the byte stream.
 #[derive(Clone, Copy)]
@@ -68,6 +72,8 @@ pub struct Checker {
     answered: bool,
     /// Audio frames that came as the `0x10` prelude to a wideband caller.
     prelude_frames: u64,
+    /// The prelude went on past [`PRELUDE_LIMIT`] (reported once).
+    prelude_overdue: bool,
 }
 
 impl Checker {
@@ -90,6 +96,7 @@ impl Checker {
             caller: CallerKind::new(rate_hz),
             answered: false,
             prelude_frames: 0,
+            prelude_overdue: false,
         }
     }
 
@@ -195,6 +202,22 @@ impl Checker {
             );
         } else if let Err(why) = self.caller.judge(self.answered, kind, len) {
             self.violations.push(now, why);
+        } else if self.caller.kind != kind
+            && !self.answered
+            && now > PRELUDE_LIMIT
+            && !std::mem::replace(&mut self.prelude_overdue, true)
+        {
+            let name = kind_name(self.caller.kind);
+            self.violations.push(
+                now,
+                format!(
+                    "still 8 kHz slin {} after the UUID, though the caller sends {name} from the \
+                     start: the server must answer in {name} (kind 0x{:02x}) once it has the \
+                     caller's first frame",
+                    secs(now),
+                    self.caller.kind
+                ),
+            );
         }
         self.answered |= kind == self.caller.kind;
         if len == 0 {
@@ -674,5 +697,31 @@ mod tests {
         assert_eq!(stretch(&[0; 320], 8_000, 44_100).len(), 1764);
         assert_eq!(stretch(&[0; 320], 8_000, 192_000).len(), 7680);
         assert_eq!(stretch(&[7, 0, 9], 8_000, 16_000), [7, 0, 7, 0]);
+    }
+
+    #[test]
+    fn a_prelude_past_a_second_is_reported_once() {
+        let mut rx = Checker::with_capacity(16_000, 64, 64 * 640);
+        for k in 0..60 {
+            rx.feed(&slin(320), d(20 * k), true);
+        }
+        let checked = rx.into_checked();
+        assert_eq!(checked.prelude_frames, 60);
+        assert_eq!(checked.violations.len(), 1, "{:?}", checked.violations);
+        assert_eq!(
+            checked.violations[0],
+            "at 1.020 s: still 8 kHz slin 1.020 s after the UUID, though the caller sends \
+             slin16 from the start: the server must answer in slin16 (kind 0x12) once it has \
+             the caller's first frame"
+        );
+        // Answered in time: nothing; an 8 kHz caller has no prelude.
+        let mut rx = Checker::with_capacity(16_000, 64, 64 * 640);
+        rx.feed(&slin(320), d(999), true);
+        rx.feed(&slin16(1, 640), d(1000), true);
+        rx.feed(&slin16(1, 640), d(1500), true);
+        assert!(rx.into_checked().violations.is_empty());
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 64, 64 * 320);
+        rx.feed(&slin(320), d(1500), true);
+        assert!(rx.into_checked().violations.is_empty());
     }
 }

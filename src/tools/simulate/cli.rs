@@ -60,8 +60,9 @@ OPTIONS:
 
 The report covers frames, pacing, time to the first frame and every protocol violation that
 would make current Asterisk drop the call. Replies must be in the caller's kind, 20 ms each; a
-wideband caller may first get 8 kHz silence (0x10, 320 bytes) until the server's first frame in
-its kind, and only its kind after that. Any other frame is reported as a violation.
+wideband caller may first get 8 kHz frames (0x10, 320 bytes), for at most 1 s after the UUID,
+until the server's first frame in its kind, and only its kind after that. Anything else is
+reported as a violation.
 
 EXIT STATUS: 0 no violations, 1 violations found, 2 usage or connection error
 
