@@ -714,13 +714,21 @@ mod tests {
         assert!(sizes.len() > 12, "{sizes:?}");
     }
 
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    /// What a command line that parses runs.
+    fn parsed(line: &str) -> EchoCommand {
+        match parse_args(&args(line)) {
+            Ok(Parsed::Run(parsed)) => parsed,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
     #[test]
     fn rate_flag() {
-        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let rate = |line: &str| match parse_args(&args(line)) {
-            Ok(Parsed::Run(parsed)) => parsed.rate_hz,
-            other => panic!("{line}: {other:?}"),
-        };
+        let rate = |line: &str| parsed(line).rate_hz;
         assert_eq!(rate(""), 8_000);
         assert_eq!(rate("--rate 16000"), 16_000);
         assert_eq!(rate("--rate=11025"), 11_025);
@@ -746,10 +754,9 @@ mod tests {
 
     #[test]
     fn parse_args_defaults_flags_and_errors() {
-        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let run = |line: &str| match parse_args(&args(line)) {
-            Ok(Parsed::Run(parsed)) => (parsed.bind, parsed.opts),
-            other => panic!("{line}: {other:?}"),
+        let run = |line: &str| {
+            let command = parsed(line);
+            (command.bind, command.opts)
         };
         let (addr, opts) = run("");
         assert_eq!(addr, "127.0.0.1:6030".parse().unwrap());

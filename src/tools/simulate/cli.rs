@@ -389,7 +389,9 @@ fn parse_dtmf(arg: &str) -> Result<Vec<(Duration, char)>, UsageError> {
 mod tests {
     use super::*;
     use crate::proto::audiosocket;
-    use crate::tools::simulate::fake_server::{fake_server, frame, read_frame, read_hello};
+    use crate::tools::simulate::fake_server::{
+        echo_frames, fake_server, frame, read_frame, read_hello,
+    };
     use crate::tools::simulate::SAMPLES_PER_FRAME;
     use std::io::Write as _;
 
@@ -399,6 +401,14 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    /// Runs a command line that parses; its exit status.
+    fn run_line(line: &str) -> ExitCode {
+        match parse_args(&args(line)) {
+            Ok(Parsed::Run(command)) => run(command).unwrap(),
+            other => panic!("{line}: {other:?}"),
+        }
     }
 
     /// The options of a single-call command line.
@@ -497,11 +507,7 @@ mod tests {
             "--addr {addr} --seconds 0.1 --dtmf 0.05:7 --record {}",
             path.display()
         );
-        let command = match parse_args(&args(&line)) {
-            Ok(Parsed::Run(command)) => command,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(run(command).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(run_line(&line), ExitCode::SUCCESS);
         assert_eq!(server.join().unwrap(), [(0x03, b"7".to_vec())]);
         let recorded = wav::parse_wav(&std::fs::read(&path).unwrap(), 8000).unwrap();
         std::fs::remove_file(&path).unwrap();
@@ -628,22 +634,15 @@ mod tests {
     fn cli_records_a_wideband_call_at_its_rate() {
         let (addr, server) = fake_server(|mut s| {
             read_hello(&mut s);
-            while let Some((kind, payload)) = read_frame(&mut s) {
-                s.write_all(&audiosocket::encode(kind, &payload).unwrap())
-                    .unwrap();
-            }
+            echo_frames(&mut s)
         });
         let path = std::env::temp_dir().join(format!("sim-record16-{}.wav", std::process::id()));
         let line = format!(
             "--addr {addr} --rate 16000 --seconds 0.1 --record {}",
             path.display()
         );
-        let command = match parse_args(&args(&line)) {
-            Ok(Parsed::Run(command)) => command,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(run(command).unwrap(), ExitCode::SUCCESS);
-        server.join().unwrap();
+        assert_eq!(run_line(&line), ExitCode::SUCCESS);
+        assert!(server.join().unwrap().iter().all(|&f| f == (0x12, 640)));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         let recorded = wav::parse_wav(&bytes, 16_000).unwrap();

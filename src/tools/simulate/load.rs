@@ -628,16 +628,10 @@ mod tests {
 
     #[test]
     fn wideband_callers_send_marked_frames_of_their_kind() {
-        use crate::tools::simulate::fake_server::{fake_server, read_frame, read_hello};
+        use crate::tools::simulate::fake_server::{echo_frames, fake_server, read_hello};
         let (addr, server) = fake_server(|mut s| {
             read_hello(&mut s);
-            let mut kinds = Vec::new();
-            while let Some((kind, payload)) = read_frame(&mut s) {
-                kinds.push((kind, payload.len()));
-                let echo = audiosocket::encode(kind, &payload).unwrap();
-                (&mut &s).write_all(&echo).unwrap();
-            }
-            kinds
+            echo_frames(&mut s)
         });
         let mut opts = LoadOptions::new(addr, 1, Duration::from_millis(200));
         opts.rate_hz = 16_000;

@@ -624,7 +624,7 @@ pub fn receive(
 mod tests {
     use super::*;
     use crate::tools::simulate::fake_server::{
-        drain, fake_server, frame, hello_for, read_frame, read_hello,
+        drain, echo_frames, fake_server, frame, hello_for, read_frame, read_hello,
     };
     use crate::tools::simulate::SAMPLES_PER_FRAME;
     use std::net::TcpListener;
@@ -942,13 +942,7 @@ mod tests {
             // 8 kHz silence first, as a server that does not know the rate yet sends.
             s.write_all(&frame(&[0; 320])).unwrap();
             s.write_all(&frame(&[0; 320])).unwrap();
-            let mut kinds = Vec::new();
-            while let Some((kind, payload)) = read_frame(&mut s) {
-                kinds.push((kind, payload.len()));
-                s.write_all(&audiosocket::encode(kind, &payload).unwrap())
-                    .unwrap();
-            }
-            kinds
+            echo_frames(&mut s)
         });
         let mut opts = SimOptions::new(addr);
         opts.rate_hz = 16_000;
