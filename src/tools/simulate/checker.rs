@@ -354,7 +354,8 @@ impl Checker {
 
 /// The checker's findings for one call.
 pub struct Checked {
-    /// Audio payloads in order (an odd length loses its last byte, as in Asterisk).
+    /// Audio payloads in order (an odd length loses its last byte, as in Asterisk), at the
+    /// caller's rate: a wideband caller's 8 kHz prelude is stretched to it.
     pub received: Vec<u8>,
     /// When each audio frame's last byte arrived.
     pub arrivals: Vec<Duration>,
