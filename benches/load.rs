@@ -7,11 +7,14 @@
 //! is one-way, matched frame by frame through the number marked in the samples.
 //!
 //! Steps through 1, 50, 100, 250, 500 and 1,000 concurrent calls (stopping after a step with
-//! failed calls), sampling avr-core's CPU, RSS, threads and fds from /proc; then measures
-//! webhook deliveries per second and `/call` requests per second.
+//! failed calls), sampling avr-core's CPU, RSS, threads and fds from /proc; then runs the same
+//! number of calls (250) from slin (8 kHz) and from slin16 (16 kHz) callers, side by side, so
+//! the cost of resampling a wideband caller to the 8 kHz agent shows as CPU per call; then
+//! measures webhook deliveries per second and `/call` requests per second.
 //!
-//! `AVR_BENCH_SECONDS` (marked audio per call, default 30) and `AVR_BENCH_STEPS`
-//! (comma-separated call counts) shorten a trial run.
+//! `AVR_BENCH_SECONDS` (marked audio per call, default 30), `AVR_BENCH_STEPS`
+//! (comma-separated call counts) and `AVR_BENCH_RATE_CALLS` (calls of the side-by-side run,
+//! 0 to skip it) shorten a trial run.
 
 use avr_core::sys::lock;
 use std::collections::HashMap;
@@ -26,13 +29,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
+use avr_core::proto::audiosocket;
 use avr_core::tools::demo::{loopback_command, HookSink};
 use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::rates::{frame_samples, khz, SLIN_RATE_HZ};
 use avr_core::tools::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
 use avr_core::webhook::{Event, EventKind, Webhooks};
 
 const ECHO_DELAY: Duration = Duration::from_millis(200);
 const STEPS: [usize; 6] = [1, 50, 100, 250, 500, 1000];
+/// The side-by-side run: 250 calls, where the steps show avr-core still well inside one core,
+/// so a difference in CPU is the callers' rate and not saturation.
+const RATE_CALLS: usize = 250;
+/// The callers of the side-by-side run: slin, then slin16 (`Dial(…/c(slin16))`, the common
+/// wideband case), both against the default 8 kHz agent.
+const CALLER_RATES: [u32; 2] = [SLIN_RATE_HZ, 16_000];
 const WEBHOOK_EVENTS: usize = 50_000;
 const CALL_REQUEST_SECONDS: u64 = 5;
 const CALL_REQUEST_CLIENTS: usize = 8;
@@ -84,7 +95,7 @@ fn main() {
 
     let mut rows = Vec::new();
     for &calls in &steps {
-        let row = step(&avr, &tap, &hooks_seen, calls, seconds, &idle);
+        let row = step(&avr, &tap, &hooks_seen, calls, SLIN_RATE_HZ, seconds, &idle);
         println!("{}", row.line());
         let failed = row.summary.failed > 0;
         rows.push(row);
@@ -92,6 +103,17 @@ fn main() {
             println!("calls failed at {calls}: stopping the steps here");
             break;
         }
+        settle(&avr, &idle);
+    }
+    settle(&avr, &idle);
+
+    // Not stopped by a failed step: the side-by-side count is below where calls fail.
+    let rate_calls: usize = env_or("AVR_BENCH_RATE_CALLS", RATE_CALLS);
+    let mut by_rate = Vec::new();
+    for rate_hz in CALLER_RATES.into_iter().filter(|_| rate_calls > 0) {
+        let row = step(&avr, &tap, &hooks_seen, rate_calls, rate_hz, seconds, &idle);
+        println!("{} kHz callers: {}", khz(rate_hz), row.line());
+        by_rate.push(row);
         settle(&avr, &idle);
     }
 
@@ -103,7 +125,7 @@ fn main() {
     drop(avr);
     let _ = std::fs::remove_file(&dead_letters);
 
-    let md = report(seconds, &idle, &after, &rows, &hooks, &call_rate);
+    let md = report(seconds, &idle, &after, &rows, &by_rate, &hooks, &call_rate);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     // The hand-written analysis (profiles, what limits, what to fix) survives a re-run.
     let analysis = std::fs::read_to_string(path)
@@ -361,6 +383,8 @@ fn settle(avr: &Avr, idle: &Sample) {
 
 struct Row {
     calls: usize,
+    /// The callers' rate.
+    rate_hz: u32,
     summary: LoadSummary,
     cpu: f64,
     own_cpu: f64,
@@ -380,6 +404,25 @@ impl Row {
 
     fn threads_per_call(&self) -> f64 {
         self.peak.per_call_threads
+    }
+
+    /// The callers' kind: `slin`, `slin16`, …
+    fn kind_name(&self) -> &'static str {
+        let kind = audiosocket::audio_kind(self.rate_hz).unwrap_or(audiosocket::KIND_AUDIO);
+        audiosocket::kind_name(kind)
+    }
+
+    /// avr-core's CPU (percent of one core) per concurrent call.
+    fn cpu_per_call(&self) -> f64 {
+        self.cpu / self.calls as f64
+    }
+
+    /// Caller frames never echoed plus agent audio dropped, in frames of the callers' rate.
+    fn frames_lost(&self) -> u64 {
+        let s = &self.summary;
+        s.lost
+            + s.dropped_samples
+                .div_ceil(frame_samples(self.rate_hz) as u64)
     }
 
     fn line(&self) -> String {
@@ -409,9 +452,19 @@ impl Row {
     }
 }
 
-/// One step: `calls` concurrent calls; avr-core sampled once a second while all are up.
-fn step(avr: &Avr, tap: &Tap, hooks: &AtomicU64, calls: usize, seconds: f64, idle: &Sample) -> Row {
+/// One step: `calls` concurrent calls at `rate_hz`; avr-core sampled once a second while all
+/// are up.
+fn step(
+    avr: &Avr,
+    tap: &Tap,
+    hooks: &AtomicU64,
+    calls: usize,
+    rate_hz: u32,
+    seconds: f64,
+    idle: &Sample,
+) -> Row {
     let mut opts = LoadOptions::new(avr.addr, calls, Duration::from_secs_f64(seconds));
+    opts.rate_hz = rate_hz;
     // 2 ms between call starts (at most 2 s): setup costs stay out of the steady state.
     opts.ramp = Duration::from_millis((2 * calls as u64).min(2000));
     opts.echo_delay = ECHO_DELAY;
@@ -447,6 +500,7 @@ fn step(avr: &Avr, tap: &Tap, hooks: &AtomicU64, calls: usize, seconds: f64, idl
     let one_way = tap.one_way(&report);
     Row {
         calls,
+        rate_hz,
         summary,
         cpu,
         own_cpu,
@@ -632,6 +686,7 @@ fn report(
     idle: &Sample,
     after: &Sample,
     rows: &[Row],
+    by_rate: &[Row],
     hooks: &str,
     call_rate: &str,
 ) -> String {
@@ -687,7 +742,7 @@ fn report(
             ms(r.one_way_max),
             ms(s.round_trip_p50),
             ms(s.round_trip_p99),
-            s.lost + s.dropped_samples.div_ceil(160),
+            r.frames_lost(),
             r.hooks,
             r.own_cpu,
         );
@@ -708,6 +763,7 @@ fn report(
     );
     let _ = writeln!(md, "- webhooks: {hooks}");
     let _ = writeln!(md, "- `/call`: {call_rate}\n");
+    md += &rates_table(by_rate);
 
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | |\n|---|---|---|");
@@ -721,7 +777,7 @@ fn report(
             ms(s.jitter_p99),
             verdict(n >= 1000 && s.jitter_p99 <= two)
         );
-        let lost = s.lost + s.dropped_samples.div_ceil(160);
+        let lost = top.frames_lost();
         let _ = writeln!(
             md,
             "| 0 frames lost at 1,000 calls | {lost} at {n} | {} |",
@@ -762,5 +818,60 @@ fn report(
         "| ≥ 5,000 webhook events/s | {rate:.0}/s | {} |",
         verdict(rate >= 5000.0)
     );
+    md
+}
+
+/// The side-by-side run: the same calls from callers at each rate, against the 8 kHz agent.
+fn rates_table(by_rate: &[Row]) -> String {
+    let mut md = String::new();
+    let Some(first) = by_rate.first() else {
+        return md;
+    };
+    let _ = writeln!(md, "## Caller rates\n");
+    let _ = writeln!(
+        md,
+        "{} concurrent calls from callers at each rate, one rate after the other, against the \
+         echo agent at 8 kHz (avr-core's default STS_SAMPLE_RATE): a wideband caller's audio is \
+         resampled both ways. CPU per call = avr-core's CPU (percent of one core) over the \
+         steady state, divided by the calls.\n",
+        first.calls
+    );
+    let _ = writeln!(
+        md,
+        "| caller | calls | failed | avr-core CPU | CPU per call | RSS | jitter p99 | caller→agent p99 | round trip p50 | p99 | frames lost |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in by_rate {
+        let s = &r.summary;
+        let _ = writeln!(
+            md,
+            "| {} ({} kHz) | {} | {} | {:.0}% | {:.3}% | {:.1} MiB | {} ms | {} ms | {} ms | {} ms | {} |",
+            r.kind_name(),
+            khz(r.rate_hz),
+            r.calls,
+            s.failed,
+            r.cpu,
+            r.cpu_per_call(),
+            r.peak.rss_kib as f64 / 1024.0,
+            ms(s.jitter_p99),
+            ms(r.one_way_p99),
+            ms(s.round_trip_p50),
+            ms(s.round_trip_p99),
+            r.frames_lost(),
+        );
+    }
+    if let [narrow, wide] = by_rate {
+        let _ = writeln!(
+            md,
+            "\n{} callers cost {:.2}× the avr-core CPU per call of {} callers.",
+            wide.kind_name(),
+            wide.cpu_per_call() / narrow.cpu_per_call().max(f64::MIN_POSITIVE),
+            narrow.kind_name()
+        );
+    }
+    md.push('\n');
     md
 }

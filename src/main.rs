@@ -164,10 +164,10 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
         "demo" => {
             // The demo prints its own timeline; only warnings of its in-process agent show.
             init_logging("warn");
-            let Some(()) = options_or_help("demo", demo::USAGE, demo::parse_args(rest))? else {
+            let Some(opts) = options_or_help("demo", demo::USAGE, demo::parse_args(rest))? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            demo::run().map_err(StartError::Demo)?;
+            demo::run(opts).map_err(StartError::Demo)?;
             Ok(ExitCode::SUCCESS)
         }
         "simulate" => {
@@ -181,10 +181,10 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
         "echo-sts" => {
             init_logging(&config::log_level_from_env());
             let options = echo_sts::parse_args(rest);
-            let Some((bind, opts)) = options_or_help("echo-sts", echo_sts::USAGE, options)? else {
+            let Some(command) = options_or_help("echo-sts", echo_sts::USAGE, options)? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            echo_sts::run(bind, opts).map_err(StartError::EchoSts)?;
+            echo_sts::run(command).map_err(StartError::EchoSts)?;
             Ok(ExitCode::SUCCESS)
         }
         "webhooks" => {

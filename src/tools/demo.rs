@@ -9,6 +9,11 @@
 //! Why a child process rather than the server in-process: the demo then runs exactly what an
 //! operator runs (configuration from the environment, the real log lines such as
 //! `Audio codec detected`), and the child is killed and reaped before the demo exits.
+//!
+//! By default the caller and the agent are 8 kHz, as `AudioSocket()` and the upstream agents
+//! are; `--rate` makes the caller wideband (a slin16 caller, …) and `--agent-rate` sets the
+//! agent's rate (avr-core's `STS_SAMPLE_RATE`, and the echo agent's `--rate`), so the demo
+//! shows avr-core resampling between the two.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,10 +25,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use crate::cli::{self, Parsed, UsageError};
+use crate::cli::{is_help, Flags, Parsed, UsageError};
+use crate::proto::audiosocket;
 use crate::sys::lock;
 use crate::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
 use crate::tools::http_sink::{HttpSink, Reply};
+use crate::tools::rates::{self, khz, SLIN_RATE_HZ};
 use crate::tools::simulate::{self, AudioSource, EndMode, SimOptions};
 
 /// How long the caller sends the melody (then a short tail, so its echo comes back).
@@ -41,11 +48,35 @@ avr-core demo — run avr-core, the echo agent and a webhook printer on loopback
 with a built-in melody and a DTMF digit, and print what happened, in order
 
 USAGE:
-    avr-core demo
+    avr-core demo [--rate HZ] [--agent-rate HZ]
+
+    --rate HZ          the caller's rate: 8000 (default), or a wideband AudioSocket rate such
+                       as 16000, as Dial(AudioSocket/.../c(slin16)) sends (12000 to 192000)
+    --agent-rate HZ    the agent's rate, avr-core's STS_SAMPLE_RATE (default 8000, 8000 to
+                       192000); the echo agent speaks it and avr-core resamples between
 
 Takes about 5 seconds; nothing is left running. Exit status 0 when every step was seen, 1 (with
 the reason) otherwise.
 ";
+
+/// The rates of the demo's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoOptions {
+    /// The caller's AudioSocket rate (`simulate --rate`).
+    pub caller_rate_hz: u32,
+    /// The agent's rate: avr-core's `STS_SAMPLE_RATE` and the echo agent's.
+    pub agent_rate_hz: u32,
+}
+
+impl Default for DemoOptions {
+    /// 8 kHz both sides: the demo as it has always run.
+    fn default() -> Self {
+        DemoOptions {
+            caller_rate_hz: SLIN_RATE_HZ,
+            agent_rate_hz: SLIN_RATE_HZ,
+        }
+    }
+}
 
 /// One timeline entry.
 struct Line {
@@ -72,9 +103,19 @@ impl Timeline {
     }
 }
 
-/// The flags after `demo`: only `--help`.
-pub fn parse_args(args: &[String]) -> Result<Parsed<()>, UsageError> {
-    cli::no_options(args, "the demo takes no options")
+/// The flags after `demo`.
+pub fn parse_args(args: &[String]) -> Result<Parsed<DemoOptions>, UsageError> {
+    let mut opts = DemoOptions::default();
+    let mut flags = Flags::new(args);
+    while let Some(flag) = flags.next_arg() {
+        match flag {
+            _ if is_help(flag) => return Ok(Parsed::Help),
+            "--rate" => opts.caller_rate_hz = rates::caller_rate(&mut flags)?,
+            "--agent-rate" => opts.agent_rate_hz = rates::agent_rate(&mut flags)?,
+            _ => return Err(flags.unknown("the demo takes --rate and --agent-rate")),
+        }
+    }
+    Ok(Parsed::Run(opts))
 }
 
 /// What the sources saw that the verdict needs.
@@ -87,15 +128,28 @@ struct Seen {
 }
 
 /// Runs the demo and prints its timeline; the error says which steps were not seen.
-pub fn run() -> Result<(), String> {
+pub fn run(opts: DemoOptions) -> Result<(), String> {
     let t0 = Instant::now();
     let (tx, lines) = crossbeam_channel::unbounded();
     let timeline = Timeline(tx);
     let seen = Arc::new(Mutex::new(Seen::default()));
 
-    let agent = EchoServer::start(([127, 0, 0, 1], 0).into(), EchoOptions::default())
-        .map_err(|e| format!("cannot start the echo agent: {e}"))?;
-    timeline.now("demo", format!("echo agent listening on {}", agent.url()));
+    let agent_rate = opts.agent_rate_hz;
+    let agent = EchoServer::start_at(
+        ([127, 0, 0, 1], 0).into(),
+        EchoOptions::default(),
+        agent_rate,
+        None,
+    )
+    .map_err(|e| format!("cannot start the echo agent: {e}"))?;
+    let speaks = match agent_rate {
+        SLIN_RATE_HZ => String::new(),
+        rate => format!(" (its audio at {} kHz)", khz(rate)),
+    };
+    timeline.now(
+        "demo",
+        format!("echo agent listening on {}{speaks}", agent.url()),
+    );
     watch_agent(agent.events(), timeline.clone(), seen.clone());
 
     let hooks = {
@@ -114,8 +168,15 @@ pub fn run() -> Result<(), String> {
 
     let dead_letters =
         std::env::temp_dir().join(format!("avr-core-demo-{}.jsonl", std::process::id()));
-    let server = Server::start(&agent.url(), &hooks.url(), &dead_letters, &timeline, &seen)?;
-    let result = call(&server, &timeline, &seen);
+    let server = Server::start(
+        &agent.url(),
+        &hooks.url(),
+        agent_rate,
+        &dead_letters,
+        &timeline,
+        &seen,
+    )?;
+    let result = call(&server, opts.caller_rate_hz, &timeline, &seen);
     let _ = std::fs::remove_file(&dead_letters);
     drop(server); // kills and reaps avr-core before printing: nothing is left behind
 
@@ -131,7 +192,9 @@ pub fn run() -> Result<(), String> {
     print!("{summary}");
     let seen = lock(&seen);
     let mut missing = Vec::new();
-    if !seen.codec {
+    // Detection tells slin from G.711 behind the 0x10 label (docs/audiosocket.md §10.3); a
+    // wideband kind names its codec, so only an 8 kHz caller has one to detect.
+    if !seen.codec && opts.caller_rate_hz == SLIN_RATE_HZ {
         missing.push("avr-core did not log the detected codec".to_string());
     }
     if !seen.init {
@@ -159,8 +222,14 @@ pub fn run() -> Result<(), String> {
     }
 }
 
-/// Posts `/call`, places the call and returns the pacing summary (or why the call failed).
-fn call(server: &Server, timeline: &Timeline, seen: &Mutex<Seen>) -> Result<String, String> {
+/// Posts `/call`, places the call at `rate_hz` and returns the pacing summary (or why the call
+/// failed).
+fn call(
+    server: &Server,
+    rate_hz: u32,
+    timeline: &Timeline,
+    seen: &Mutex<Seen>,
+) -> Result<String, String> {
     let uuid = uuid::Uuid::new_v4();
     let uuid_text = uuid.hyphenated().to_string();
     let body =
@@ -172,17 +241,26 @@ fn call(server: &Server, timeline: &Timeline, seen: &Mutex<Seen>) -> Result<Stri
 
     let mut opts = SimOptions::new(server.audiosocket);
     opts.uuid = *uuid.as_bytes();
-    opts.audio = AudioSource::Pcm(Arc::new(melody(MELODY)));
+    opts.rate_hz = rate_hz;
+    opts.audio = AudioSource::Pcm(Arc::new(melody(MELODY, rate_hz)));
     opts.duration = CALL_SECONDS;
     opts.dtmf = vec![(DTMF_AT, DTMF_DIGIT)];
     opts.end = EndMode::Close;
     let report = simulate::run_call(&opts).map_err(|e| e.to_string())?;
     let t = |d: Duration| report.started + d;
+    let caller = match audiosocket::audio_kind(rate_hz) {
+        Some(kind) if rate_hz != SLIN_RATE_HZ => format!(
+            "; a {} kHz caller (kind 0x{kind:02x}, {})",
+            khz(rate_hz),
+            audiosocket::kind_name(kind)
+        ),
+        _ => String::new(),
+    };
     timeline.at(
         report.started,
         "caller",
         format!(
-            "connected to {}, sent the UUID {uuid_text}",
+            "connected to {}, sent the UUID {uuid_text}{caller}",
             server.audiosocket
         ),
     );
@@ -194,7 +272,7 @@ fn call(server: &Server, timeline: &Timeline, seen: &Mutex<Seen>) -> Result<Stri
         );
     }
     timeline.at(t(DTMF_AT), "caller", format!("pressed DTMF {DTMF_DIGIT}"));
-    let echo = first_sound(&report.received).and_then(|i| report.arrivals.get(i).copied());
+    let echo = first_sound(&report.received, rate_hz).and_then(|i| report.arrivals.get(i).copied());
     if let Some(at) = echo {
         timeline.at(t(at), "caller", "hears the melody back from the agent");
     }
@@ -244,10 +322,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Index of the first received 320-byte frame with a non-zero sample.
-fn first_sound(received: &[u8]) -> Option<usize> {
+/// Index of the first received frame (20 ms at `rate_hz`) with a non-zero sample.
+fn first_sound(received: &[u8], rate_hz: u32) -> Option<usize> {
     received
-        .chunks(2 * 160)
+        .chunks(audiosocket::frame_bytes(rate_hz))
         .position(|f| f.iter().any(|&b| b != 0))
 }
 
@@ -262,21 +340,23 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// A little tune, 8 kHz: C-E-G-C' arpeggios, each note 250 ms with a soft attack and release
-/// so it sounds like notes rather than clicks.
-pub fn melody(length: Duration) -> Vec<i16> {
+/// A little tune at `rate_hz`: C-E-G-C' arpeggios, each note 250 ms with a soft attack (25 ms)
+/// and release (50 ms) so it sounds like notes rather than clicks.
+pub fn melody(length: Duration, rate_hz: u32) -> Vec<i16> {
     const NOTES: [f64; 12] = [
         523.25, 659.25, 783.99, 1046.5, 783.99, 659.25, 587.33, 698.46, 880.0, 783.99, 659.25,
         523.25,
     ];
-    let per_note = 2000; // 250 ms
-    let total = (length.as_secs_f64() * 8000.0) as usize;
+    let rate = f64::from(rate_hz);
+    let per_note = rate_hz as usize / 4; // 250 ms
+    let (attack, release) = (rate / 40.0, rate / 20.0);
+    let total = (length.as_secs_f64() * rate) as usize;
     (0..total)
         .map(|i| {
             let hz = NOTES[(i / per_note) % NOTES.len()];
             let pos = (i % per_note) as f64;
-            let envelope = (pos / 200.0).min(1.0) * ((per_note as f64 - pos) / 400.0).min(1.0);
-            let phase = std::f64::consts::TAU * hz * i as f64 / 8000.0;
+            let envelope = (pos / attack).min(1.0) * ((per_note as f64 - pos) / release).min(1.0);
+            let phase = std::f64::consts::TAU * hz * i as f64 / rate;
             (6000.0 * envelope * (phase.sin() + 0.3 * (2.0 * phase).sin())).round() as i16
         })
         .collect()
@@ -360,9 +440,12 @@ pub fn loopback_command(
 }
 
 impl Server {
+    /// avr-core with its agent at `sts_url` speaking `agent_rate` (`STS_SAMPLE_RATE`, left
+    /// unset at the default 8 kHz), webhooks to `webhook_url`.
     fn start(
         sts_url: &str,
         webhook_url: &str,
+        agent_rate: u32,
         dead_letters: &std::path::Path,
         timeline: &Timeline,
         seen: &Arc<Mutex<Seen>>,
@@ -371,6 +454,9 @@ impl Server {
             .map_err(|e| format!("cannot find this executable to start avr-core: {e}"))?;
         let mut cmd = loopback_command(&exe, sts_url, webhook_url, dead_letters);
         cmd.env("LOG_LEVEL", "info");
+        if agent_rate != SLIN_RATE_HZ {
+            cmd.env("STS_SAMPLE_RATE", agent_rate.to_string());
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start avr-core: {e}"))?;
@@ -519,5 +605,56 @@ impl HookSink {
 
     pub fn url(&self) -> String {
         format!("http://{}/events", self.sink.addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn rates_default_to_8_khz_and_are_checked() {
+        assert_eq!(
+            parse_args(&[]),
+            Ok(Parsed::Run(DemoOptions {
+                caller_rate_hz: 8_000,
+                agent_rate_hz: 8_000
+            }))
+        );
+        assert_eq!(
+            parse_args(&args("--rate 16000 --agent-rate=24000")),
+            Ok(Parsed::Run(DemoOptions {
+                caller_rate_hz: 16_000,
+                agent_rate_hz: 24_000
+            }))
+        );
+        assert_eq!(parse_args(&args("--rate 16000 -h")), Ok(Parsed::Help));
+        for (line, needle) in [
+            ("--rate 11025", "is not an AudioSocket rate"),
+            ("--agent-rate 4000", "from 8000 to 192000"),
+            ("--bogus", "the demo takes --rate and --agent-rate"),
+        ] {
+            let e = parse_args(&args(line)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_melody_and_its_echo_are_found_at_any_rate() {
+        let m8 = melody(Duration::from_millis(500), 8_000);
+        let m16 = melody(Duration::from_millis(500), 16_000);
+        assert_eq!((m8.len(), m16.len()), (4_000, 8_000));
+        // The same tune: every other 16 kHz sample is the 8 kHz one.
+        assert!((0..m8.len()).all(|i| m16[2 * i] == m8[i]));
+        assert!(m8.iter().any(|&s| s > 3000));
+        let mut received = vec![0u8; 2 * 640];
+        received.extend(m16[..320].iter().flat_map(|s| s.to_le_bytes()));
+        assert_eq!(first_sound(&received, 16_000), Some(2));
+        assert_eq!(first_sound(&received, 8_000), Some(4));
+        assert_eq!(first_sound(&[0; 640], 16_000), None);
     }
 }

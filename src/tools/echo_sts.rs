@@ -6,6 +6,10 @@
 //! (one user and one agent line per second of caller audio, one agent line per DTMF digit) so
 //! tests can count them.
 //!
+//! The agent's audio is at one rate both ways, 8 kHz unless told otherwise (`--rate`, for an
+//! avr-core run with the same `STS_SAMPLE_RATE`): the second of audio and the chunk sizes
+//! follow it. The echo itself is byte for byte at any rate.
+//!
 //! One thread per connection, blocking sockets, no polling: the thread sleeps in `read()` with
 //! a read timeout equal to the time until the next chunk is due, or with no timeout at all
 //! when nothing is pending. tungstenite 0.30 reports the timeout as `Error::Io` (WouldBlock on
@@ -27,10 +31,19 @@ use tungstenite::{Message, WebSocket};
 use crate::cli::{is_help, Flags, Parsed, UsageError};
 use crate::proto::sts::{audio_message, parse_to_agent, transcript_message, ToAgentMessage};
 use crate::sys::StopSignal;
+use crate::tools::rates::{self, khz, SLIN_RATE_HZ};
 
-/// Sizes, in bytes, of the audio chunks sent back, cycled in order. All even (whole s16le
-/// samples) and unlike the 320-byte caller frames, so the bridge must carry remainders.
+/// Sizes, in bytes at 8 kHz, of the audio chunks sent back, cycled in order. All even (whole
+/// s16le samples) and unlike the 320-byte caller frames, so the bridge must carry remainders.
+/// At another rate each lasts as long ([`chunk_bytes`]).
 pub const CHUNK_PATTERN: [usize; 6] = [160, 1000, 480, 2400, 320, 40];
+
+/// [`CHUNK_PATTERN`]'s `i`-th chunk at `rate_hz`: as many milliseconds, whole samples (882
+/// bytes for the 160-byte chunk at 44.1 kHz), never empty.
+pub fn chunk_bytes(i: usize, rate_hz: u32) -> usize {
+    let samples = CHUNK_PATTERN[i] / 2 * rate_hz as usize / SLIN_RATE_HZ as usize;
+    2 * samples.max(1)
+}
 
 /// Port of `avr-core echo-sts` when `--port` is not given (the upstream agents' port).
 pub const DEFAULT_PORT: u16 = 6030;
@@ -38,8 +51,11 @@ pub const DEFAULT_PORT: u16 = 6030;
 /// Longest accepted echo delay; also keeps `Instant` arithmetic far from overflow.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
-/// 8 kHz × 2 bytes: the transcript cadence is one pair per this many caller bytes.
-const BYTES_PER_SECOND: u64 = 16_000;
+/// Bytes in one second of the agent's s16le mono audio: the transcript cadence is one pair
+/// per this many caller bytes.
+fn bytes_per_second(rate_hz: u32) -> u64 {
+    2 * u64::from(rate_hz)
+}
 
 /// A chunk that cannot fill up because the caller paused goes out short after this long,
 /// so the tail of an utterance is not held back until the caller speaks again.
@@ -106,9 +122,10 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Binds `bind` (port 0 picks a free port) and starts accepting in a named thread.
+    /// Binds `bind` (port 0 picks a free port) and starts accepting in a named thread; the
+    /// agent speaks 8 kHz, as the upstream agents do.
     pub fn start(bind: SocketAddr, opts: EchoOptions) -> io::Result<EchoServer> {
-        Self::start_inner(bind, opts, None)
+        Self::start_at(bind, opts, SLIN_RATE_HZ, None)
     }
 
     /// [`start`](Self::start), with `tap` called for every caller audio message.
@@ -117,12 +134,15 @@ impl EchoServer {
         opts: EchoOptions,
         tap: AudioTap,
     ) -> io::Result<EchoServer> {
-        Self::start_inner(bind, opts, Some(tap))
+        Self::start_at(bind, opts, SLIN_RATE_HZ, Some(tap))
     }
 
-    fn start_inner(
+    /// [`start`](Self::start) for an agent whose audio is at `rate_hz` both ways (avr-core's
+    /// `STS_SAMPLE_RATE`), with an optional tap.
+    pub fn start_at(
         bind: SocketAddr,
         opts: EchoOptions,
+        rate_hz: u32,
         tap: Option<AudioTap>,
     ) -> io::Result<EchoServer> {
         if opts.delay > MAX_DELAY {
@@ -132,6 +152,12 @@ impl EchoServer {
                     "echo delay {:?} is over the {MAX_DELAY:?} limit",
                     opts.delay
                 ),
+            ));
+        }
+        if rate_hz == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the agent's audio rate must be above 0 Hz",
             ));
         }
         let listener = TcpListener::bind(bind)
@@ -145,7 +171,7 @@ impl EchoServer {
             .name("echo-sts-accept".into())
             .spawn({
                 let (events, stop) = (Arc::clone(&events), Arc::clone(&stop));
-                move || accept_loop(&listener, &stop, opts, events, tap)
+                move || accept_loop(&listener, &stop, opts, rate_hz, events, tap)
             })?;
         Ok(EchoServer {
             addr,
@@ -186,10 +212,21 @@ impl Drop for EchoServer {
     }
 }
 
-/// Blocks forever serving echo connections on `bind`.
-pub fn run(bind: SocketAddr, opts: EchoOptions) -> io::Result<()> {
-    let mut server = EchoServer::start(bind, opts)?;
+/// Blocks forever serving echo connections as `command` says.
+pub fn run(command: EchoCommand) -> io::Result<()> {
+    let EchoCommand {
+        bind,
+        opts,
+        rate_hz,
+    } = command;
+    let mut server = EchoServer::start_at(bind, opts, rate_hz, None)?;
     log::info!("Echo STS agent listening on ws://{}", server.local_addr());
+    if rate_hz != SLIN_RATE_HZ {
+        log::info!(
+            "Echo STS agent audio is {} kHz: run avr-core with STS_SAMPLE_RATE={rate_hz}",
+            khz(rate_hz)
+        );
+    }
     let accept = server
         .accept_thread
         .take()
@@ -204,19 +241,32 @@ pub const USAGE: &str = "\
 avr-core echo-sts — an STS agent that plays the caller's audio back
 
 USAGE:
-    avr-core echo-sts [--bind IP] [--port N] [--delay-ms N] [--no-transcripts]
+    avr-core echo-sts [--bind IP] [--port N] [--delay-ms N] [--rate HZ] [--no-transcripts]
 
     --bind IP          address to listen on (default 127.0.0.1)
     --port N           port (default 6030)
     --delay-ms N       echo delay (default 200, at most 60000)
+    --rate HZ          the rate of the agent's audio, 8000 to 192000 (default 8000, as the
+                       upstream agents); run avr-core with the same STS_SAMPLE_RATE
     --no-transcripts   send no transcripts and no DTMF answers
 ";
 
-/// Parses the flags after `echo-sts` into the address to listen on and the options.
-pub fn parse_args(args: &[String]) -> Result<Parsed<(SocketAddr, EchoOptions)>, UsageError> {
+/// What `avr-core echo-sts` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoCommand {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    pub opts: EchoOptions,
+    /// The rate of the agent's audio both ways (avr-core's `STS_SAMPLE_RATE`).
+    pub rate_hz: u32,
+}
+
+/// Parses the flags after `echo-sts`.
+pub fn parse_args(args: &[String]) -> Result<Parsed<EchoCommand>, UsageError> {
     let mut ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut port = DEFAULT_PORT;
     let mut opts = EchoOptions::default();
+    let mut rate_hz = SLIN_RATE_HZ;
     let mut flags = Flags::new(args);
     while let Some(flag) = flags.next_arg() {
         match flag {
@@ -227,14 +277,23 @@ pub fn parse_args(args: &[String]) -> Result<Parsed<(SocketAddr, EchoOptions)>, 
                 let max = MAX_DELAY.as_millis() as u64;
                 opts.delay = Duration::from_millis(flags.number("milliseconds", max)?);
             }
+            "--rate" => rate_hz = rates::agent_rate(&mut flags)?,
             "--no-transcripts" => {
                 flags.switch()?;
                 opts.transcripts = false;
             }
-            _ => return Err(flags.unknown("expected --bind, --port, --delay-ms, --no-transcripts")),
+            _ => {
+                return Err(
+                    flags.unknown("expected --bind, --port, --delay-ms, --rate, --no-transcripts")
+                )
+            }
         }
     }
-    Ok(Parsed::Run((SocketAddr::new(ip, port), opts)))
+    Ok(Parsed::Run(EchoCommand {
+        bind: SocketAddr::new(ip, port),
+        opts,
+        rate_hz,
+    }))
 }
 
 /// The event channel, created on first subscription so that unwatched servers send nothing.
@@ -262,6 +321,7 @@ fn accept_loop(
     listener: &TcpListener,
     stop: &StopSignal,
     opts: EchoOptions,
+    rate_hz: u32,
     events: Arc<Events>,
     tap: Option<AudioTap>,
 ) {
@@ -275,14 +335,21 @@ fn accept_loop(
         let spawned = thread::Builder::new()
             .name(format!("echo-sts-{conn}"))
             .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, opts, &events, tap));
+            .spawn(move || serve(conn, stream, opts, rate_hz, &events, tap));
         if let Err(e) = spawned {
             log::error!("Echo STS: no thread for connection {conn} ({e}); dropped it");
         }
     }
 }
 
-fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events, tap: Option<AudioTap>) {
+fn serve(
+    conn: u64,
+    stream: TcpStream,
+    opts: EchoOptions,
+    rate_hz: u32,
+    events: &Events,
+    tap: Option<AudioTap>,
+) {
     let (ws, path) = match handshake(stream) {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -293,7 +360,7 @@ fn serve(conn: u64, stream: TcpStream, opts: EchoOptions, events: &Events, tap: 
     log::debug!("Echo STS connection {conn}: connected, path {path}");
     events.emit(|| EchoEvent::Connected { conn, path });
     {
-        let mut session = Session::new(conn, ws, opts, events);
+        let mut session = Session::new(conn, ws, opts, rate_hz, events);
         session.tap = tap;
         match session.run() {
             Ok(()) => log::info!("[{}] Echo STS: connection closed", session.label),
@@ -337,6 +404,8 @@ struct Session<'a> {
     conn: u64,
     ws: WebSocket<TcpStream>,
     opts: EchoOptions,
+    /// The agent's audio rate: what a second of caller audio is.
+    rate_hz: u32,
     events: &'a Events,
     /// `[label]` prefixes log lines: the call's uuid once `init` arrived.
     label: String,
@@ -348,14 +417,21 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(conn: u64, ws: WebSocket<TcpStream>, opts: EchoOptions, events: &'a Events) -> Self {
+    fn new(
+        conn: u64,
+        ws: WebSocket<TcpStream>,
+        opts: EchoOptions,
+        rate_hz: u32,
+        events: &'a Events,
+    ) -> Self {
         Session {
             conn,
             ws,
             opts,
+            rate_hz,
             events,
             label: format!("echo-conn-{conn}"),
-            queue: EchoQueue::new(opts.delay),
+            queue: EchoQueue::new(opts.delay, rate_hz),
             received_bytes: 0,
             tap: None,
             read_at: Instant::now(),
@@ -384,7 +460,7 @@ impl<'a> Session<'a> {
                     bytes.len()
                 ),
                 // tungstenite queues the close reply; the next read sends it and ends.
-                Ok(Message::Close(_)) => self.queue = EchoQueue::new(self.opts.delay),
+                Ok(Message::Close(_)) => self.queue = EchoQueue::new(self.opts.delay, self.rate_hz),
                 Ok(_) => {} // ping/pong: tungstenite answers pings itself
                 Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
                 Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
@@ -436,9 +512,10 @@ impl<'a> Session<'a> {
             tap(&self.label, pcm, self.read_at);
         }
         self.queue.push(Instant::now(), pcm);
-        let seconds_before = self.received_bytes / BYTES_PER_SECOND;
+        let second = bytes_per_second(self.rate_hz);
+        let seconds_before = self.received_bytes / second;
         self.received_bytes += pcm.len() as u64;
-        let seconds_after = self.received_bytes / BYTES_PER_SECOND;
+        let seconds_after = self.received_bytes / second;
         if self.opts.transcripts {
             for second in seconds_before + 1..=seconds_after {
                 self.send_transcript("user", &format!("caller audio, second {second}"))?;
@@ -494,6 +571,8 @@ fn preview(text: &str) -> &str {
 /// Caller bytes received but not yet sent back, each run with the time it arrived.
 struct EchoQueue {
     delay: Duration,
+    /// [`CHUNK_PATTERN`] at the agent's rate.
+    chunks: [usize; CHUNK_PATTERN.len()],
     bytes: VecDeque<u8>,
     /// Arrival time and length of each received message still (partly) in `bytes`.
     runs: VecDeque<(Instant, usize)>,
@@ -502,9 +581,10 @@ struct EchoQueue {
 }
 
 impl EchoQueue {
-    fn new(delay: Duration) -> Self {
+    fn new(delay: Duration, rate_hz: u32) -> Self {
         EchoQueue {
             delay,
+            chunks: std::array::from_fn(|i| chunk_bytes(i, rate_hz)),
             bytes: VecDeque::new(),
             runs: VecDeque::new(),
             pattern_pos: 0,
@@ -522,7 +602,7 @@ impl EchoQueue {
     /// byte is due and all its bytes are here, like a TTS agent that streams slightly ahead
     /// of playback; a short chunk goes out when the caller pauses for `IDLE_FLUSH`.
     fn next_chunk(&self) -> Option<(Instant, usize)> {
-        let want = CHUNK_PATTERN[self.pattern_pos];
+        let want = self.chunks[self.pattern_pos];
         let first = self.runs.front()?.0;
         let first_due = first + self.delay;
         let mut len = 0;
@@ -558,7 +638,7 @@ impl EchoQueue {
             left -= run.1;
             self.runs.pop_front();
         }
-        self.pattern_pos = (self.pattern_pos + 1) % CHUNK_PATTERN.len();
+        self.pattern_pos = (self.pattern_pos + 1) % self.chunks.len();
         Some(self.bytes.drain(..len).collect())
     }
 }
@@ -574,7 +654,7 @@ mod tests {
     #[test]
     fn queue_cuts_a_steady_stream_into_the_pattern() {
         let t0 = Instant::now();
-        let mut queue = EchoQueue::new(Duration::ZERO);
+        let mut queue = EchoQueue::new(Duration::ZERO, SLIN_RATE_HZ);
         let mut sizes = Vec::new();
         for k in 0..100u32 {
             let now = t0 + FRAME * k;
@@ -595,7 +675,7 @@ mod tests {
     #[test]
     fn queue_holds_until_due_and_flushes_a_short_tail_after_a_pause() {
         let t0 = Instant::now();
-        let mut queue = EchoQueue::new(Duration::ZERO);
+        let mut queue = EchoQueue::new(Duration::ZERO, SLIN_RATE_HZ);
         assert_eq!(queue.next_due(), None);
         queue.push(t0 + FRAME, &[1; 320]);
         assert_eq!(queue.pop_due(t0), None, "nothing before its due time");
@@ -609,11 +689,74 @@ mod tests {
     }
 
     #[test]
-    fn parse_args_defaults_flags_and_errors() {
-        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let run = |line: &str| match parse_args(&args(line)) {
+    fn chunks_scale_with_the_rate() {
+        let at = |rate| {
+            (0..CHUNK_PATTERN.len())
+                .map(|i| chunk_bytes(i, rate))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(SLIN_RATE_HZ), CHUNK_PATTERN);
+        assert_eq!(at(16_000), [320, 2000, 960, 4800, 640, 80]);
+        assert_eq!(at(44_100), [882, 5512, 2646, 13230, 1764, 220]);
+        // A steady 16 kHz stream (640-byte frames) is cut into the 16 kHz pattern.
+        let t0 = Instant::now();
+        let mut queue = EchoQueue::new(Duration::ZERO, 16_000);
+        let mut sizes = Vec::new();
+        for k in 0..100u32 {
+            let now = t0 + FRAME * k;
+            queue.push(now, &[0; 640]);
+            while let Some(chunk) = queue.pop_due(now) {
+                sizes.push(chunk.len());
+            }
+        }
+        let expected: Vec<usize> = at(16_000).into_iter().cycle().take(sizes.len()).collect();
+        assert_eq!(sizes, expected);
+        assert!(sizes.len() > 12, "{sizes:?}");
+    }
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    /// What a command line that parses runs.
+    fn parsed(line: &str) -> EchoCommand {
+        match parse_args(&args(line)) {
             Ok(Parsed::Run(parsed)) => parsed,
             other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_flag() {
+        let rate = |line: &str| parsed(line).rate_hz;
+        assert_eq!(rate(""), 8_000);
+        assert_eq!(rate("--rate 16000"), 16_000);
+        assert_eq!(rate("--rate=11025"), 11_025);
+        for bad in ["--rate 7999", "--rate 192001", "--rate 16k", "--rate"] {
+            let err = parse_args(&args(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("--rate"), "{bad}: {err}");
+        }
+        let e = parse_args(&args("--rate 4000")).unwrap_err().to_string();
+        assert!(
+            e.contains("from 8000 to 192000 (as STS_SAMPLE_RATE)"),
+            "{e}"
+        );
+        let e = EchoServer::start_at(
+            "127.0.0.1:0".parse().unwrap(),
+            EchoOptions::default(),
+            0,
+            None,
+        )
+        .err()
+        .expect("a zero rate is refused");
+        assert!(e.to_string().contains("above 0 Hz"), "{e}");
+    }
+
+    #[test]
+    fn parse_args_defaults_flags_and_errors() {
+        let run = |line: &str| {
+            let command = parsed(line);
+            (command.bind, command.opts)
         };
         let (addr, opts) = run("");
         assert_eq!(addr, "127.0.0.1:6030".parse().unwrap());
@@ -738,15 +881,29 @@ mod tests {
 
     #[test]
     fn one_second_of_audio_comes_back_exact_uneven_and_delayed() {
+        one_second_comes_back(SLIN_RATE_HZ);
+    }
+
+    #[test]
+    fn at_16_khz_a_second_is_32000_bytes_and_chunks_last_as_long() {
+        one_second_comes_back(16_000);
+    }
+
+    /// One second of caller audio at `rate_hz`, in 20 ms messages, to an agent at that rate:
+    /// it comes back exact, in uneven chunks of the rate's pattern, each no sooner than the
+    /// delay; one transcript pair marks the second.
+    fn one_second_comes_back(rate_hz: u32) {
         let opts = EchoOptions::default();
-        let (server, _events) = start(opts);
+        let server =
+            EchoServer::start_at("127.0.0.1:0".parse().unwrap(), opts, rate_hz, None).unwrap();
+        let frame_bytes = 2 * rates::frame_samples(rate_hz);
         let mut client = Client::connect(&server, "/");
         client.send(r#"{"type":"init","uuid":"u"}"#);
-        let sent: Vec<u8> = (0..8000u16).flat_map(|i| i.to_le_bytes()).collect();
+        let sent: Vec<u8> = (0..rate_hz as u16).flat_map(|i| i.to_le_bytes()).collect();
         let mut sent_at = Vec::new();
         let mut replies = Replies::default();
         let start = Instant::now();
-        for (k, frame) in sent.chunks(320).enumerate() {
+        for (k, frame) in sent.chunks(frame_bytes).enumerate() {
             sent_at.push(Instant::now());
             client.send_audio(frame);
             while let Some(msg) = client.recv_until(start + FRAME * (k as u32 + 1)) {
@@ -767,7 +924,7 @@ mod tests {
             if !sizes.contains(&size) {
                 sizes.push(size);
             }
-            let first_frame = start_offset / 320;
+            let first_frame = start_offset / frame_bytes;
             assert!(
                 at >= sent_at[first_frame] + opts.delay,
                 "chunk starting at {start_offset} came before its first byte was due"
@@ -775,6 +932,10 @@ mod tests {
             start_offset = end;
         }
         assert!(sizes.len() >= 3, "chunk sizes {sizes:?}");
+        assert!(
+            sizes.contains(&chunk_bytes(1, rate_hz)),
+            "chunk sizes {sizes:?}"
+        );
         let expected = [
             ("user", "caller audio, second 1"),
             ("agent", "echoing 1.0 s of audio"),

@@ -4,4 +4,5 @@
 pub mod demo;
 pub mod echo_sts;
 pub mod http_sink;
+pub mod rates;
 pub mod simulate;

@@ -138,3 +138,44 @@ fn a_bad_value_stops_startup_with_one_line_naming_it() {
     assert_eq!(code, 1);
     assert!(err.contains("not supported"), "{err}");
 }
+
+/// `--rate` (and the demo's `--agent-rate`): a rate a tool cannot use is a usage error that
+/// names the flag and the rates it takes; the help texts name the flag.
+#[test]
+fn rate_flags_take_only_usable_rates() {
+    for (args, needle) in [
+        (
+            &["simulate", "--rate", "11025"][..],
+            r#"--rate: "11025" is not an AudioSocket rate in Hz: 8000, 12000, 16000"#,
+        ),
+        (
+            &["simulate", "--rate", "16000", "--codec", "ulaw"][..],
+            "--codec ulaw: G.711 is 8 kHz audio, so it cannot come at --rate 16000",
+        ),
+        (
+            &["simulate", "--calls", "2", "--rate", "16k"][..],
+            r#"--rate: "16k" is not an AudioSocket rate"#,
+        ),
+        (
+            &["echo-sts", "--rate", "4000"][..],
+            r#"--rate: "4000" is not a sample rate in Hz from 8000 to 192000"#,
+        ),
+        (&["demo", "--rate", "22050"][..], r#"--rate: "22050""#),
+        (&["demo", "--agent-rate", "x"][..], r#"--agent-rate: "x""#),
+    ] {
+        let (code, out, err) = avr(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+    for args in [
+        &["simulate", "--help"][..],
+        &["simulate", "--calls=2", "--help"][..],
+        &["echo-sts", "--help"][..],
+        &["demo", "--help"][..],
+    ] {
+        let (code, out, _) = avr(args, &[]);
+        assert_eq!(code, 0);
+        assert!(out.contains("--rate HZ"), "{args:?}:\n{out}");
+    }
+}

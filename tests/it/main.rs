@@ -22,3 +22,4 @@ mod tls;
 mod webhooks;
 mod webhooks_api;
 mod wideband;
+mod wideband_tools;

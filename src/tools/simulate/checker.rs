@@ -1,12 +1,16 @@
 //! The strict receive side of the fake Asterisk: Asterisk HEAD's AudioSocket parser rules
 //! (docs/audiosocket.md §6, §11) applied to what the server sends, each broken rule a violation
-//! with its time. No I/O and no clock: bytes come in with their arrival time as an argument,
-//! so every rule is unit-tested with synthetic times.
+//! with its time, and the rate rule of avr-core's answer (docs/audiosocket.md §10.4): a caller
+//! is answered in its own kind, 20 ms per frame. No I/O and no clock: bytes come in with their
+//! arrival time as an argument, so every rule is unit-tested with synthetic times.
 
 use std::time::Duration;
 
 use super::stats::{ms, secs};
-use crate::proto::audiosocket::{self, HEADER_LEN, KIND_HANGUP};
+use crate::proto::audiosocket::{
+    self, kind_name, HEADER_LEN, KIND_AUDIO, KIND_HANGUP, SLIN_FRAME_BYTES,
+};
+use crate::tools::rates::{khz, SLIN_RATE_HZ};
 
 /// Asterisk HEAD polls 5 ms for the rest of a payload, then drops the call.
 const PAYLOAD_LIMIT: Duration = Duration::from_millis(5);
@@ -14,6 +18,10 @@ const PAYLOAD_LIMIT: Duration = Duration::from_millis(5);
 const INACTIVITY_LIMIT: Duration = Duration::from_secs(2);
 /// A broken server can break a rule 50 times a second; the report stays readable.
 const MAX_VIOLATIONS: usize = 100;
+/// A wideband caller's first frame goes out right after its UUID (`AudioSocket()` streams at
+/// once), so a server still answering in 8 kHz slin this long after the UUID has not taken up
+/// the caller's rate: 50 frames, far more than any delay in reading the first one.
+const PRELUDE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Where the parser is in the byte stream.
 #[derive(Clone, Copy)]
@@ -58,12 +66,21 @@ pub struct Checker {
     /// How much of `received` belongs to complete audio frames (the rest is the frame still
     /// arriving).
     complete: usize,
+    /// What the caller sends, so what the server must answer in.
+    caller: CallerKind,
+    /// A frame of the caller's kind has come: the `0x10` prelude is over.
+    answered: bool,
+    /// Audio frames that came as the `0x10` prelude to a wideband caller.
+    prelude_frames: u64,
+    /// The prelude went on past [`PRELUDE_LIMIT`] (reported once).
+    prelude_overdue: bool,
 }
 
 impl Checker {
-    /// Room for `frames` arrivals and `audio_bytes` of payload up front: the receive loop
+    /// The receive side of a caller sending audio at `rate_hz` (an AudioSocket rate), with
+    /// room for `frames` arrivals and `audio_bytes` of payload up front: the receive loop
     /// should not reallocate while it timestamps.
-    pub fn with_capacity(frames: usize, audio_bytes: usize) -> Self {
+    pub fn with_capacity(rate_hz: u32, frames: usize, audio_bytes: usize) -> Self {
         Checker {
             parse: NO_HEADER,
             received: Vec::with_capacity(audio_bytes),
@@ -76,6 +93,10 @@ impl Checker {
             trailing_at: Duration::ZERO,
             restart_clock: false,
             complete: 0,
+            caller: CallerKind::new(rate_hz),
+            answered: false,
+            prelude_frames: 0,
+            prelude_overdue: false,
         }
     }
 
@@ -179,7 +200,26 @@ impl Checker {
                      an even length; Asterisk drops the last byte"
                 ),
             );
+        } else if let Err(why) = self.caller.judge(self.answered, kind, len) {
+            self.violations.push(now, why);
+        } else if self.caller.kind != kind
+            && !self.answered
+            && now > PRELUDE_LIMIT
+            && !std::mem::replace(&mut self.prelude_overdue, true)
+        {
+            let name = kind_name(self.caller.kind);
+            self.violations.push(
+                now,
+                format!(
+                    "still 8 kHz slin {} after the UUID, though the caller sends {name} from the \
+                     start: the server must answer in {name} (kind 0x{:02x}) once it has the \
+                     caller's first frame",
+                    secs(now),
+                    self.caller.kind
+                ),
+            );
         }
+        self.answered |= kind == self.caller.kind;
         if len == 0 {
             self.parse = NO_HEADER;
             self.activity(now, live);
@@ -207,6 +247,14 @@ impl Checker {
             );
         }
         if audiosocket::audio_rate_hz(kind).is_some() {
+            if kind == KIND_AUDIO && self.caller.rate_hz != SLIN_RATE_HZ && !self.answered {
+                // The prelude is 8 kHz: stretched to the caller's rate, `received` stays one
+                // stream at one rate, and frame `i` of it is still `arrivals[i]`.
+                let slin = self.received.split_off(self.complete);
+                self.received
+                    .extend(stretch(&slin, SLIN_RATE_HZ, self.caller.rate_hz));
+                self.prelude_frames += 1;
+            }
             self.arrivals.push(now);
             self.complete = self.received.len();
         }
@@ -299,13 +347,15 @@ impl Checker {
             violations: self.violations.into_vec(),
             hangup_received: self.hangup_received,
             server_closed: self.server_closed,
+            prelude_frames: self.prelude_frames,
         }
     }
 }
 
 /// The checker's findings for one call.
 pub struct Checked {
-    /// Audio payloads in order (an odd length loses its last byte, as in Asterisk).
+    /// Audio payloads in order (an odd length loses its last byte, as in Asterisk), at the
+    /// caller's rate: a wideband caller's 8 kHz prelude is stretched to it.
     pub received: Vec<u8>,
     /// When each audio frame's last byte arrived.
     pub arrivals: Vec<Duration>,
@@ -314,6 +364,91 @@ pub struct Checked {
     pub hangup_received: bool,
     /// EOF or a reset from the server.
     pub server_closed: bool,
+    /// Audio frames that came as `0x10` before the first one in a wideband caller's kind.
+    pub prelude_frames: u64,
+}
+
+/// The kind a caller sends, and the rule of the server's answer (docs/audiosocket.md §10.4):
+/// frames of that kind carrying 20 ms each. The server cannot know a wideband caller's rate
+/// before its first frame, so until the server's first frame in the caller's kind it may send
+/// 8 kHz frames (`0x10`, 320 bytes); after it, only the caller's kind and size. An 8 kHz
+/// caller gets `0x10` frames of any length, as Asterisk plays them (and as this checker has
+/// always accepted).
+#[derive(Clone, Copy, Debug)]
+struct CallerKind {
+    rate_hz: u32,
+    kind: u8,
+    frame_bytes: usize,
+}
+
+impl CallerKind {
+    /// `rate_hz` without an AudioSocket kind is refused before a call starts (`run_call`);
+    /// here it falls back to 8 kHz.
+    fn new(rate_hz: u32) -> Self {
+        let (rate_hz, kind) = match audiosocket::audio_kind(rate_hz) {
+            Some(kind) => (rate_hz, kind),
+            None => (SLIN_RATE_HZ, KIND_AUDIO),
+        };
+        CallerKind {
+            rate_hz,
+            kind,
+            frame_bytes: audiosocket::frame_bytes(rate_hz),
+        }
+    }
+
+    /// An audio frame of `kind` with `len` (non-zero, even) bytes, `answered` = a frame of the
+    /// caller's kind came before: fine, or what is wrong with it.
+    fn judge(&self, answered: bool, kind: u8, len: usize) -> Result<(), String> {
+        let (own, frame) = (self.kind, self.frame_bytes);
+        let to = format!(
+            "to the caller ({} kHz, kind 0x{own:02x})",
+            khz(self.rate_hz)
+        );
+        let needs = format!(
+            "it needs {} frames of {frame} bytes (20 ms)",
+            kind_name(own)
+        );
+        let in_prelude = own != KIND_AUDIO && !answered;
+        match kind {
+            _ if kind == own && (own == KIND_AUDIO || len == frame) => Ok(()),
+            _ if kind == own => Err(format!(
+                "{} frame of {len} bytes {to}: {needs}",
+                kind_name(own)
+            )),
+            KIND_AUDIO if in_prelude && len == SLIN_FRAME_BYTES => Ok(()),
+            KIND_AUDIO if in_prelude => Err(format!(
+                "slin frame of {len} bytes {to} before the first {} frame: until then only \
+                 20 ms of 8 kHz (320 bytes) may come",
+                kind_name(own)
+            )),
+            KIND_AUDIO => Err(format!(
+                "slin frame of {len} bytes {to} after the first {} frame: {needs}",
+                kind_name(own)
+            )),
+            _ => Err(format!(
+                "frame of kind 0x{kind:02x} ({}, {len} bytes) {to}: {needs}{}",
+                kind_name(kind),
+                if in_prelude {
+                    ", or 320-byte slin before the first of them"
+                } else {
+                    ""
+                }
+            )),
+        }
+    }
+}
+
+/// Nearest-sample stretch of s16le audio from `from_hz` to `to_hz` (a whole trailing odd byte is
+/// dropped): exact for the silence of a prelude, and it keeps its duration.
+fn stretch(pcm: &[u8], from_hz: u32, to_hz: u32) -> Vec<u8> {
+    let samples = pcm.len() / 2;
+    let out = samples * to_hz as usize / from_hz as usize;
+    (0..out)
+        .flat_map(|j| {
+            let i = j * from_hz as usize / to_hz as usize;
+            [pcm[2 * i], pcm[2 * i + 1]]
+        })
+        .collect()
 }
 
 /// Violation lines, capped so a server that breaks a rule every frame still gives a short report.
@@ -353,7 +488,7 @@ mod tests {
 
     #[test]
     fn receiver_rules_with_synthetic_times() {
-        let mut rx = Checker::with_capacity(8, 8 * 320);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 8, 8 * 320);
         let good = audiosocket::encode(0x10, &[7; 320]).unwrap();
         // Header split across reads is fine; payload 4 ms after the header is fine.
         rx.feed(&good[..2], d(10), true);
@@ -382,14 +517,14 @@ mod tests {
         assert_eq!(rx.arrivals.len(), 4);
 
         // A frame cut off by a full read buffer is timed from the next read.
-        let mut rx = Checker::with_capacity(1, 320);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 1, 320);
         rx.feed(&good[..50], d(100), true);
         rx.more_queued();
         rx.feed(&good[50..], d(120), true);
         assert!(rx.violations.list.is_empty());
         assert_eq!(rx.arrivals, [d(120)]);
 
-        let mut rx = Checker::with_capacity(1, 320);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 1, 320);
         rx.feed(&[0x10, 0x01, 0x40, 1, 2], d(1), true);
         rx.closed(d(2), "reset");
         assert!(rx.violations.list[0]
@@ -398,7 +533,7 @@ mod tests {
 
     #[test]
     fn violations_are_capped() {
-        let mut rx = Checker::with_capacity(1, 320);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 1, 320);
         for i in 0..150 {
             rx.feed(&[0x10, 0, 0], d(i), true);
         }
@@ -412,7 +547,7 @@ mod tests {
     #[test]
     fn silence_up_to_the_end_is_judged_once_the_call_ended() {
         let good = audiosocket::encode(0x10, &[7; 320]).unwrap();
-        let mut rx = Checker::with_capacity(1, 320);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 1, 320);
         rx.feed(&good, d(100), true);
         rx.call_ended(d(2100));
         assert!(rx.violations.list.is_empty(), "exactly 2 s is allowed");
@@ -429,7 +564,7 @@ mod tests {
     fn drained_audio_is_whole_frames_and_the_rest_waits() {
         let a = audiosocket::encode(0x10, &[1; 320]).unwrap();
         let b = audiosocket::encode(0x10, &[2; 320]).unwrap();
-        let mut rx = Checker::with_capacity(4, 1024);
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 4, 1024);
         let mut bytes = a.clone();
         bytes.extend_from_slice(&b[..100]);
         rx.feed(&bytes, d(20), true);
@@ -443,5 +578,151 @@ mod tests {
         let checked = rx.into_checked();
         assert_eq!(checked.arrivals, [d(20), d(21)]);
         assert!(checked.received.is_empty(), "drained audio is not kept");
+    }
+
+    fn slin16(fill: u8, len: usize) -> Vec<u8> {
+        audiosocket::encode(0x12, &vec![fill; len]).unwrap()
+    }
+
+    fn slin(len: usize) -> Vec<u8> {
+        audiosocket::encode(0x10, &vec![0; len]).unwrap()
+    }
+
+    #[test]
+    fn a_wideband_answer_may_start_with_8_khz_silence() {
+        let mut rx = Checker::with_capacity(16_000, 8, 8 * 640);
+        for k in 0..3 {
+            rx.feed(&slin(320), d(20 * k), true);
+        }
+        for k in 3..8 {
+            rx.feed(&slin16(k as u8, 640), d(20 * k), true);
+        }
+        let checked = rx.into_checked();
+        assert!(checked.violations.is_empty(), "{:?}", checked.violations);
+        assert_eq!(checked.arrivals.len(), 8);
+        assert_eq!(checked.prelude_frames, 3);
+        // The prelude is stretched to 16 kHz: one stream, 640 bytes per frame.
+        assert_eq!(checked.received.len(), 8 * 640);
+        assert!(checked.received[..3 * 640].iter().all(|&b| b == 0));
+        for k in 3..8 {
+            assert!(checked.received[k * 640..(k + 1) * 640]
+                .iter()
+                .all(|&b| b == k as u8));
+        }
+    }
+
+    #[test]
+    fn after_the_first_wideband_frame_only_its_kind_and_size_pass() {
+        let mut rx = Checker::with_capacity(16_000, 8, 8 * 640);
+        rx.feed(&slin16(1, 640), d(20), true);
+        rx.feed(&slin(320), d(40), true);
+        rx.feed(&slin16(1, 320), d(60), true);
+        rx.feed(&audiosocket::encode(0x13, &[0; 960]).unwrap(), d(80), true);
+        rx.feed(&slin16(1, 640), d(100), true);
+        let checked = rx.into_checked();
+        let v = &checked.violations;
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(
+            v[0],
+            "at 0.040 s: slin frame of 320 bytes to the caller (16 kHz, kind 0x12) after the \
+             first slin16 frame: it needs slin16 frames of 640 bytes (20 ms)"
+        );
+        assert_eq!(
+            v[1],
+            "at 0.060 s: slin16 frame of 320 bytes to the caller (16 kHz, kind 0x12): it needs \
+             slin16 frames of 640 bytes (20 ms)"
+        );
+        assert_eq!(
+            v[2],
+            "at 0.080 s: frame of kind 0x13 (slin24, 960 bytes) to the caller (16 kHz, kind 0x12): \
+             it needs slin16 frames of 640 bytes (20 ms)"
+        );
+        // Only 8 kHz before the first 0x12 frame is stretched; the rest is kept as it came.
+        assert_eq!(checked.prelude_frames, 0);
+        assert_eq!(checked.arrivals.len(), 5);
+    }
+
+    #[test]
+    fn before_the_first_wideband_frame_only_20_ms_of_slin_passes() {
+        let mut rx = Checker::with_capacity(48_000, 4, 4 * 1920);
+        rx.feed(&slin(160), d(20), true);
+        rx.feed(&audiosocket::encode(0x12, &[0; 640]).unwrap(), d(40), true);
+        rx.feed(&slin(320), d(60), true);
+        // An odd frame breaks Asterisk's rule; the rate rule does not add a second line.
+        rx.feed(&audiosocket::encode(0x16, &[0; 1919]).unwrap(), d(80), true);
+        let v = rx.into_checked().violations;
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            v[0].contains(
+                "slin frame of 160 bytes to the caller (48 kHz, kind 0x16) before the \
+                 first slin48 frame: until then only 20 ms of 8 kHz (320 bytes)"
+            ),
+            "{}",
+            v[0]
+        );
+        assert!(
+            v[1].contains(
+                "kind 0x12 (slin16, 640 bytes) to the caller (48 kHz, kind 0x16): it \
+                 needs slin48 frames of 1920 bytes (20 ms), or 320-byte slin before the first"
+            ),
+            "{}",
+            v[1]
+        );
+        assert!(v[2].contains("odd length 1919"), "{}", v[2]);
+    }
+
+    #[test]
+    fn an_8_khz_caller_gets_slin_of_any_length_and_no_other_kind() {
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 4, 4 * 320);
+        rx.feed(&slin(320), d(20), true);
+        rx.feed(&slin(160), d(40), true);
+        rx.feed(&slin16(0, 640), d(60), true);
+        let checked = rx.into_checked();
+        assert_eq!(checked.violations.len(), 1, "{:?}", checked.violations);
+        assert!(checked.violations[0].contains(
+            "frame of kind 0x12 (slin16, 640 bytes) to the caller (8 kHz, kind 0x10): it needs \
+             slin frames of 320 bytes (20 ms)"
+        ));
+        assert_eq!(checked.prelude_frames, 0);
+        assert_eq!(checked.received.len(), 320 + 160 + 640);
+    }
+
+    #[test]
+    fn stretch_keeps_the_duration() {
+        let pcm: Vec<u8> = [1i16, 2, -3].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let doubled: Vec<u8> = [1i16, 1, 2, 2, -3, -3]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        assert_eq!(stretch(&pcm, 8_000, 16_000), doubled);
+        assert_eq!(stretch(&[0; 320], 8_000, 44_100).len(), 1764);
+        assert_eq!(stretch(&[0; 320], 8_000, 192_000).len(), 7680);
+        assert_eq!(stretch(&[7, 0, 9], 8_000, 16_000), [7, 0, 7, 0]);
+    }
+
+    #[test]
+    fn a_prelude_past_a_second_is_reported_once() {
+        let mut rx = Checker::with_capacity(16_000, 64, 64 * 640);
+        for k in 0..60 {
+            rx.feed(&slin(320), d(20 * k), true);
+        }
+        let checked = rx.into_checked();
+        assert_eq!(checked.prelude_frames, 60);
+        assert_eq!(checked.violations.len(), 1, "{:?}", checked.violations);
+        assert_eq!(
+            checked.violations[0],
+            "at 1.020 s: still 8 kHz slin 1.020 s after the UUID, though the caller sends \
+             slin16 from the start: the server must answer in slin16 (kind 0x12) once it has \
+             the caller's first frame"
+        );
+        // Answered in time: nothing; an 8 kHz caller has no prelude.
+        let mut rx = Checker::with_capacity(16_000, 64, 64 * 640);
+        rx.feed(&slin(320), d(999), true);
+        rx.feed(&slin16(1, 640), d(1000), true);
+        rx.feed(&slin16(1, 640), d(1500), true);
+        assert!(rx.into_checked().violations.is_empty());
+        let mut rx = Checker::with_capacity(SLIN_RATE_HZ, 64, 64 * 320);
+        rx.feed(&slin(320), d(1500), true);
+        assert!(rx.into_checked().violations.is_empty());
     }
 }

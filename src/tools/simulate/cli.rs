@@ -15,6 +15,7 @@ use super::{
 use crate::cli::{is_help, Flags, Parsed, UsageError};
 use crate::proto::audiosocket::CallId;
 use crate::tools::echo_sts;
+use crate::tools::rates::{self, khz, SLIN_RATE_HZ};
 
 /// Where Asterisk's AudioSocket server listens by default (avr-core's `PORT`).
 const DEFAULT_ADDR: &str = "127.0.0.1:5001";
@@ -39,28 +40,37 @@ USAGE:
 OPTIONS:
     --addr HOST:PORT   AudioSocket server to call (default 127.0.0.1:5001)
     --uuid UUID        call id, 8-4-4-4-12 hex (default: random)
-    --tone HZ          send a sine tone at amplitude 8000 (default: 440 Hz)
-    --wav FILE         send a WAV file (PCM 16-bit mono 8000 Hz); silence follows its end
-    --raw FILE         send raw 8 kHz 16-bit little-endian mono PCM; silence follows its end
+    --rate HZ          the caller's rate: 8000 (kind 0x10, default), or a wideband one as
+                       Dial(AudioSocket/.../c(slin16)) and the like send (Asterisk 20.17+):
+                       12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000 (kinds
+                       0x11-0x18); every frame carries 20 ms at that rate (640 bytes at 16000)
+    --tone HZ          send a sine tone at amplitude 8000 (default: 440 Hz), below half the rate
+    --wav FILE         send a WAV file (PCM 16-bit mono at the --rate); silence follows its end
+    --raw FILE         send raw 16-bit little-endian mono PCM at the --rate; silence follows
     --seconds S        how long to send caller audio (default 5; fractions allowed)
-    --codec C          slin (320-byte frames, default), ulaw or alaw (160-byte frames);
-                       all labelled 0x10, as Dial(AudioSocket/...) without c(slin) does
+    --codec C          slin (320-byte frames at 8000, default), ulaw or alaw (160-byte frames,
+                       8000 only); all labelled 0x10, as Dial(AudioSocket/...) without c(slin)
     --dtmf T:D[,T:D]   send DTMF digit D (0-9 * # A-D) T seconds after the UUID; repeatable
-    --record FILE      write the audio received from the server as a WAV (8 kHz mono 16-bit)
+    --record FILE      write the audio received from the server as a WAV (mono 16-bit at the
+                       --rate)
     --end MODE         close: FIN after --seconds (default)
                        reset: close with unread data, so the server sees a reset
                        await: keep sending silence until the server hangs up (up to 15 s more)
     -h, --help         show this text
 
 The report covers frames, pacing, time to the first frame and every protocol violation that
-would make current Asterisk drop the call.
+would make current Asterisk drop the call. Replies must be in the caller's kind, 20 ms each; a
+wideband caller may first get 8 kHz frames (0x10, 320 bytes), for at most 1 s after the UUID,
+until the server's first frame in its kind, and only its kind after that. Anything else is
+reported as a violation.
 
 EXIT STATUS: 0 no violations, 1 violations found, 2 usage or connection error
 
 LOAD MODE (many calls at once, against avr-core running with `echo-sts` as its agent):
-    avr-core simulate --calls N [--seconds S] [--addr HOST:PORT] [--ramp-ms M]
+    avr-core simulate --calls N [--seconds S] [--addr HOST:PORT] [--rate HZ] [--ramp-ms M]
                       [--echo-delay-ms D] [--show K]
     --calls N          concurrent calls (at most 10000)
+    --rate HZ          the callers' rate, as above (default 8000); slin
     --seconds S        marked caller audio per call (default 10); then silence for the echo
                        delay + 1 s so the last echoes come back, then the caller closes
     --ramp-ms M        spread the call starts over M ms (default 1000)
@@ -106,11 +116,10 @@ pub fn run(command: Command) -> Result<ExitCode, SimError> {
             let report = run_call(&opts)?;
             print!("{}", report.summary());
             if let Some(path) = record {
-                std::fs::write(&path, wav::wav_bytes(&report.received)).map_err(|source| {
-                    SimError::Record {
-                        path: path.clone(),
-                        source,
-                    }
+                let wav = wav::wav_bytes(&report.received, report.rate_hz);
+                std::fs::write(&path, wav).map_err(|source| SimError::Record {
+                    path: path.clone(),
+                    source,
                 })?;
                 println!("  recorded:    {}", path.display());
             }
@@ -118,11 +127,15 @@ pub fn run(command: Command) -> Result<ExitCode, SimError> {
         }
         Command::Load { opts, show } => {
             println!(
-                "placing {} calls to {} over {} ms, {:.1} s of marked audio each …",
+                "placing {} calls to {} over {} ms, {:.1} s of marked audio each{} …",
                 opts.calls,
                 opts.addr,
                 opts.ramp.as_millis(),
-                opts.duration.as_secs_f64()
+                opts.duration.as_secs_f64(),
+                match opts.rate_hz {
+                    SLIN_RATE_HZ => String::new(),
+                    rate => format!(" at {} kHz", khz(rate)),
+                }
             );
             let report = run_load(&opts);
             print!("{}", report.text(show));
@@ -136,11 +149,19 @@ pub fn run(command: Command) -> Result<ExitCode, SimError> {
     })
 }
 
+/// `--tone`, `--wav` or `--raw` as given: read once the whole line (and so the rate) is known.
+enum AudioChoice<'a> {
+    Tone(&'a str),
+    Wav(&'a str),
+    Raw(&'a str),
+}
+
 fn parse_call(args: &[String]) -> Result<Parsed<Command>, UsageError> {
     let mut addr = DEFAULT_ADDR;
     let mut uuid = None;
-    let mut audio: Option<(&str, AudioSource)> = None;
+    let mut audio: Option<(&str, AudioChoice)> = None;
     let mut seconds = 5.0;
+    let mut rate_hz = SLIN_RATE_HZ;
     let mut codec = SimCodec::Slin;
     let mut dtmf = Vec::new();
     let mut record = None;
@@ -163,34 +184,19 @@ fn parse_call(args: &[String]) -> Result<Parsed<Command>, UsageError> {
                         "{flag} and {other} both choose the audio; give one of --tone, --wav, --raw"
                     )));
                 }
-                let source = match flag {
-                    "--tone" => AudioSource::Tone {
-                        hz: flags
-                            .value_as("a frequency between 0 and 4000 Hz (8 kHz audio)", |v| {
-                                v.parse::<f64>().ok().filter(|hz| *hz > 0.0 && *hz < 4000.0)
-                            })?,
-                        amplitude: CLI_TONE_AMPLITUDE,
-                    },
-                    "--wav" => {
-                        let path = PathBuf::from(flags.value("a WAV file")?);
-                        let samples = wav::load_wav(&path)
-                            .map_err(|e| UsageError::Invalid(format!("--wav: {e}")))?;
-                        AudioSource::Pcm(Arc::new(samples))
-                    }
-                    _ => {
-                        let path = PathBuf::from(flags.value("a raw s16le file")?);
-                        let samples = wav::load_raw(&path)
-                            .map_err(|e| UsageError::Invalid(format!("--raw: {e}")))?;
-                        AudioSource::Pcm(Arc::new(samples))
-                    }
+                let choice = match flag {
+                    "--tone" => AudioChoice::Tone(flags.value("a frequency in Hz")?),
+                    "--wav" => AudioChoice::Wav(flags.value("a WAV file")?),
+                    _ => AudioChoice::Raw(flags.value("a raw s16le file")?),
                 };
-                audio = Some((flag, source));
+                audio = Some((flag, choice));
             }
             "--seconds" => {
                 seconds = flags.value_as("a positive number of seconds (e.g. 5 or 2.5)", |v| {
                     parse_seconds(v).filter(|s| *s > 0.0)
                 })?
             }
+            "--rate" => rate_hz = rates::caller_rate(&mut flags)?,
             "--codec" => {
                 codec = flags.value_as("one of slin, ulaw, alaw", |v| {
                     match v.to_ascii_lowercase().as_str() {
@@ -215,6 +221,13 @@ fn parse_call(args: &[String]) -> Result<Parsed<Command>, UsageError> {
         }
     }
 
+    if codec != SimCodec::Slin && rate_hz != SLIN_RATE_HZ {
+        return Err(UsageError::Invalid(format!(
+            "--codec {}: G.711 is 8 kHz audio, so it cannot come at --rate {rate_hz}; a wideband \
+             caller sends slin (leave out --codec)",
+            codec.name()
+        )));
+    }
     let addr = resolve(addr)?;
     let duration = Duration::from_secs_f64(seconds);
     let last_offset = match end {
@@ -231,23 +244,55 @@ fn parse_call(args: &[String]) -> Result<Parsed<Command>, UsageError> {
     if let Some(uuid) = uuid {
         opts.uuid = uuid;
     }
-    opts.audio = audio.map_or(
-        AudioSource::Tone {
+    opts.audio = match audio {
+        Some((_, choice)) => audio_source(choice, rate_hz)?,
+        None => AudioSource::Tone {
             hz: DEFAULT_TONE_HZ,
             amplitude: CLI_TONE_AMPLITUDE,
         },
-        |(_, source)| source,
-    );
+    };
     opts.duration = duration;
+    opts.rate_hz = rate_hz;
     opts.codec = codec;
     opts.dtmf = dtmf;
     opts.end = end;
     Ok(Parsed::Run(Command::Call { opts, record }))
 }
 
+/// The caller's audio at `rate_hz`: a tone below half the rate, or a file at that rate.
+fn audio_source(choice: AudioChoice, rate_hz: u32) -> Result<AudioSource, UsageError> {
+    let samples = match choice {
+        AudioChoice::Tone(value) => {
+            let nyquist = f64::from(rate_hz) / 2.0;
+            let hz = value
+                .parse::<f64>()
+                .ok()
+                .filter(|hz| *hz > 0.0 && *hz < nyquist)
+                .ok_or_else(|| UsageError::BadValue {
+                    flag: "--tone".into(),
+                    value: value.into(),
+                    expected: format!(
+                        "a frequency between 0 and {nyquist} Hz ({} kHz audio)",
+                        khz(rate_hz)
+                    ),
+                })?;
+            return Ok(AudioSource::Tone {
+                hz,
+                amplitude: CLI_TONE_AMPLITUDE,
+            });
+        }
+        AudioChoice::Wav(path) => wav::load_wav(&PathBuf::from(path), rate_hz)
+            .map_err(|e| UsageError::Invalid(format!("--wav: {e}")))?,
+        AudioChoice::Raw(path) => wav::load_raw(&PathBuf::from(path), rate_hz)
+            .map_err(|e| UsageError::Invalid(format!("--raw: {e}")))?,
+    };
+    Ok(AudioSource::Pcm(Arc::new(samples)))
+}
+
 fn parse_load(args: &[String]) -> Result<Parsed<Command>, UsageError> {
     let mut addr = DEFAULT_ADDR;
     let mut calls = 0;
+    let mut rate_hz = SLIN_RATE_HZ;
     let mut seconds = 10.0;
     let mut ramp_ms = 1000;
     let mut delay_ms = 200;
@@ -259,6 +304,7 @@ fn parse_load(args: &[String]) -> Result<Parsed<Command>, UsageError> {
             _ if is_help(flag) => return Ok(Parsed::Help),
             "--addr" => addr = flags.value("HOST:PORT")?,
             "--calls" => calls = flags.number("a number of calls", MAX_LOAD_CALLS)?,
+            "--rate" => rate_hz = rates::caller_rate(&mut flags)?,
             "--seconds" => {
                 let expected = format!(
                     "a number of seconds between 0 and {} (frame numbers must fit the marker)",
@@ -272,7 +318,8 @@ fn parse_load(args: &[String]) -> Result<Parsed<Command>, UsageError> {
             "--echo-delay-ms" => delay_ms = flags.number("milliseconds", max_delay_ms)?,
             "--show" => show = flags.number("a number of calls", MAX_LOAD_CALLS)?,
             _ => return Err(flags.unknown(
-                "load mode takes --calls, --seconds, --addr, --ramp-ms, --echo-delay-ms, --show",
+                "load mode takes --calls, --seconds, --addr, --rate, --ramp-ms, --echo-delay-ms, \
+                 --show",
             )),
         }
     }
@@ -284,6 +331,7 @@ fn parse_load(args: &[String]) -> Result<Parsed<Command>, UsageError> {
         calls as usize,
         Duration::from_secs_f64(seconds),
     );
+    opts.rate_hz = rate_hz;
     opts.ramp = Duration::from_millis(ramp_ms);
     opts.echo_delay = Duration::from_millis(delay_ms);
     Ok(Parsed::Run(Command::Load {
@@ -341,7 +389,9 @@ fn parse_dtmf(arg: &str) -> Result<Vec<(Duration, char)>, UsageError> {
 mod tests {
     use super::*;
     use crate::proto::audiosocket;
-    use crate::tools::simulate::fake_server::{fake_server, frame, read_frame, read_hello};
+    use crate::tools::simulate::fake_server::{
+        echo_frames, fake_server, frame, read_frame, read_hello,
+    };
     use crate::tools::simulate::SAMPLES_PER_FRAME;
     use std::io::Write as _;
 
@@ -351,6 +401,14 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    /// Runs a command line that parses; its exit status.
+    fn run_line(line: &str) -> ExitCode {
+        match parse_args(&args(line)) {
+            Ok(Parsed::Run(command)) => run(command).unwrap(),
+            other => panic!("{line}: {other:?}"),
+        }
     }
 
     /// The options of a single-call command line.
@@ -449,13 +507,9 @@ mod tests {
             "--addr {addr} --seconds 0.1 --dtmf 0.05:7 --record {}",
             path.display()
         );
-        let command = match parse_args(&args(&line)) {
-            Ok(Parsed::Run(command)) => command,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(run(command).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(run_line(&line), ExitCode::SUCCESS);
         assert_eq!(server.join().unwrap(), [(0x03, b"7".to_vec())]);
-        let recorded = wav::parse_wav(&std::fs::read(&path).unwrap()).unwrap();
+        let recorded = wav::parse_wav(&std::fs::read(&path).unwrap(), 8000).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(recorded.len(), 5 * SAMPLES_PER_FRAME);
         assert!(
@@ -505,5 +559,94 @@ mod tests {
             let e = parse_args(&args(line)).unwrap_err().to_string();
             assert!(e.contains(needle), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn rate_chooses_the_callers_kind_and_bounds_its_audio() {
+        assert_eq!(call("").0.rate_hz, 8_000);
+        let (opts, _) = call("--rate 16000");
+        assert_eq!((opts.rate_hz, opts.codec), (16_000, SimCodec::Slin));
+        let (opts, _) = call("--tone 20000 --rate=44100");
+        assert_eq!(opts.rate_hz, 44_100);
+        assert!(matches!(opts.audio, AudioSource::Tone { hz, .. } if hz == 20000.0));
+        let dir = std::env::temp_dir().join(format!("sim-rate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wide = dir.join("wide.wav");
+        std::fs::write(&wide, wav::wav_bytes(&[1, 0, 2, 0, 3, 0], 16_000)).unwrap();
+        let (opts, _) = call(&format!("--wav {} --rate 16000", wide.display()));
+        assert!(matches!(&opts.audio, AudioSource::Pcm(pcm) if **pcm == [1, 2, 3]));
+        let raw = dir.join("wide.raw");
+        std::fs::write(&raw, [1, 0, 2]).unwrap();
+        for (line, needle) in [
+            (
+                "--rate 11025".to_string(),
+                "--rate: \"11025\" is not an AudioSocket rate in Hz: 8000, 12000, 16000, 24000, \
+                 32000, 44100, 48000, 96000 or 192000",
+            ),
+            (
+                "--rate 16k".into(),
+                "--rate: \"16k\" is not an AudioSocket rate",
+            ),
+            ("--rate".into(), "--rate needs a value"),
+            (
+                "--rate 16000 --codec ulaw".into(),
+                "--codec ulaw: G.711 is 8 kHz audio, so it cannot come at --rate 16000",
+            ),
+            (
+                "--codec alaw --rate 48000".into(),
+                "--codec alaw: G.711 is 8 kHz audio, so it cannot come at --rate 48000",
+            ),
+            (
+                "--tone 5000".into(),
+                "--tone: \"5000\" is not a frequency between 0 and 4000 Hz (8 kHz audio)",
+            ),
+            (
+                "--rate 16000 --tone 8000".into(),
+                "--tone: \"8000\" is not a frequency between 0 and 8000 Hz (16 kHz audio)",
+            ),
+            (
+                format!("--wav {}", wide.display()),
+                "wide.wav: is a mono 16000 Hz 16-bit PCM WAV; send it with --rate 16000",
+            ),
+            (
+                format!("--rate 24000 --raw {}", raw.display()),
+                "raw audio must be 24 kHz 16-bit little-endian mono",
+            ),
+        ] {
+            let e = parse_args(&args(&line)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let load = |line: &str| match parse_args(&args(line)) {
+            Ok(Parsed::Run(Command::Load { opts, .. })) => opts,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(load("--calls 2").rate_hz, 8_000);
+        assert_eq!(load("--calls 2 --rate 24000").rate_hz, 24_000);
+        let e = parse_args(&args("--calls 2 --rate 8001"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an AudioSocket rate"), "{e}");
+    }
+
+    #[test]
+    fn cli_records_a_wideband_call_at_its_rate() {
+        let (addr, server) = fake_server(|mut s| {
+            read_hello(&mut s);
+            echo_frames(&mut s)
+        });
+        let path = std::env::temp_dir().join(format!("sim-record16-{}.wav", std::process::id()));
+        let line = format!(
+            "--addr {addr} --rate 16000 --seconds 0.1 --record {}",
+            path.display()
+        );
+        assert_eq!(run_line(&line), ExitCode::SUCCESS);
+        assert!(server.join().unwrap().iter().all(|&f| f == (0x12, 640)));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let recorded = wav::parse_wav(&bytes, 16_000).unwrap();
+        assert_eq!(recorded.len(), 5 * 320);
+        assert!(recorded.iter().any(|&s| s != 0), "the tone came back");
     }
 }

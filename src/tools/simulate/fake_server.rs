@@ -1,7 +1,7 @@
 //! A one-connection fake AudioSocket server for the simulator's own tests: it sees exactly
 //! the bytes the simulated caller writes and answers as each test scripts it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 
@@ -38,6 +38,17 @@ pub fn read_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut payload = vec![0u8; usize::from(u16::from_be_bytes([header[1], header[2]]))];
     s.read_exact(&mut payload).ok()?;
     Some((header[0], payload))
+}
+
+/// Sends every frame back in its own kind until EOF; returns each frame's kind and length.
+pub fn echo_frames(s: &mut TcpStream) -> Vec<(u8, usize)> {
+    let mut frames = Vec::new();
+    while let Some((kind, payload)) = read_frame(s) {
+        frames.push((kind, payload.len()));
+        s.write_all(&audiosocket::encode(kind, &payload).unwrap())
+            .unwrap();
+    }
+    frames
 }
 
 /// Reads until EOF so the server closes with a FIN, never an RST.

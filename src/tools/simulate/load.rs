@@ -5,8 +5,9 @@
 //! places the calls. A sender per call would add 50 wake-ups per second per call to a machine
 //! that is also running the server under test.
 //!
-//! Every caller frame is marked: all 160 samples of frame `k` hold `k + 1`, a quiet DC level
-//! that no bridge changes and no silence looks like. So its echo is recognised wherever the
+//! Every caller frame is marked: all samples of frame `k` (160 at 8 kHz, 320 at 16 kHz, …) hold
+//! `k + 1`, a quiet DC level that no bridge changes (a resampler keeps a DC level too) and no
+//! silence looks like. So its echo is recognised wherever the
 //! agent's chunking and the playout clock put it, and the echo agent (or anyone on the way) can
 //! tell which frame it holds: [`frame_seq`].
 
@@ -20,10 +21,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::checker::Checker;
-use super::runner::{receive, sleep_until, Shared};
+use super::runner::{frame_kind, receive, sleep_until, Shared};
 use super::stats::{gaps, ms, nearest_rank, window_max};
-use super::{EndedBy, FRAME, SAMPLES_PER_FRAME};
+use super::{EndedBy, SimCodec, FRAME};
 use crate::proto::audiosocket::{self, KIND_AUDIO, KIND_UUID};
+use crate::tools::rates::{frame_samples, SLIN_RATE_HZ};
 
 /// Longest marked audio: frame numbers must fit the marker (`k + 1 ≤ i16::MAX`).
 pub const MAX_MARKED: Duration = Duration::from_secs(600);
@@ -51,6 +53,8 @@ pub fn frame_seq(sample: i16) -> Option<u32> {
 pub struct LoadOptions {
     pub addr: SocketAddr,
     pub calls: usize,
+    /// The callers' rate, an AudioSocket rate (`SimOptions::rate_hz`); slin.
+    pub rate_hz: u32,
     /// Marked caller audio per call; silence follows for `echo_delay` + 1 s, then the caller
     /// closes.
     pub duration: Duration,
@@ -66,6 +70,7 @@ impl LoadOptions {
         LoadOptions {
             addr,
             calls,
+            rate_hz: SLIN_RATE_HZ,
             duration,
             ramp: Duration::from_millis(1000),
             echo_delay: Duration::from_millis(200),
@@ -122,7 +127,8 @@ pub struct LoadCall {
     pub max_frames_in_100ms: usize,
     /// First arrival of each echoed frame number, from `started`.
     pub echoes: Vec<(u32, Duration)>,
-    /// Marked samples received (160 per frame when nothing was dropped).
+    /// Marked samples received (a frame's worth per frame when nothing was dropped: 160 at
+    /// 8 kHz).
     pub echo_samples: u64,
     pub violations: Vec<String>,
     pub ended_by: Option<EndedBy>,
@@ -152,10 +158,11 @@ impl LoadCall {
         u64::from(sent.saturating_sub(echoed))
     }
 
-    /// Agent samples missing from the echoes that did come back (partial frames dropped).
-    pub fn dropped_samples(&self, marked: u32) -> u64 {
+    /// Agent samples missing from the echoes that did come back (partial frames dropped), at
+    /// the callers' `rate_hz`.
+    pub fn dropped_samples(&self, marked: u32, rate_hz: u32) -> u64 {
         let sent = (self.sent.len() as u32).min(marked);
-        let expected = (u64::from(sent) - self.lost(marked)) * SAMPLES_PER_FRAME as u64;
+        let expected = (u64::from(sent) - self.lost(marked)) * frame_samples(rate_hz) as u64;
         expected.saturating_sub(self.echo_samples)
     }
 
@@ -232,7 +239,7 @@ impl LoadReport {
             s.frames_received += c.frames_received;
             s.max_frames_in_100ms = s.max_frames_in_100ms.max(c.max_frames_in_100ms);
             s.lost += c.lost(marked);
-            s.dropped_samples += c.dropped_samples(marked);
+            s.dropped_samples += c.dropped_samples(marked, self.opts.rate_hz);
             s.unexpected_hangups += usize::from(c.unexpected_end());
             s.violations += c.violations.len();
             s.errors += usize::from(c.error.is_some());
@@ -392,13 +399,23 @@ pub fn run_load(opts: &LoadOptions) -> LoadReport {
             Reverse((begin + offset, i))
         })
         .collect();
-    let mut frame = Vec::with_capacity(3 + 2 * SAMPLES_PER_FRAME);
+    // A rate no kind carries fails every call, as a refused connection would.
+    let (kind, refused) = match frame_kind(SimCodec::Slin, opts.rate_hz) {
+        Ok(kind) => (kind, None),
+        Err(e) => (KIND_AUDIO, Some(e.to_string())),
+    };
+    let samples = frame_samples(opts.rate_hz);
+    let mut frame = Vec::with_capacity(3 + 2 * samples);
     let stop_at = FRAME * total_frames;
     while let Some(Reverse((at, i))) = due.pop() {
         sleep_until(at);
         let slot = &mut slots[i];
         let Some(shared) = slot.shared.clone() else {
-            match connect(opts, slot, total_frames) {
+            let placed = match &refused {
+                Some(why) => Err(why.clone()),
+                None => connect(opts, slot, total_frames),
+            };
+            match placed {
                 Ok(t0) => due.push(Reverse((t0, i))),
                 Err(e) => {
                     slot.error = Some(e);
@@ -428,9 +445,9 @@ pub fn run_load(opts: &LoadOptions) -> LoadReport {
             0
         };
         frame.clear();
-        frame.push(KIND_AUDIO);
-        frame.extend_from_slice(&(2 * SAMPLES_PER_FRAME as u16).to_be_bytes());
-        for _ in 0..SAMPLES_PER_FRAME {
+        frame.push(kind);
+        frame.extend_from_slice(&(2 * samples as u16).to_be_bytes());
+        for _ in 0..samples {
             frame.extend_from_slice(&sample.to_le_bytes());
         }
         // Stamped before the write: the server may read, forward and the agent stamp the frame
@@ -506,7 +523,7 @@ fn connect(opts: &LoadOptions, slot: &mut Slot, total_frames: u32) -> Result<Ins
         .map_err(|e| format!("sending the UUID: {e}"))?;
     let shared = Arc::new(Shared::new());
     // The received audio is scanned and dropped after every read: room for one read.
-    let rx = Checker::with_capacity(total_frames as usize + 64, 64 * 1024);
+    let rx = Checker::with_capacity(opts.rate_hz, total_frames as usize + 64, 64 * 1024);
     let handle = thread::Builder::new()
         .name("sim-load-recv".into())
         .stack_size(RECEIVER_STACK)
@@ -604,8 +621,35 @@ mod tests {
         };
         // 5 marked frames: 2 and 4 never came back; 10 samples of the others are missing.
         assert_eq!(call.lost(5), 2);
-        assert_eq!(call.dropped_samples(5), 10);
+        assert_eq!(call.dropped_samples(5, SLIN_RATE_HZ), 10);
         assert_eq!(call.round_trips_us(ms(200)), [10_000, 10_000, 30_000]);
         assert!(call.failed(5) && !call.failed(1) && !call.unexpected_end());
+    }
+
+    #[test]
+    fn wideband_callers_send_marked_frames_of_their_kind() {
+        use crate::tools::simulate::fake_server::{echo_frames, fake_server, read_hello};
+        let (addr, server) = fake_server(|mut s| {
+            read_hello(&mut s);
+            echo_frames(&mut s)
+        });
+        let mut opts = LoadOptions::new(addr, 1, Duration::from_millis(200));
+        opts.rate_hz = 16_000;
+        opts.ramp = Duration::ZERO;
+        opts.echo_delay = Duration::ZERO;
+        let report = run_load(&opts);
+        let kinds = server.join().unwrap();
+        // 0.2 s marked + 1 s of silence for the echoes = 60 frames of 20 ms at 16 kHz.
+        assert_eq!(kinds, vec![(0x12, 640); 60]);
+        let s = report.summary();
+        let text = report.text(5);
+        assert!(s.clean(), "{text}");
+        assert_eq!(
+            (s.lost, s.dropped_samples, s.violations),
+            (0, 0, 0),
+            "{text}"
+        );
+        assert_eq!(report.calls[0].echoes.len(), 10, "{text}");
+        assert_eq!(report.calls[0].echo_samples, 10 * 320, "{text}");
     }
 }

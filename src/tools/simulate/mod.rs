@@ -2,7 +2,8 @@
 //! strictly, what the server sent back.
 //!
 //! It is both `avr-core simulate` and the peer the integration tests drive, so its report must
-//! be trustworthy: the receive side applies Asterisk HEAD's rules (docs/audiosocket.md §6, §11) and
+//! be trustworthy: the receive side applies Asterisk HEAD's rules (docs/audiosocket.md §6, §11),
+//! and the rule that a caller is answered in its own kind (8 kHz or wideband, §10.4), and
 //! timestamps every frame on a thread that does nothing but read, stamp and append.
 //!
 //! - `checker`: those rules, pure (bytes and their arrival time in, violations out);
@@ -30,5 +31,6 @@ pub use wav::{load_audio, parse_wav, wav_bytes};
 
 /// One audio frame: Asterisk's default ptime.
 pub const FRAME: Duration = Duration::from_millis(20);
-/// 8 kHz × 20 ms.
+/// 8 kHz × 20 ms: a slin (`0x10`) frame; other rates:
+/// [`frame_samples`](crate::tools::rates::frame_samples).
 pub const SAMPLES_PER_FRAME: usize = 160;

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use super::checker::Checker;
 use super::stats::{gaps, ms, percentile, secs, window_max, SimReport};
-use super::{FRAME, SAMPLES_PER_FRAME};
+use super::FRAME;
 use crate::proto::audiosocket::{self, HEADER_LEN, KIND_AUDIO, KIND_DTMF, KIND_UUID};
 use crate::proto::g711;
 use crate::sys::lock;
+use crate::tools::rates::{frame_samples, SLIN_RATE_HZ};
 
 /// After the call ends, how long we keep reading for the server's EOF (and stray bytes).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -34,7 +35,7 @@ pub enum AudioSource {
         hz: f64,
         amplitude: i16,
     },
-    /// 8 kHz mono samples, played once; silence follows if the call lasts longer.
+    /// Mono samples at the call's rate, played once; silence follows if the call lasts longer.
     Pcm(Arc<Vec<i16>>),
 }
 
@@ -51,8 +52,8 @@ impl fmt::Debug for AudioSource {
     }
 }
 
-/// What the caller's `0x10` payloads contain. G.711 is what `Dial(AudioSocket/…)` without
-/// `c(slin)` passes through, still labelled `0x10` (docs/audiosocket.md §8).
+/// What the caller's payloads contain. G.711 is what `Dial(AudioSocket/…)` without
+/// `c(slin)` passes through, still labelled `0x10` (docs/audiosocket.md §8): 8 kHz only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimCodec {
     Slin,
@@ -61,14 +62,6 @@ pub enum SimCodec {
 }
 
 impl SimCodec {
-    /// Payload bytes per 20 ms frame.
-    pub fn frame_bytes(self) -> usize {
-        match self {
-            SimCodec::Slin => 2 * SAMPLES_PER_FRAME,
-            SimCodec::Ulaw | SimCodec::Alaw => SAMPLES_PER_FRAME,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             SimCodec::Slin => "slin",
@@ -96,6 +89,10 @@ pub struct SimOptions {
     pub addr: SocketAddr,
     pub uuid: [u8; 16],
     pub codec: SimCodec,
+    /// The caller's rate, an AudioSocket rate: slin frames carry its kind (`0x10` for 8 kHz,
+    /// `0x12` for 16 kHz, …) and 20 ms of samples, as `Dial(AudioSocket/…/c(slin16))` and the
+    /// like send (docs/audiosocket.md §3, §8). G.711 needs 8000.
+    pub rate_hz: u32,
     pub audio: AudioSource,
     /// How long caller audio is sent, counted from the UUID.
     pub duration: Duration,
@@ -107,12 +104,13 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    /// A 2 s silent slin call with a random v4 UUID that ends with a plain close.
+    /// A 2 s silent 8 kHz slin call with a random v4 UUID that ends with a plain close.
     pub fn new(addr: SocketAddr) -> Self {
         SimOptions {
             addr,
             uuid: *uuid::Uuid::new_v4().as_bytes(),
             codec: SimCodec::Slin,
+            rate_hz: SLIN_RATE_HZ,
             audio: AudioSource::Silence,
             duration: Duration::from_secs(2),
             dtmf: Vec::new(),
@@ -191,9 +189,11 @@ fn io_context(what: &'static str) -> impl FnOnce(io::Error) -> SimError {
     move |e| SimError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-/// closed (at most ~1 s after the end while waiting for the server's EOF).
+/// Places one call and reports it once it has ended and the connection is closed (at most
+/// ~1 s after the end while waiting for the server's EOF).
 pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
     let dtmf = checked_dtmf(&opts.dtmf)?;
+    let kind = frame_kind(opts.codec, opts.rate_hz)?;
     let stream =
         TcpStream::connect_timeout(&opts.addr, opts.connect_timeout).map_err(|source| {
             SimError::Connect {
@@ -222,7 +222,11 @@ pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
 
     // Room for the whole call up front: the receiver should not reallocate while timing.
     let expect_frames = (opts.duration.as_millis() / FRAME.as_millis()) as usize + 64;
-    let checker = Checker::with_capacity(expect_frames, expect_frames * 2 * SAMPLES_PER_FRAME);
+    let checker = Checker::with_capacity(
+        opts.rate_hz,
+        expect_frames,
+        expect_frames * audiosocket::frame_bytes(opts.rate_hz),
+    );
     let receiver = thread::Builder::new().name("sim-recv".into()).spawn({
         let shared = shared.clone();
         move || receive(recv_stream, &shared, checker, |_, _| {})
@@ -231,7 +235,7 @@ pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
     let sender = thread::Builder::new().name("sim-send".into()).spawn({
         let shared = shared.clone();
         let opts = opts.clone();
-        move || send(send_stream, &opts, &dtmf, &shared)
+        move || send(send_stream, &opts, kind, &dtmf, &shared)
     });
     let sent = match sender {
         Ok(handle) => join(handle),
@@ -281,7 +285,30 @@ pub fn run_call(opts: &SimOptions) -> Result<SimReport, SimError> {
         server_closed,
         ended_by,
         duration: ended_at,
+        rate_hz: opts.rate_hz,
+        prelude_frames: rx.prelude_frames,
     })
+}
+
+/// The kind of the caller's audio frames: its rate's kind for slin; `0x10` for G.711, which
+/// Asterisk only passes through at 8 kHz (docs/audiosocket.md §8).
+pub fn frame_kind(codec: SimCodec, rate_hz: u32) -> Result<u8, SimError> {
+    let Some(kind) = audiosocket::audio_kind(rate_hz) else {
+        let rates: Vec<String> = audiosocket::audio_rates().map(|r| r.to_string()).collect();
+        return Err(SimError::Invalid(format!(
+            "no AudioSocket kind carries {rate_hz} Hz audio; the rates are {}",
+            rates.join(", ")
+        )));
+    };
+    match codec {
+        SimCodec::Slin => Ok(kind),
+        _ if rate_hz == SLIN_RATE_HZ => Ok(KIND_AUDIO),
+        _ => Err(SimError::Invalid(format!(
+            "{} is 8 kHz audio, so it cannot be sent at {rate_hz} Hz; use slin for a wideband \
+             caller",
+            codec.name()
+        ))),
+    }
 }
 
 /// Waits (briefly) for a server byte and leaves it unread, so dropping the socket sends RST.
@@ -405,6 +432,7 @@ struct Sent {
 fn send(
     mut stream: TcpStream,
     opts: &SimOptions,
+    kind: u8,
     dtmf: &[(Duration, char)],
     shared: &Shared,
 ) -> io::Result<Sent> {
@@ -412,9 +440,9 @@ fn send(
         EndMode::AwaitHangup(wait) => opts.duration + wait,
         EndMode::Close | EndMode::Reset => opts.duration,
     };
-    let mut source = Source::new(&opts.audio);
-    let mut samples = [0i16; SAMPLES_PER_FRAME];
-    let mut frame = Vec::with_capacity(HEADER_LEN + 2 * SAMPLES_PER_FRAME);
+    let mut source = Source::new(&opts.audio, opts.rate_hz);
+    let mut samples = vec![0i16; frame_samples(opts.rate_hz)];
+    let mut frame = Vec::with_capacity(HEADER_LEN + audiosocket::frame_bytes(opts.rate_hz));
     let mut digits = dtmf.iter().peekable();
     let mut next_audio = Duration::ZERO;
     let mut sent = Sent {
@@ -449,7 +477,7 @@ fn send(
             } else {
                 samples.fill(0);
             }
-            encode_frame(opts.codec, &samples, &mut frame);
+            encode_frame(opts.codec, kind, &samples, &mut frame);
             next_audio += FRAME;
             stream.write_all(&frame).map(|()| sent.frames_sent += 1)
         };
@@ -467,47 +495,56 @@ fn send(
     }
 }
 
-/// Produces successive 20 ms frames of caller audio.
+/// Produces successive frames of caller audio at the call's rate.
 struct Source<'a> {
     audio: &'a AudioSource,
+    rate_hz: u32,
     /// Samples produced so far.
     pos: usize,
 }
 
 impl<'a> Source<'a> {
-    fn new(audio: &'a AudioSource) -> Self {
-        Source { audio, pos: 0 }
+    fn new(audio: &'a AudioSource, rate_hz: u32) -> Self {
+        Source {
+            audio,
+            rate_hz,
+            pos: 0,
+        }
     }
 
-    fn fill(&mut self, out: &mut [i16; SAMPLES_PER_FRAME]) {
+    /// The next `out.len()` samples.
+    fn fill(&mut self, out: &mut [i16]) {
         match self.audio {
             AudioSource::Silence => out.fill(0),
             AudioSource::Tone { hz, amplitude } => {
                 for (i, s) in out.iter_mut().enumerate() {
                     // fract() keeps sin's argument small: no phase drift on long calls.
-                    let cycles = ((self.pos + i) as f64 * hz / 8000.0).fract();
+                    let cycles = ((self.pos + i) as f64 * hz / f64::from(self.rate_hz)).fract();
                     *s = (f64::from(*amplitude) * (std::f64::consts::TAU * cycles).sin()).round()
                         as i16;
                 }
             }
             AudioSource::Pcm(pcm) => {
                 let start = self.pos.min(pcm.len());
-                let end = (self.pos + SAMPLES_PER_FRAME).min(pcm.len());
+                let end = (self.pos + out.len()).min(pcm.len());
                 out[..end - start].copy_from_slice(&pcm[start..end]);
                 out[end - start..].fill(0);
             }
         }
-        self.pos += SAMPLES_PER_FRAME;
+        self.pos += out.len();
     }
 }
 
-/// One `0x10` frame, header and payload together for a single write. G.711 silence comes out
-/// as the encoding of 0 (0xFF µ-law, 0xD5 A-law), as a real channel's would.
-fn encode_frame(codec: SimCodec, samples: &[i16; SAMPLES_PER_FRAME], out: &mut Vec<u8>) {
+/// One audio frame of `kind`, header and payload together for a single write. G.711 silence
+/// comes out as the encoding of 0 (0xFF µ-law, 0xD5 A-law), as a real channel's would.
+fn encode_frame(codec: SimCodec, kind: u8, samples: &[i16], out: &mut Vec<u8>) {
     out.clear();
-    let len = codec.frame_bytes() as u16;
-    out.push(KIND_AUDIO);
-    out.extend_from_slice(&len.to_be_bytes());
+    let len = match codec {
+        SimCodec::Slin => 2 * samples.len(),
+        SimCodec::Ulaw | SimCodec::Alaw => samples.len(),
+    };
+    out.push(kind);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
     match codec {
         SimCodec::Slin => samples
             .iter()
@@ -587,8 +624,9 @@ pub fn receive(
 mod tests {
     use super::*;
     use crate::tools::simulate::fake_server::{
-        drain, fake_server, frame, hello_for, read_frame, read_hello,
+        drain, echo_frames, fake_server, frame, hello_for, read_frame, read_hello,
     };
+    use crate::tools::simulate::SAMPLES_PER_FRAME;
     use std::net::TcpListener;
 
     fn d(ms: u64) -> Duration {
@@ -599,17 +637,17 @@ mod tests {
     fn frames_are_encoded_like_asterisk() {
         let mut out = Vec::new();
         let silence = [0i16; SAMPLES_PER_FRAME];
-        encode_frame(SimCodec::Slin, &silence, &mut out);
+        encode_frame(SimCodec::Slin, KIND_AUDIO, &silence, &mut out);
         assert_eq!(out[..3], [0x10, 0x01, 0x40]);
         assert_eq!(out.len(), 323);
-        encode_frame(SimCodec::Ulaw, &silence, &mut out);
+        encode_frame(SimCodec::Ulaw, KIND_AUDIO, &silence, &mut out);
         assert_eq!(out[..3], [0x10, 0x00, 0xa0]);
         assert!(out[3..].iter().all(|&b| b == 0xff) && out.len() == 163);
-        encode_frame(SimCodec::Alaw, &silence, &mut out);
+        encode_frame(SimCodec::Alaw, KIND_AUDIO, &silence, &mut out);
         assert!(out[3..].iter().all(|&b| b == 0xd5) && out.len() == 163);
 
         let pcm = AudioSource::Pcm(Arc::new((1..=200).collect()));
-        let mut src = Source::new(&pcm);
+        let mut src = Source::new(&pcm, SLIN_RATE_HZ);
         let mut frame = [0i16; SAMPLES_PER_FRAME];
         src.fill(&mut frame);
         assert_eq!(frame[0], 1);
@@ -666,7 +704,7 @@ mod tests {
         assert!(after <= 1, "{after} frames sent after the hangup");
         assert!(report.duration < d(2000), "{}", report.summary());
         // What came back is exactly the tone we sent.
-        let mut src = Source::new(&opts.audio);
+        let mut src = Source::new(&opts.audio, opts.rate_hz);
         let mut expected = Vec::new();
         let mut samples = [0i16; SAMPLES_PER_FRAME];
         for _ in 0..25 {
@@ -895,5 +933,67 @@ mod tests {
         opts.dtmf = vec![(d(0), 'x')];
         let e = run_call(&opts).unwrap_err().to_string();
         assert!(e.contains("0-9 * # A-D"), "{e}");
+    }
+
+    #[test]
+    fn a_wideband_caller_sends_its_kind_and_hears_a_prelude_then_its_kind() {
+        let (addr, server) = fake_server(|mut s| {
+            read_hello(&mut s);
+            // 8 kHz silence first, as a server that does not know the rate yet sends.
+            s.write_all(&frame(&[0; 320])).unwrap();
+            s.write_all(&frame(&[0; 320])).unwrap();
+            echo_frames(&mut s)
+        });
+        let mut opts = SimOptions::new(addr);
+        opts.rate_hz = 16_000;
+        opts.audio = AudioSource::Tone {
+            hz: 5000.0, // above 4 kHz: only a 16 kHz call carries it
+            amplitude: 8000,
+        };
+        opts.duration = d(200);
+        let report = run_call(&opts).unwrap();
+        let kinds = server.join().unwrap();
+        assert_eq!(kinds, vec![(0x12, 640); 10]);
+        assert!(report.violations.is_empty(), "{}", report.summary());
+        assert_eq!(report.prelude_frames, 2);
+        assert_eq!(report.frames_received, 12);
+        // The prelude, stretched to 16 kHz, then exactly the tone we sent.
+        assert_eq!(report.received.len(), 12 * 640);
+        assert!(report.received[..2 * 640].iter().all(|&b| b == 0));
+        let mut src = Source::new(&opts.audio, 16_000);
+        let mut samples = [0i16; 320];
+        let mut expected = Vec::new();
+        for _ in 0..10 {
+            src.fill(&mut samples);
+            samples
+                .iter()
+                .for_each(|s| expected.extend_from_slice(&s.to_le_bytes()));
+        }
+        assert_eq!(report.received[2 * 640..], expected);
+        assert!(
+            report.summary().contains(
+                "received:    12 audio frames (0.240 s of 16 kHz slin16; the first 2 as 8 kHz slin)"
+            ),
+            "{}",
+            report.summary()
+        );
+    }
+
+    #[test]
+    fn rates_without_a_kind_and_wideband_g711_are_refused_before_connecting() {
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let mut opts = SimOptions::new(addr);
+        opts.rate_hz = 22_050;
+        let e = run_call(&opts).unwrap_err().to_string();
+        assert!(
+            e.contains("no AudioSocket kind carries 22050 Hz audio; the rates are 8000, 12000"),
+            "{e}"
+        );
+        opts.rate_hz = 16_000;
+        opts.codec = SimCodec::Ulaw;
+        let e = run_call(&opts).unwrap_err().to_string();
+        assert!(e.contains("ulaw is 8 kHz audio"), "{e}");
+        assert_eq!(frame_kind(SimCodec::Alaw, 8_000).unwrap(), 0x10);
+        assert_eq!(frame_kind(SimCodec::Slin, 44_100).unwrap(), 0x15);
     }
 }

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use super::EndedBy;
+use crate::proto::audiosocket::{self, kind_name};
+use crate::tools::rates::khz;
 
 /// What happened on the call. All times are offsets from the moment the UUID was written.
 #[derive(Clone, Debug)]
@@ -16,7 +18,8 @@ pub struct SimReport {
     pub frames_sent: u64,
     /// Audio frames (`0x10`–`0x18`, non-empty) received.
     pub frames_received: u64,
-    /// Their payloads, in order (an odd length loses its last byte, as in Asterisk).
+    /// Their payloads, in order (an odd length loses its last byte, as in Asterisk), at the
+    /// caller's rate: the 8 kHz frames a wideband caller may get first are stretched to it.
     pub received: Vec<u8>,
     /// When each audio frame's last byte arrived.
     pub arrivals: Vec<Duration>,
@@ -36,6 +39,11 @@ pub struct SimReport {
     pub ended_by: EndedBy,
     /// UUID sent → the end of the call (our FIN/RST decision, or the server's hangup/EOF).
     pub duration: Duration,
+    /// The caller's rate (`SimOptions::rate_hz`).
+    pub rate_hz: u32,
+    /// Of the frames received, how many came as `0x10` before the first one in a wideband
+    /// caller's kind (docs/audiosocket.md §10.4); always 0 for an 8 kHz caller.
+    pub prelude_frames: u64,
 }
 
 impl SimReport {
@@ -50,13 +58,20 @@ impl SimReport {
             secs(self.duration)
         );
         let _ = writeln!(s, "  sent:        {} audio frames", self.frames_sent);
+        let kind = audiosocket::audio_kind(self.rate_hz).unwrap_or(audiosocket::KIND_AUDIO);
         let _ = writeln!(
             s,
-            "  received:    {} audio frames ({} of 8 kHz slin)",
+            "  received:    {} audio frames ({} of {} kHz {}{})",
             self.frames_received,
             secs(Duration::from_secs_f64(
-                self.received.len() as f64 / 16_000.0
-            ))
+                self.received.len() as f64 / (2.0 * f64::from(self.rate_hz))
+            )),
+            khz(self.rate_hz),
+            kind_name(kind),
+            match self.prelude_frames {
+                0 => String::new(),
+                n => format!("; the first {n} as 8 kHz slin"),
+            }
         );
         let first = self.time_to_first_frame.map_or("none".into(), ms);
         let _ = writeln!(s, "  first frame: {first} after the UUID");
@@ -201,6 +216,8 @@ mod tests {
             server_closed: true,
             ended_by: EndedBy::ServerHangup,
             duration: d(5000),
+            rate_hz: 8_000,
+            prelude_frames: 0,
         };
         let text = report.summary();
         assert_eq!(text.lines().count(), 7, "{text}");

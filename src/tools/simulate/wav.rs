@@ -1,20 +1,24 @@
-//! Caller audio from files, and the received audio as a file: WAV (PCM 16-bit mono 8 kHz)
-//! and raw 8 kHz s16le, the format of the server's `AMBIENT_NOISE_FILE`.
+//! Caller audio from files, and the received audio as a file: WAV (PCM 16-bit mono at the
+//! call's rate) and raw s16le (at 8 kHz, the format of the server's `AMBIENT_NOISE_FILE`).
+//! Nothing is resampled here: a file at another rate than the call's is refused, so what the
+//! caller sends is exactly the file.
 
 use std::path::Path;
 
 use super::SimError;
+use crate::proto::audiosocket;
+use crate::tools::rates::khz;
 
-/// Loads caller audio: `.wav` (any case) must be PCM 16-bit mono 8 kHz; anything else is
-/// taken as raw 8 kHz s16le mono, the format of the server's `AMBIENT_NOISE_FILE`.
-pub fn load_audio(path: &Path) -> Result<Vec<i16>, SimError> {
+/// Loads caller audio for a call at `rate_hz`: `.wav` (any case) must be PCM 16-bit mono at
+/// that rate; anything else is taken as raw s16le mono at that rate.
+pub fn load_audio(path: &Path, rate_hz: u32) -> Result<Vec<i16>, SimError> {
     let is_wav = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
     if is_wav {
-        load_wav(path)
+        load_wav(path, rate_hz)
     } else {
-        load_raw(path)
+        load_raw(path, rate_hz)
     }
 }
 
@@ -26,22 +30,23 @@ fn read_file(path: &Path) -> Result<Vec<u8>, SimError> {
 }
 
 /// A WAV file's samples; see [`parse_wav`] for what it accepts.
-pub fn load_wav(path: &Path) -> Result<Vec<i16>, SimError> {
-    parse_wav(&read_file(path)?).map_err(|reason| SimError::Audio {
+pub fn load_wav(path: &Path, rate_hz: u32) -> Result<Vec<i16>, SimError> {
+    parse_wav(&read_file(path)?, rate_hz).map_err(|reason| SimError::Audio {
         path: path.into(),
         reason,
     })
 }
 
-/// A raw 8 kHz s16le mono file's samples.
-pub fn load_raw(path: &Path) -> Result<Vec<i16>, SimError> {
+/// A raw s16le mono file's samples, taken to be at `rate_hz` (a raw file cannot say).
+pub fn load_raw(path: &Path, rate_hz: u32) -> Result<Vec<i16>, SimError> {
     let bytes = read_file(path)?;
     if bytes.len() % 2 == 1 {
         return Err(SimError::Audio {
             path: path.into(),
             reason: format!(
-                "has an odd length ({} bytes); raw audio must be 8 kHz 16-bit little-endian mono",
-                bytes.len()
+                "has an odd length ({} bytes); raw audio must be {} kHz 16-bit little-endian mono",
+                bytes.len(),
+                khz(rate_hz)
             ),
         });
     }
@@ -55,13 +60,15 @@ fn samples_le(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
-/// Samples of a RIFF/WAVE PCM 16-bit mono 8 kHz file. The error says what the file is and
-/// what is needed, so the user knows how to convert it.
-pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
-    const NEED: &str = "the simulator needs PCM 16-bit mono 8000 Hz \
-                        (convert with e.g. `sox in.wav -r 8000 -c 1 -b 16 -e signed out.wav`)";
+/// Samples of a RIFF/WAVE PCM 16-bit mono file at `rate_hz`. The error says what the file is
+/// and what is needed, so the user knows how to convert it (or which `--rate` it fits).
+pub fn parse_wav(bytes: &[u8], rate_hz: u32) -> Result<Vec<i16>, String> {
+    let need = format!(
+        "the simulator needs PCM 16-bit mono {rate_hz} Hz, the call's --rate \
+         (convert with e.g. `sox in.wav -r {rate_hz} -c 1 -b 16 -e signed out.wav`)"
+    );
     if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err(format!("is not a RIFF/WAVE file; {NEED}"));
+        return Err(format!("is not a RIFF/WAVE file; {need}"));
     }
     let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
     let mut format = None;
@@ -85,9 +92,9 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
             }
             b"data" => {
                 let Some((tag, channels, rate, bits)) = format else {
-                    return Err(format!("has its data before its fmt chunk; {NEED}"));
+                    return Err(format!("has its data before its fmt chunk; {need}"));
                 };
-                if (tag, channels, rate, bits) != (1, 1, 8000, 16) {
+                if (tag, channels, rate, bits) != (1, 1, rate_hz, 16) {
                     let encoding = match tag {
                         1 => format!("{bits}-bit PCM"),
                         3 => format!("{bits}-bit float"),
@@ -100,7 +107,15 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
                         2 => "stereo".to_string(),
                         n => format!("{n}-channel"),
                     };
-                    return Err(format!("is a {layout} {rate} Hz {encoding} WAV; {NEED}"));
+                    // A file fit for another caller rate: say which, before how to convert.
+                    let fits = (tag, channels, bits) == (1, 1, 16)
+                        && audiosocket::audio_kind(rate).is_some();
+                    let hint = if fits {
+                        format!("; send it with --rate {rate}, or: {need}")
+                    } else {
+                        format!("; {need}")
+                    };
+                    return Err(format!("is a {layout} {rate} Hz {encoding} WAV{hint}"));
                 }
                 return Ok(samples_le(chunk));
             }
@@ -111,13 +126,13 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
         rest = &rest[skip..];
     }
     Err(format!(
-        "has no {} chunk; {NEED}",
+        "has no {} chunk; {need}",
         if format.is_some() { "data" } else { "fmt" }
     ))
 }
 
-/// A 44-byte-header WAV (PCM 16-bit mono 8 kHz) around s16le bytes, for `--record`.
-pub fn wav_bytes(pcm_le: &[u8]) -> Vec<u8> {
+/// A 44-byte-header WAV (PCM 16-bit mono at `rate_hz`) around s16le bytes, for `--record`.
+pub fn wav_bytes(pcm_le: &[u8], rate_hz: u32) -> Vec<u8> {
     let data = &pcm_le[..pcm_le.len() & !1];
     let data_len = u32::try_from(data.len()).unwrap_or(u32::MAX - 36) & !1;
     let data = &data[..data_len as usize];
@@ -128,8 +143,8 @@ pub fn wav_bytes(pcm_le: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes()); // PCM
     out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16_000u32.to_le_bytes()); // byte rate
+    out.extend_from_slice(&rate_hz.to_le_bytes());
+    out.extend_from_slice(&(2 * rate_hz).to_le_bytes()); // byte rate
     out.extend_from_slice(&2u16.to_le_bytes()); // block align
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
@@ -174,26 +189,31 @@ mod tests {
     fn wav_parsing() {
         let samples = [0i16, 1, -1, 32767, -32768];
         assert_eq!(
-            parse_wav(&wav(1, 8000, 16, &samples, false)).unwrap(),
+            parse_wav(&wav(1, 8000, 16, &samples, false), 8000).unwrap(),
             samples
         );
         assert_eq!(
-            parse_wav(&wav(1, 8000, 16, &samples, true)).unwrap(),
+            parse_wav(&wav(1, 8000, 16, &samples, true), 8000).unwrap(),
             samples
         );
-        assert_eq!(parse_wav(&wav_bytes(&[1, 0, 2, 0, 9])).unwrap(), [1, 2]);
-        let e = parse_wav(&wav(2, 44100, 16, &samples, false)).unwrap_err();
+        assert_eq!(
+            parse_wav(&wav_bytes(&[1, 0, 2, 0, 9], 8000), 8000).unwrap(),
+            [1, 2]
+        );
+        let e = parse_wav(&wav(2, 44100, 16, &samples, false), 8000).unwrap_err();
         assert!(
             e.contains("stereo 44100 Hz 16-bit PCM") && e.contains("mono 8000 Hz"),
             "{e}"
         );
-        let e = parse_wav(&wav(1, 8000, 8, &samples, false)).unwrap_err();
+        let e = parse_wav(&wav(1, 8000, 8, &samples, false), 8000).unwrap_err();
         assert!(e.contains("8-bit PCM"), "{e}");
-        let e = parse_wav(b"ID3\x03 not a wav at all").unwrap_err();
+        let e = parse_wav(b"ID3\x03 not a wav at all", 8000).unwrap_err();
         assert!(e.contains("not a RIFF/WAVE"), "{e}");
         let mut truncated = wav(1, 8000, 16, &samples, false);
         truncated.truncate(40);
-        assert!(parse_wav(&truncated).unwrap_err().contains("no data chunk"));
+        assert!(parse_wav(&truncated, 8000)
+            .unwrap_err()
+            .contains("no data chunk"));
     }
 
     #[test]
@@ -202,17 +222,47 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let w = dir.join("a.WAV");
         std::fs::write(&w, wav(1, 8000, 16, &[5, 6], false)).unwrap();
-        assert_eq!(load_audio(&w).unwrap(), [5, 6]);
+        assert_eq!(load_audio(&w, 8000).unwrap(), [5, 6]);
         let r = dir.join("a.raw");
         std::fs::write(&r, [5, 0, 6, 0]).unwrap();
-        assert_eq!(load_audio(&r).unwrap(), [5, 6]);
+        assert_eq!(load_audio(&r, 8000).unwrap(), [5, 6]);
         std::fs::write(&r, [5, 0, 6]).unwrap();
-        let e = load_audio(&r).unwrap_err().to_string();
+        let e = load_audio(&r, 8000).unwrap_err().to_string();
         assert!(e.contains("a.raw") && e.contains("odd length"), "{e}");
-        let e = load_audio(&dir.join("missing.wav"))
+        let e = load_audio(&dir.join("missing.wav"), 8000)
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.wav: cannot read it"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_wav_must_match_the_call_rate() {
+        let samples = [3i16, -4, 5];
+        let wide = wav(1, 16_000, 16, &samples, false);
+        assert_eq!(parse_wav(&wide, 16_000).unwrap(), samples);
+        let e = parse_wav(&wide, 8_000).unwrap_err();
+        assert_eq!(
+            e,
+            "is a mono 16000 Hz 16-bit PCM WAV; send it with --rate 16000, or: the simulator \
+             needs PCM 16-bit mono 8000 Hz, the call's --rate (convert with e.g. \
+             `sox in.wav -r 8000 -c 1 -b 16 -e signed out.wav`)"
+        );
+        // 22.05 kHz has no AudioSocket kind: only converting helps.
+        let e = parse_wav(&wav(1, 22_050, 16, &samples, false), 16_000).unwrap_err();
+        assert!(
+            e.starts_with(
+                "is a mono 22050 Hz 16-bit PCM WAV; the simulator needs PCM 16-bit mono 16000 Hz"
+            ) && e.contains("sox in.wav -r 16000"),
+            "{e}"
+        );
+        // What --record writes at a rate reads back at that rate.
+        let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let recorded = wav_bytes(&pcm, 48_000);
+        assert_eq!(&recorded[24..32], &[0x80, 0xbb, 0, 0, 0, 0x77, 0x01, 0]);
+        assert_eq!(parse_wav(&recorded, 48_000).unwrap(), samples);
+        assert!(parse_wav(&recorded, 8_000)
+            .unwrap_err()
+            .contains("--rate 48000"));
     }
 }
