@@ -88,6 +88,11 @@ impl LoadOptions {
     }
 }
 
+/// A marker counts once this many consecutive samples carry it: a frame carries hundreds,
+/// while a resampler's ringing at the step between two markers (one LSB apart) can round to
+/// a neighbouring value for a sample or two, which must not count as that frame's echo.
+const MARKER_RUN: u32 = 8;
+
 /// Echo markers found in received audio, gathered by the receiver thread after each read.
 #[derive(Default)]
 struct EchoScan {
@@ -95,6 +100,8 @@ struct EchoScan {
     next: u32,
     echoes: Vec<(u32, Duration)>,
     samples: u64,
+    /// The marker of the current run of equal samples, and its length so far.
+    run: Option<(u32, u32)>,
 }
 
 impl EchoScan {
@@ -102,10 +109,16 @@ impl EchoScan {
     fn audio(&mut self, payload: &[u8], now: Duration) {
         for pair in payload.chunks_exact(2) {
             let Some(seq) = frame_seq(i16::from_le_bytes([pair[0], pair[1]])) else {
+                self.run = None;
                 continue;
             };
             self.samples += 1;
-            if seq >= self.next {
+            let length = match self.run {
+                Some((same, n)) if same == seq => n + 1,
+                _ => 1,
+            };
+            self.run = Some((seq, length));
+            if length == MARKER_RUN && seq >= self.next {
                 self.echoes.push((seq, now));
                 self.next = seq + 1;
             }
@@ -606,6 +619,18 @@ mod tests {
             frame_seq(marker(MAX_MARKED.as_millis() as u32 / 20)),
             Some(30_000)
         );
+    }
+
+    #[test]
+    fn a_blip_of_another_marker_is_ringing_not_an_echo() {
+        let mut scan = EchoScan::default();
+        let ms = Duration::from_millis;
+        // Frame 3, two samples that round to 5 (a filter's overshoot), then frame 4.
+        let mut a = vec![marker(3); 100];
+        a.extend([marker(5), marker(5)]);
+        a.extend(vec![marker(4); 100]);
+        scan.audio(&bytes(&a), ms(1));
+        assert_eq!(scan.echoes, [(3, ms(1)), (4, ms(1))]);
     }
 
     #[test]
