@@ -283,6 +283,11 @@ impl Bridge<'_> {
                         self.feed(Event::PlayoutFull);
                     }
                 }
+                Action::PlayLast(pcm) => {
+                    if self.playout.play_last(&pcm, Instant::now()) > 0 {
+                        self.feed(Event::PlayoutFull);
+                    }
+                }
                 Action::SetPlayoutRate(rate_hz) => self.playout.set_rate(rate_hz),
                 Action::InterruptPlayout => {
                     let dropped_ms = self.playout.interrupt();

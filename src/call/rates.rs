@@ -11,13 +11,16 @@
 //!   agent audio waits here (for [`RATE_WAIT`] at most: a caller that sends no audio gets
 //!   8 kHz, what `AudioSocket()` always uses).
 //! - A converter holds back the few milliseconds its filter looks ahead. When the agent
-//!   pauses, that tail is pushed out ([`CallRates::flush`]) at the moment the agent's next
-//!   message stops being due, so the end of an utterance is not held until the next one.
+//!   pauses, that tail is pushed out ([`CallRates::flush`]) once the agent's next message
+//!   is no longer due and what it sent is about to have played, so the end of an utterance
+//!   is not held until the next one, and a pause while seconds of audio are still queued
+//!   does not cut the stream (a flush continues it as if silence had come).
 
 use std::time::{Duration, Instant};
 
 use crate::audio::Resampler;
 use crate::playout::agent_audio::PREBUFFER_WAIT;
+use crate::playout::TICK;
 
 /// How long agent audio waits for the caller's first audio frame to tell the call's rate.
 /// Asterisk sends audio from the answer on, so the first frame comes within a frame or two;
@@ -57,6 +60,9 @@ pub struct CallRates {
     rate_by: Option<Instant>,
     /// When the outbound converter's tail is pushed out.
     flush_by: Option<Instant>,
+    /// When the agent audio sent so far will have played, if played from its arrival on
+    /// without a gap (an estimate: playout starts a spurt up to 60 ms later).
+    played_by: Option<Instant>,
 }
 
 impl CallRates {
@@ -70,6 +76,7 @@ impl CallRates {
             pending: Vec::new(),
             rate_by: None,
             flush_by: None,
+            played_by: None,
         }
     }
 
@@ -133,10 +140,15 @@ impl CallRates {
         }
         if self.outbound.is_some() {
             // The next message is due about when this one has played; past that plus the
-            // jitter allowance, the agent has paused (the rule playout uses for a spurt's end).
+            // jitter allowance, the agent has paused (the rule playout uses for a spurt's
+            // end). The tail goes a tick before the queue would run dry, not earlier: an
+            // agent ahead of real time may pause while seconds still wait to be played.
             let plays =
                 Duration::from_secs_f64(pcm.len() as f64 / (2.0 * f64::from(self.agent_hz)));
-            self.flush_by = Some(now + plays + PREBUFFER_WAIT);
+            let played_by = self.played_by.map_or(now, |t| t.max(now)) + plays;
+            self.played_by = Some(played_by);
+            let paused = now + plays + PREBUFFER_WAIT;
+            self.flush_by = Some(paused.max(played_by.checked_sub(TICK).unwrap_or(paused)));
         }
         (self.convert_out(pcm), 0)
     }
@@ -155,6 +167,7 @@ impl CallRates {
     pub fn interrupt(&mut self) {
         self.pending.clear();
         self.flush_by = None;
+        self.played_by = None;
         if let Some(resampler) = self.outbound.as_mut() {
             resampler.reset();
         }
@@ -252,6 +265,32 @@ mod tests {
         r.from_agent(&[0; 320], t0);
         r.interrupt();
         assert_eq!(r.deadline(), None, "a barge-in drops the tail too");
+    }
+
+    #[test]
+    fn an_agent_ahead_of_real_time_is_flushed_only_as_its_audio_runs_out() {
+        let t0 = Instant::now();
+        let mut r = CallRates::new(8_000);
+        r.fix_caller_rate(16_000);
+        // Two seconds in 20 ms messages at once, then nothing: each message alone would be
+        // due again within 80 ms, but the tail waits until a tick before they have played.
+        for _ in 0..100 {
+            r.from_agent(&[0; 320], t0);
+        }
+        assert_eq!(r.deadline(), Some(t0 + Duration::from_secs(2) - TICK));
+        // More a second later extends it.
+        for _ in 0..50 {
+            r.from_agent(&[0; 320], t0 + Duration::from_secs(1));
+        }
+        assert_eq!(r.deadline(), Some(t0 + Duration::from_secs(3) - TICK));
+        r.interrupt();
+        r.from_agent(&[0; 320], t0 + Duration::from_secs(4));
+        let after = t0 + Duration::from_secs(4) + Duration::from_millis(20) + PREBUFFER_WAIT;
+        assert_eq!(
+            r.deadline(),
+            Some(after),
+            "a barge-in starts the estimate afresh"
+        );
     }
 
     #[test]

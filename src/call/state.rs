@@ -75,6 +75,8 @@ pub enum Action {
     SetPlayoutRate(u32),
     /// Queue this agent audio for the caller; report [`Event::PlayoutFull`] if refused.
     Play(Vec<u8>),
+    /// Queue this agent audio, the end of its talk spurt (the resampler's tail), likewise.
+    PlayLast(Vec<u8>),
     /// Drop the queued agent audio; report [`Event::PlayoutInterrupted`].
     InterruptPlayout,
     /// Ask playout to end this way.
@@ -224,7 +226,7 @@ impl CallState {
                 if self.rates.caller_hz().is_none() {
                     self.fix_playout_rate(SILENT_CALLER_HZ, actions);
                 }
-                play(self.rates.flush(), actions);
+                play_last(self.rates.flush(), actions);
                 let why = match end {
                     LinkEnd::AgentClosed(why) => {
                         format!("{why}; playing {queued_ms} ms of queued audio, then hanging up")
@@ -295,7 +297,7 @@ impl CallState {
                     self.fix_playout_rate(SILENT_CALLER_HZ, actions);
                 }
                 if due.flush {
-                    play(self.rates.flush(), actions);
+                    play_last(self.rates.flush(), actions);
                 }
             }
         }
@@ -546,6 +548,13 @@ impl CallState {
 fn play(pcm: Vec<u8>, actions: &mut VecDeque<Action>) {
     if !pcm.is_empty() {
         actions.push_back(Action::Play(pcm));
+    }
+}
+
+/// Plays the end of the agent's talk spurt, if there is any.
+fn play_last(pcm: Vec<u8>, actions: &mut VecDeque<Action>) {
+    if !pcm.is_empty() {
+        actions.push_back(Action::PlayLast(pcm));
     }
 }
 

@@ -112,6 +112,12 @@ impl AgentAudio {
         rest.len() - take
     }
 
+    /// The agent's talk spurt is over (what was pushed last ends it): nothing more is due,
+    /// so a partial last frame plays at its own slot instead of waiting a tick for more.
+    pub fn end_spurt(&mut self) {
+        self.last_chunk = None;
+    }
+
     /// Drops everything queued (barge-in); returns how many bytes were dropped.
     pub fn clear(&mut self) -> usize {
         let n = self.bytes.len();
@@ -511,5 +517,28 @@ mod tests {
         a.clear();
         a.push(&[9, 9], at(420));
         assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn after_the_end_of_a_spurt_the_last_fragment_plays_at_once() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::default();
+        a.push(&[1; 1_000], t0);
+        for _ in 0..3 {
+            assert_eq!(take(&mut a, false, t0).0, Fill::Agent);
+        }
+        // 40 bytes left and the agent's next chunk is still due: held a tick.
+        let mut b = AgentAudio::default();
+        b.push(&[1; 1_000], t0);
+        for _ in 0..3 {
+            take(&mut b, false, t0);
+        }
+        assert_eq!(take(&mut b, false, t0).0, Fill::Underrun);
+        // The same, told the spurt ended: played padded at once.
+        a.end_spurt();
+        let (fill, bytes) = take(&mut a, false, t0);
+        assert_eq!(fill, Fill::Agent);
+        assert_eq!(&bytes[..40], &[1; 40][..]);
+        assert!(bytes[40..].iter().all(|&b| b == 0));
     }
 }

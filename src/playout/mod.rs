@@ -166,6 +166,15 @@ impl Playout {
         self.lock().audio.push(pcm, now)
     }
 
+    /// Queues the end of the agent's talk spurt (what the resampler held back when the agent
+    /// paused): nothing more is due after it, so its last partial frame plays at its slot.
+    pub fn play_last(&self, pcm: &[u8], now: Instant) -> usize {
+        let mut st = self.lock();
+        let refused = st.audio.push(pcm, now);
+        st.audio.end_spurt();
+        refused
+    }
+
     /// Drops the agent audio not played yet (the caller barged in); returns how many
     /// milliseconds.
     pub fn interrupt(&self) -> usize {

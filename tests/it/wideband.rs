@@ -368,58 +368,65 @@ fn an_8_khz_caller_with_a_24_khz_agent() {
 /// converted in one piece: no byte lost or shifted at any rate.
 #[test]
 fn ragged_odd_agent_chunks_play_intact_at_every_rate() {
-    for (caller_hz, agent_hz) in [
-        (8_000, 8_000),
-        (16_000, 8_000),
-        (8_000, 16_000),
-        (48_000, 24_000),
-    ] {
+    // Every caller kind with the default agent; then agents at other rates.
+    let pairs: Vec<(u32, u32)> = audiosocket::audio_rates()
+        .map(|caller| (caller, 8_000))
+        .chain([(8_000, 16_000), (16_000, 16_000), (48_000, 24_000)])
+        .collect();
+    for agent_hz in [8_000, 16_000, 24_000] {
         let sts = StsServer::start();
         let rate = agent_hz.to_string();
         let avr = Avr::start(&[("STS_URL", &sts.url()), ("STS_SAMPLE_RATE", &rate)]);
-        let mut caller = Caller::call(&avr, caller_hz);
-        let mut conn = sts.accept(WAIT).expect("agent connection");
-        conn.recv_until(WAIT, |m| m["type"] == "init").unwrap();
-        // One caller frame fixes the rate of playout.
-        caller.send(&vec![0; caller_hz as usize / 50]);
-
-        // 0.5 s, never zero, in chunks of 1, 3, 7, 333, 1001 bytes.
-        let stream = to_bytes(
-            &(0..agent_hz as usize / 2)
-                .map(|i| (i % 3_000 + 500) as i16)
-                .collect::<Vec<_>>(),
-        );
-        let mut at = 0;
-        for size in [1usize, 3, 7, 333, 1_001].iter().cycle() {
-            if at >= stream.len() {
-                break;
-            }
-            let end = (at + size).min(stream.len());
-            conn.send_audio(&stream[at..end]);
-            at = end;
+        for &(caller_hz, _) in pairs.iter().filter(|(_, a)| *a == agent_hz) {
+            ragged_call(&avr, &sts, caller_hz, agent_hz);
         }
-        let mut expected = Vec::new();
-        if caller_hz == agent_hz {
-            expected.extend_from_slice(&stream);
-        } else {
-            let mut r = Resampler::new(agent_hz, caller_hz);
-            r.push(&stream, &mut expected);
-        }
-        let expected = non_silent(&to_samples(&expected));
-        let got = caller.read_until(|got| {
-            let heard: usize = got
-                .iter()
-                .map(|(_, p)| non_silent(&to_samples(p)).len())
-                .sum();
-            heard >= expected.len()
-        });
-        let played = non_silent(&own_kind_audio(&got, caller_hz));
-        assert_audio(
-            &played[..expected.len().min(played.len())],
-            &expected,
-            false,
-            0,
-            &format!("caller {caller_hz} Hz, agent {agent_hz} Hz"),
-        );
     }
+}
+
+/// One call of [`ragged_odd_agent_chunks_play_intact_at_every_rate`].
+fn ragged_call(avr: &Avr, sts: &StsServer, caller_hz: u32, agent_hz: u32) {
+    let mut caller = Caller::call(avr, caller_hz);
+    let mut conn = sts.accept(WAIT).expect("agent connection");
+    conn.recv_until(WAIT, |m| m["type"] == "init").unwrap();
+    // One caller frame fixes the rate of playout.
+    caller.send(&vec![0; caller_hz as usize / 50]);
+
+    // 0.5 s, never zero, in chunks of 1, 3, 7, 333, 1001 bytes.
+    let stream = to_bytes(
+        &(0..agent_hz as usize / 2)
+            .map(|i| (i % 3_000 + 500) as i16)
+            .collect::<Vec<_>>(),
+    );
+    let mut at = 0;
+    for size in [1usize, 3, 7, 333, 1_001].iter().cycle() {
+        if at >= stream.len() {
+            break;
+        }
+        let end = (at + size).min(stream.len());
+        conn.send_audio(&stream[at..end]);
+        at = end;
+    }
+    let mut expected = Vec::new();
+    if caller_hz == agent_hz {
+        expected.extend_from_slice(&stream);
+    } else {
+        let mut r = Resampler::new(agent_hz, caller_hz);
+        r.push(&stream, &mut expected);
+    }
+    let expected = non_silent(&to_samples(&expected));
+    let got = caller.read_until(|got| {
+        let heard: usize = got
+            .iter()
+            .map(|(_, p)| non_silent(&to_samples(p)).len())
+            .sum();
+        heard >= expected.len()
+    });
+    let played = non_silent(&own_kind_audio(&got, caller_hz));
+    assert_audio(
+        &played[..expected.len().min(played.len())],
+        &expected,
+        false,
+        0,
+        &format!("caller {caller_hz} Hz, agent {agent_hz} Hz"),
+    );
 }

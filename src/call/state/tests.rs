@@ -129,6 +129,7 @@ fn describe(action: &Action, now: Instant) -> String {
         Action::ToAgent(ToAgent::Audio(pcm)) => format!("agent audio {}", pcm.len()),
         Action::ToAgent(ToAgent::Dtmf(d)) => format!("agent dtmf {d}"),
         Action::Play(pcm) => format!("play {}", pcm.len()),
+        Action::PlayLast(pcm) => format!("play last {}", pcm.len()),
         Action::SetPlayoutRate(hz) => format!("playout at {hz} Hz"),
         Action::InterruptPlayout => "interrupt".into(),
         Action::StopPlayout(Stop::Drain { until }) => {
@@ -628,7 +629,10 @@ fn another_agent_rate_converts_both_ways_and_flushes_the_tail_when_the_agent_pau
     let by = call.state.deadline().expect("a flush is due");
     call.now = by;
     let tail = call.on(Event::DeadlinePassed);
-    assert!(tail.len() == 1 && tail[0].starts_with("play "), "{tail:?}");
+    assert!(
+        tail.len() == 1 && tail[0].starts_with("play last "),
+        "{tail:?}"
+    );
     assert_eq!(call.state.deadline(), None);
 }
 
