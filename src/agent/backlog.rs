@@ -102,4 +102,20 @@ mod tests {
             0
         );
     }
+
+    #[test]
+    fn the_second_kept_is_at_the_agents_rate() {
+        let mut backlog = Backlog::for_rate(16_000);
+        for _ in 0..60 {
+            backlog.push(ToAgent::Audio(vec![0; 640]));
+        }
+        let kept: usize = backlog
+            .drain()
+            .map(|item| match item {
+                ToAgent::Audio(pcm) => pcm.len(),
+                ToAgent::Dtmf(_) => 0,
+            })
+            .sum();
+        assert_eq!(kept, 32_000, "1 s of 16 kHz s16le");
+    }
 }
