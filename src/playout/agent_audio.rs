@@ -15,6 +15,11 @@ pub const BYTES_PER_MS: usize = 16;
 /// Agent audio held at most: 2 minutes. A runaway agent cannot exhaust memory.
 pub const MAX_QUEUED: Duration = Duration::from_secs(120);
 
+/// Agent audio held at most, in bytes, whatever the rate: 4 MiB, two minutes up to 16 kHz
+/// (1.9 MB at 8 kHz), 43 s at 48 kHz. Two minutes at 192 kHz would be 46 MB a call: a
+/// hostile agent on every call of a full box must not be able to ask for that.
+pub const MAX_QUEUED_MEMORY: usize = 4 * 1024 * 1024;
+
 /// [`MAX_QUEUED`] at 8 kHz, in bytes. For a call at another rate, [`AgentAudio::new`]
 /// computes it from the rate.
 pub const MAX_QUEUED_BYTES: usize = BYTES_PER_MS * 1000 * 120;
@@ -80,7 +85,7 @@ impl AgentAudio {
             bytes: VecDeque::new(),
             rate_hz,
             prebuffer_bytes: bytes_for(rate_hz, PREBUFFER),
-            max_bytes: bytes_for(rate_hz, MAX_QUEUED),
+            max_bytes: bytes_for(rate_hz, MAX_QUEUED).min(MAX_QUEUED_MEMORY),
             playing: false,
             gathering_since: None,
             held_partial: false,
@@ -450,10 +455,11 @@ mod tests {
             assert_eq!(a.fill(&mut out, false, t0), Fill::Agent, "{rate}");
             assert_eq!(out, vec![1; frame], "{rate}");
             assert_eq!(a.queued_ms(), 40, "{rate}");
-            // Two minutes at this rate, not at 8 kHz.
+            // Two minutes at this rate, not at 8 kHz, within the bound in bytes.
             a.clear();
-            assert_eq!(a.push(&vec![0; ms(120_000) + 10], t0), 10, "{rate}");
-            assert_eq!(a.queued_ms(), 120_000, "{rate}");
+            let bound = ms(120_000).min(MAX_QUEUED_MEMORY);
+            assert_eq!(a.push(&vec![0; bound + 10], t0), 10, "{rate}");
+            assert_eq!(a.len(), bound, "{rate}");
         }
         let mut a = AgentAudio::default();
         a.push(&[0; 1600], t0);
@@ -540,5 +546,16 @@ mod tests {
         assert_eq!(fill, Fill::Agent);
         assert_eq!(&bytes[..40], &[1; 40][..]);
         assert!(bytes[40..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_at_high_rates() {
+        let t0 = Instant::now();
+        let mut a = AgentAudio::new(48_000);
+        assert_eq!(a.push(&vec![0; MAX_QUEUED_MEMORY + 100], t0), 100);
+        assert_eq!(a.len(), MAX_QUEUED_MEMORY);
+        // At 8 kHz two minutes fit well within it, as before.
+        let mut b = AgentAudio::new(8_000);
+        assert_eq!(b.push(&vec![0; MAX_QUEUED_BYTES + 2], t0), 2);
     }
 }
