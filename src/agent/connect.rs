@@ -1,27 +1,39 @@
 //! Reaching the speech-to-speech agent: TLS settings, and the WebSocket connection made
-//! within `STS_CONNECT_TIMEOUT` and left non-blocking for [`Link`](super::Link).
+//! within one `STS_CONNECT_TIMEOUT` deadline and left non-blocking for [`Link`](super::Link).
 
 use std::fmt;
-use std::io::{self, ErrorKind};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::RecvTimeoutError;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, HandshakeError, WebSocket};
 
-/// The agent connection.
-pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+use crate::proto::url_secrets::{basic_auth, mask_url};
 
-/// Why the agent could not be reached or was lost.
+/// The agent connection.
+pub type Ws = WebSocket<MaybeTlsStream<AgentSocket>>;
+
+/// Why the agent could not be reached or was lost. The URLs it holds are masked
+/// (`proto::url_secrets::mask_url`): its text goes to the log as it is.
 #[derive(Debug)]
 pub enum StsError {
     /// The host name did not resolve.
     Resolve { url: String, source: io::Error },
-    /// TCP connect, TLS or the WebSocket upgrade took longer than `STS_CONNECT_TIMEOUT`.
-    Timeout { url: String, budget: Duration },
+    /// Name resolution, TCP connect, TLS or the WebSocket upgrade took the rest of
+    /// `STS_CONNECT_TIMEOUT`; `during` is the step it ran out in.
+    Timeout {
+        url: String,
+        budget: Duration,
+        during: ConnectStep,
+    },
     /// The TCP connection was refused or failed.
     Connect { url: String, source: io::Error },
     /// TLS or the WebSocket upgrade failed (bad certificate, HTTP error status, …).
@@ -30,15 +42,38 @@ pub enum StsError {
     Socket(String),
 }
 
+/// The steps of reaching the agent, all under one `STS_CONNECT_TIMEOUT` (docs/sts.md §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    Resolve,
+    TcpConnect,
+    Handshake,
+}
+
+impl fmt::Display for ConnectStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectStep::Resolve => "resolving the host name",
+            ConnectStep::TcpConnect => "connecting over TCP",
+            ConnectStep::Handshake => "waiting for the TLS and WebSocket handshake",
+        })
+    }
+}
+
 impl fmt::Display for StsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StsError::Resolve { url, source } => {
                 write!(f, "cannot resolve the STS host of {url}: {source}")
             }
-            StsError::Timeout { url, budget } => write!(
+            StsError::Timeout {
+                url,
+                budget,
+                during,
+            } => write!(
                 f,
-                "STS {url} did not complete the connection within {} ms (STS_CONNECT_TIMEOUT)",
+                "STS {url} did not complete the connection within {} ms \
+                 (STS_CONNECT_TIMEOUT; still {during})",
                 budget.as_millis()
             ),
             StsError::Connect { url, source } => {
@@ -91,44 +126,59 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
-/// Connects to `url` within `budget` (TCP, TLS and the WebSocket upgrade together), and
-/// leaves the socket non-blocking for [`Link`](super::Link).
+/// Stack of the thread that resolves the agent's host name: `getaddrinfo` with its NSS
+/// modules and DNS buffers, with room to spare.
+const RESOLVER_STACK: usize = 256 * 1024;
+
+/// Connects to `url` within `budget`, one deadline over name resolution, the TCP connect
+/// (each address in turn), TLS and the WebSocket upgrade (docs/sts.md §3.1), and leaves the
+/// socket non-blocking for [`Link`](super::Link). Returns by the deadline (plus the
+/// scheduler's slack) whatever the agent or the resolver does. The userinfo of `url`, if
+/// any, is sent as `Authorization: Basic …`, as the Node.js `ws` client does (§2.1).
 pub fn connect(
     url: &str,
     budget: Duration,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Ws, StsError> {
     let deadline = Instant::now() + budget;
-    let timeout = || StsError::Timeout {
-        url: url.to_string(),
+    let shown = mask_url(url);
+    let timeout = |during| StsError::Timeout {
+        url: shown.clone(),
         budget,
+        during,
     };
-    let uri: tungstenite::http::Uri = url.parse().map_err(|e| StsError::Handshake {
-        url: url.to_string(),
+    let invalid = |e: tungstenite::Error| StsError::Handshake {
+        url: shown.clone(),
         detail: format!("invalid URL: {e}"),
-    })?;
+    };
+    let mut request = url.into_client_request().map_err(invalid)?;
+    if let Some(credentials) = basic_auth(url) {
+        let value = HeaderValue::from_str(&credentials)
+            .map_err(|e| invalid(tungstenite::Error::HttpFormat(e.into())))?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let uri = request.uri();
     let host = uri
         .host()
         .unwrap_or_default()
-        .trim_matches(|c| c == '[' || c == ']');
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
     let tls_scheme = uri
         .scheme_str()
         .is_some_and(|s| s.eq_ignore_ascii_case("wss"));
     let port = uri.port_u16().unwrap_or(if tls_scheme { 443 } else { 80 });
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|source| StsError::Resolve {
-            url: url.to_string(),
-            source,
-        })?
-        .collect();
+    let addrs = match resolve(host, port, deadline) {
+        Lookup::Done(Ok(addrs)) => addrs,
+        Lookup::Done(Err(source)) => return Err(StsError::Resolve { url: shown, source }),
+        Lookup::TooLate => return Err(timeout(ConnectStep::Resolve)),
+    };
 
     let mut last_err = io::Error::new(ErrorKind::NotFound, "no address");
     let mut stream = None;
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timeout());
+            return Err(timeout(ConnectStep::TcpConnect));
         }
         match TcpStream::connect_timeout(&addr, left) {
             Ok(s) => {
@@ -140,58 +190,288 @@ pub fn connect(
     }
     let stream = match stream {
         Some(s) => s,
-        None if last_err.kind() == ErrorKind::TimedOut => return Err(timeout()),
+        None if last_err.kind() == ErrorKind::TimedOut => {
+            return Err(timeout(ConnectStep::TcpConnect))
+        }
         None => {
             return Err(StsError::Connect {
-                url: url.to_string(),
+                url: shown,
                 source: last_err,
             })
         }
     };
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(timeout());
-    }
     let io_err = |e: io::Error| StsError::Connect {
-        url: url.to_string(),
+        url: shown.clone(),
         source: e,
     };
     stream.set_nodelay(true).map_err(io_err)?;
-    stream.set_read_timeout(Some(left)).map_err(io_err)?;
-    stream.set_write_timeout(Some(left)).map_err(io_err)?;
+    let socket = AgentSocket {
+        tcp: stream,
+        deadline: Some(deadline),
+    };
 
     let connector = Connector::Rustls(tls.clone());
-    let ws = match tungstenite::client_tls_with_config(
-        url,
-        stream,
-        Some(ws_config()),
-        Some(connector),
-    ) {
-        Ok((ws, _response)) => ws,
-        Err(HandshakeError::Interrupted(_)) => return Err(timeout()),
-        Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
-            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-        {
-            return Err(timeout())
-        }
-        Err(HandshakeError::Failure(e)) => {
-            return Err(StsError::Handshake {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })
+    let mut handshake =
+        tungstenite::client_tls_with_config(request, socket, Some(ws_config()), Some(connector));
+    let mut ws = loop {
+        match handshake {
+            Ok((ws, _response)) => break ws,
+            // A read timed out: the socket's timeout is the time left, which the kernel may
+            // round down; go on while any is left.
+            Err(HandshakeError::Interrupted(mid)) if Instant::now() < deadline => {
+                handshake = mid.handshake();
+            }
+            Err(HandshakeError::Interrupted(_)) => return Err(timeout(ConnectStep::Handshake)),
+            Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(timeout(ConnectStep::Handshake))
+            }
+            Err(HandshakeError::Failure(e)) => {
+                return Err(StsError::Handshake {
+                    url: shown,
+                    detail: e.to_string(),
+                })
+            }
         }
     };
-    let tcp = tcp_of(ws.get_ref());
+    let socket = socket_of_mut(ws.get_mut());
+    socket.deadline = None;
+    let tcp = &socket.tcp;
     tcp.set_read_timeout(None).map_err(io_err)?;
     tcp.set_write_timeout(None).map_err(io_err)?;
     tcp.set_nonblocking(true).map_err(io_err)?;
     Ok(ws)
 }
 
-pub(super) fn tcp_of(stream: &MaybeTlsStream<TcpStream>) -> &TcpStream {
+/// The TCP stream to the agent. Until the handshake is done it carries the connect
+/// deadline, and each read and write may block only for the time left before it: a
+/// fresh timeout per read would let an agent that dribbles its answer a byte at a time hold
+/// the caller in dead air for ever (issue #13). Afterwards it is the plain non-blocking
+/// socket [`Link`](super::Link) polls.
+#[derive(Debug)]
+pub struct AgentSocket {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl AgentSocket {
+    /// The time left to block for, or `TimedOut` once the deadline is passed.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        match deadline.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(io::Error::new(
+                ErrorKind::TimedOut,
+                "STS_CONNECT_TIMEOUT is spent",
+            )),
+            left => Ok(Some(left)),
+        }
+    }
+}
+
+impl Read for AgentSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_read_timeout(Some(left))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for AgentSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.tcp.set_write_timeout(Some(left))?;
+        }
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// What a name lookup gave by the deadline.
+enum Lookup {
+    Done(io::Result<Vec<SocketAddr>>),
+    /// The deadline came first; the lookup finishes on its own thread and is dropped.
+    TooLate,
+}
+
+/// The addresses of `host`, or [`Lookup::TooLate`] at the deadline. `getaddrinfo` blocks
+/// and cannot be cancelled, so a name (not an IP literal) is looked up on a thread of its
+/// own that this one stops waiting for at the deadline: a dead DNS server costs the call
+/// its budget, not the resolver's own timeout (`options timeout` × `attempts` of
+/// resolv.conf, 10 s per name server by default). That thread ends when `getaddrinfo`
+/// returns, by that bound, and nobody joins it (docs/sts.md §3.1).
+fn resolve(host: String, port: u16, deadline: Instant) -> Lookup {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Lookup::Done(Ok(vec![SocketAddr::new(ip, port)]));
+    }
+    lookup_by(deadline, move || {
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+    })
+}
+
+/// Runs the blocking `lookup` on a thread of its own and waits for it until `deadline`.
+fn lookup_by(
+    deadline: Instant,
+    lookup: impl FnOnce() -> io::Result<Vec<SocketAddr>> + Send + 'static,
+) -> Lookup {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = thread::Builder::new()
+        .name("sts-resolve".into())
+        .stack_size(RESOLVER_STACK)
+        .spawn(move || {
+            // The caller may have stopped waiting: then the result has nowhere to go.
+            let _ = tx.send(lookup());
+        });
+    if let Err(e) = spawned {
+        return Lookup::Done(Err(e));
+    }
+    match rx.recv_deadline(deadline) {
+        Ok(result) => Lookup::Done(result),
+        Err(RecvTimeoutError::Timeout) => Lookup::TooLate,
+        Err(RecvTimeoutError::Disconnected) => Lookup::Done(Err(io::Error::other(
+            "the name lookup thread ended without an answer",
+        ))),
+    }
+}
+
+fn socket_of_mut(stream: &mut MaybeTlsStream<AgentSocket>) -> &mut AgentSocket {
     match stream {
         MaybeTlsStream::Plain(s) => s,
-        MaybeTlsStream::Rustls(s) => s.get_ref(),
+        MaybeTlsStream::Rustls(s) => &mut s.sock,
         _ => unreachable!("only plain and rustls streams are built"),
+    }
+}
+
+pub(super) fn tcp_of(stream: &MaybeTlsStream<AgentSocket>) -> &TcpStream {
+    match stream {
+        MaybeTlsStream::Plain(s) => &s.tcp,
+        MaybeTlsStream::Rustls(s) => &s.sock.tcp,
+        _ => unreachable!("only plain and rustls streams are built"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const BUDGET: Duration = Duration::from_millis(600);
+    /// Generous for a loaded 2-core CI machine; the point is "not a fresh timeout per read".
+    const SLACK: Duration = Duration::from_millis(400);
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        tls_config(None).unwrap()
+    }
+
+    #[test]
+    fn a_hung_lookup_is_given_up_at_the_deadline_and_its_thread_still_ends() {
+        let (release, released) = crossbeam_channel::bounded::<()>(0);
+        let (gone_tx, gone) = crossbeam_channel::bounded::<()>(0);
+        let start = Instant::now();
+        let lookup = lookup_by(start + Duration::from_millis(100), move || {
+            let _gone = gone_tx; // dropped when the thread ends
+            let _ = released.recv(); // a getaddrinfo waiting on a dead DNS server
+            Ok(vec![])
+        });
+        let waited = start.elapsed();
+        assert!(matches!(lookup, Lookup::TooLate));
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_millis(100) + SLACK, "{waited:?}");
+        // The resolver answers late: the thread hands its result to nobody and ends.
+        release.send(()).unwrap();
+        assert_eq!(
+            gone.recv_timeout(Duration::from_secs(5)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn a_lookup_in_time_is_used() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let lookup = lookup_by(Instant::now() + Duration::from_secs(5), move || {
+            Ok(vec![addr])
+        });
+        assert!(matches!(lookup, Lookup::Done(Ok(a)) if a == vec![addr]));
+    }
+
+    #[test]
+    fn an_ip_literal_needs_no_lookup() {
+        let past = Instant::now();
+        let lookup = resolve("::1".into(), 80, past);
+        assert!(matches!(lookup, Lookup::Done(Ok(a)) if a == vec!["[::1]:80".parse().unwrap()]));
+    }
+
+    /// Connects to an agent that accepts, then `serve`s the connection on a thread.
+    fn connect_to(
+        serve: impl FnOnce(TcpStream) + Send + 'static,
+    ) -> (Result<Ws, StsError>, Duration) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "ws://u:pw-x1@{}/?token=tok-y2",
+            listener.local_addr().unwrap()
+        );
+        let agent = thread::spawn(move || serve(listener.accept().unwrap().0));
+        let start = Instant::now();
+        let result = connect(&url, BUDGET, &tls());
+        let took = start.elapsed();
+        agent.join().unwrap();
+        (result, took)
+    }
+
+    #[test]
+    fn a_handshake_dribbled_a_byte_at_a_time_is_cut_at_the_budget() {
+        let (result, took) = connect_to(|mut s| {
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            // Each byte well inside a per-read timeout; the whole far beyond the budget.
+            for byte in b"HTTP/1.1 101 Switching Protocols\r\n".iter().take(20) {
+                if s.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let err = result.expect_err("the handshake never completes");
+        assert!(took >= BUDGET && took < BUDGET + SLACK, "{took:?}");
+        assert!(
+            matches!(
+                err,
+                StsError::Timeout {
+                    during: ConnectStep::Handshake,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("within 600 ms (STS_CONNECT_TIMEOUT"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pw-x1") && !text.contains("tok-y2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_handshake_names_the_masked_url() {
+        let (result, _) = connect_to(|mut s| {
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+        });
+        let text = result.expect_err("401").to_string();
+        assert!(text.contains("ws://u:****@127.0.0.1:"), "{text}");
+        assert!(text.contains("/?token=**** refused"), "{text}");
+        assert!(text.contains("401"), "{text}");
     }
 }

@@ -9,5 +9,5 @@ pub mod connect;
 pub mod link;
 
 pub use backlog::{Backlog, Pushed, BACKLOG_AUDIO_CAP};
-pub use connect::{connect, tls_config, StsError, Ws};
+pub use connect::{connect, tls_config, AgentSocket, ConnectStep, StsError, Ws};
 pub use link::{Link, LinkEnd, LinkStats, Sent};

@@ -1,5 +1,7 @@
 //! The short-lived thread that reaches the agent, so the call's thread never blocks on a
-//! connect, a TLS handshake or a WebSocket upgrade.
+//! name lookup, a connect, a TLS handshake or a WebSocket upgrade. It answers by the
+//! `STS_CONNECT_TIMEOUT` deadline whatever the agent or the DNS does ([`agent::connect`]),
+//! so neither the call nor its teardown waits longer (docs/sts.md §3.1).
 
 use std::sync::Arc;
 use std::thread;
@@ -27,7 +29,7 @@ impl Connector {
     ) -> Option<Connector> {
         log::info!(
             "[{uuid}] Connecting to STS WebSocket: {}",
-            crate::config::mask_url_password(&sts_url)
+            crate::config::mask_url(&sts_url)
         );
         let (tx, result) = crossbeam_channel::bounded(1);
         let (timeout, tls, bell) = (
@@ -61,7 +63,8 @@ impl Connector {
         let _ = self.thread.join();
     }
 
-    /// Waits for the thread (at most `STS_CONNECT_TIMEOUT`); the connection if it made one.
+    /// Waits for the thread (at most `STS_CONNECT_TIMEOUT`: [`agent::connect`] returns by
+    /// its deadline, leaving a hung name lookup behind); the connection if it made one.
     pub fn finish(self) -> Option<Ws> {
         let result = self.result.recv();
         let _ = self.thread.join();

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::proto::url_secrets::mask_url;
 use env::Env;
 pub use vars::usage_section;
 pub use webhook::{Signature, WebhookConfig};
@@ -93,7 +94,8 @@ impl fmt::Display for ConfigError {
                 var,
                 value,
                 allowed,
-            } => write!(f, "{var}={value:?} is not valid: {allowed}"),
+                // A refused URL may still hold a password (`STS_URL=http://u:p@h`).
+            } => write!(f, "{var}={:?} is not valid: {allowed}", mask_url(value)),
             ConfigError::Missing { var, why } => write!(f, "{var} is not set: {why}"),
         }
     }
@@ -254,23 +256,6 @@ pub fn validate_ws_url(url: &str) -> Result<(), String> {
     match url.parse::<tungstenite::http::Uri>() {
         Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         _ => Err("a ws:// or wss:// URL with a host, e.g. ws://127.0.0.1:6030".into()),
-    }
-}
-
-/// Replaces the password of `scheme://user:pass@host` so it never reaches a log.
-pub fn mask_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..auth_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}://{user}:****@{}", &url[..scheme_end], &rest[at + 1..])
-        }
-        None => url.to_string(),
     }
 }
 
@@ -485,6 +470,21 @@ mod tests {
         assert!(!text.contains("tok123"));
         assert!(!text.contains("hunter2"));
         assert!(text.contains("STS_URL=wss://bob:****@agent:443/x"));
+    }
+
+    #[test]
+    fn a_refused_url_is_shown_masked() {
+        for (var, value) in [
+            ("STS_URL", "http://bob:hunter2@agent/x?token=abc"),
+            ("WEBHOOK_URL", "ftp://bob:hunter2@h/?api_key=abc"),
+        ] {
+            let err = Config::from_vars(&vars(&[("STS_URL", "ws://a:1"), (var, value)]))
+                .expect_err(var)
+                .to_string();
+            assert!(err.starts_with(var), "{err}");
+            assert!(err.contains("bob:****@"), "{err}");
+            assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");
+        }
     }
 
     #[test]

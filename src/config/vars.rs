@@ -10,7 +10,7 @@
 //! dead-letter file), and the original's pipeline-mode variables ([`super::PIPELINE_VARS`]),
 //! which are only read to explain why avr-core refuses to start without `STS_URL`.
 
-use super::{mask_url_password, Config};
+use super::{mask_url, Config};
 use crate::proto::event::EventKind;
 
 /// What an unset variable means.
@@ -112,7 +112,7 @@ pub const VARS: [Var; 26] = [
         when_unset: WhenUnset::Required,
         meaning: "ws:// or wss:// URL of the speech-to-speech agent",
         secret: false,
-        show: |c| Some(mask_url_password(&c.sts_url)),
+        show: |c| Some(mask_url(&c.sts_url)),
     },
     Var {
         name: "STS_CONNECT_TIMEOUT",
@@ -162,7 +162,7 @@ pub const VARS: [Var; 26] = [
         when_unset: WhenUnset::Off("webhooks off"),
         meaning: "http:// or https:// receiver of call events",
         secret: false,
-        show: |c| c.webhook.url.as_deref().map(mask_url_password),
+        show: |c| c.webhook.url.as_deref().map(mask_url),
     },
     Var {
         name: "WEBHOOK_SECRET",

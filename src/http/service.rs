@@ -214,10 +214,7 @@ impl Service {
         let answer = (self.call_initiated)(&uuid, &payload);
         let (base, overridden, note) = match sts_url_override(answer.as_ref()) {
             Ok(url) => {
-                log::info!(
-                    "[{uuid}] Overriding STS URL: {}",
-                    config::mask_url_password(url)
-                );
+                log::info!("[{uuid}] Overriding STS URL: {}", config::mask_url(url));
                 (url, true, None)
             }
             Err(note) => (self.sts_url.as_str(), false, note),
@@ -226,7 +223,7 @@ impl Service {
             log::warn!("[{uuid}] {note}; keeping the local STS URL");
         }
         let url = effective_url(base, &payload);
-        let masked = config::mask_url_password(&url);
+        let masked = config::mask_url(&url);
         let inserted = self.registry.insert(
             &uuid,
             CallMetadata {
@@ -312,7 +309,7 @@ fn sts_url_override(answer: Option<&Value>) -> Result<&str, Option<String>> {
             Ok(()) => Ok(url),
             Err(why) => Err(Some(format!(
                 "Ignoring the call_initiated answer's sts_url {:?}: {why}",
-                clip(&config::mask_url_password(url))
+                clip(&config::mask_url(url))
             ))),
         },
         Some(other) => Err(Some(format!(
@@ -477,6 +474,24 @@ mod tests {
             s.registry.take(UUID, Instant::now()).unwrap().sts_url,
             format!("wss://u:secret@other:443/a?uuid={UUID}&to=5001"),
             "the call itself gets the password"
+        );
+    }
+
+    #[test]
+    fn query_secrets_stay_out_of_the_answer() {
+        let s = service(None).with_call_initiated(|_, _| {
+            Some(json!({"sts_url": "wss://other/a?api_key=k1&region=eu"}))
+        });
+        let body = format!(r#"{{"uuid":"{UUID}","payload":{{"to":"5001","token":"t2"}}}}"#);
+        let r = s.respond("POST", "/call", None, body.as_bytes());
+        assert_eq!(
+            body_json(&r)["sts_url"],
+            "wss://other/a?api_key=****&region=eu&to=5001&token=****"
+        );
+        assert_eq!(
+            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            "wss://other/a?api_key=k1&region=eu&to=5001&token=t2",
+            "the call itself gets the secrets"
         );
     }
 

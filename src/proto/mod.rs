@@ -6,3 +6,4 @@ pub mod event;
 pub mod g711;
 pub mod sts;
 pub mod sts_url;
+pub mod url_secrets;

@@ -11,7 +11,7 @@ use ureq::http::Uri;
 
 use super::policy::{self, AttemptError, StatusClass};
 use super::sign::Signer;
-use crate::config::{mask_url_password, WebhookConfig};
+use crate::config::{mask_url, WebhookConfig};
 
 /// The most of a receiver's answer that is read: enough for a `call_initiated` answer or an
 /// error page, small enough that a hostile receiver cannot make avr-core buffer much.
@@ -97,7 +97,7 @@ impl Client {
 
     /// `WEBHOOK_URL` with any password masked, for logs and dead letters.
     pub fn masked_url(&self) -> String {
-        mask_url_password(&self.url)
+        mask_url(&self.url)
     }
 
     /// `WEBHOOK_TIMEOUT`.

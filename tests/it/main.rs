@@ -9,6 +9,7 @@ mod agent;
 mod call_flow;
 mod call_routing;
 mod cli;
+mod connect_budget;
 mod demo;
 mod hostile;
 mod http;

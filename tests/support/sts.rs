@@ -114,6 +114,8 @@ enum Command {
 /// One agent-side connection, driven by the test.
 pub struct StsConn {
     path: String,
+    /// The handshake request's headers, names in lower case.
+    headers: Vec<(String, String)>,
     inbox: Receiver<Received>,
     commands: Sender<Command>,
     closed: bool,
@@ -123,6 +125,15 @@ impl StsConn {
     /// The request path and query avr-core connected with, e.g. `/?from=2000`.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The value of request header `name` (case-insensitive) of the handshake, if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The next message from avr-core; `None` on timeout.
@@ -218,11 +229,17 @@ fn serve(stream: TcpStream, conns: Sender<StsConn>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut path = String::from("/");
+    let mut headers = Vec::new();
     #[allow(clippy::result_large_err)] // tungstenite's `Callback` signature
     let record_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if let Some(pq) = req.uri().path_and_query() {
             path = pq.as_str().to_owned();
         }
+        headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
         Ok(resp)
     };
     let ws = match tungstenite::accept_hdr(stream, record_path) {
@@ -233,6 +250,7 @@ fn serve(stream: TcpStream, conns: Sender<StsConn>) {
     let (commands, commands_rx) = crossbeam_channel::unbounded();
     let conn = StsConn {
         path,
+        headers,
         inbox,
         commands,
         closed: false,
