@@ -116,14 +116,20 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
+/// The largest message an agent may send: 2 MiB of base64 JSON, about 1.5 MB of PCM (47 s
+/// at 16 kHz, 16 s at 48 kHz: a long sentence in one message). Each message is held whole
+/// several times over while it is read, decoded and converted, so this is what one hostile
+/// agent can make a call cost at once; at the former 16 MiB that was about 30 MB a call.
+pub const MAX_AGENT_MESSAGE: usize = 2 << 20;
+
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         // Audio messages are a few KiB; the 128 KiB default would cost that much per call.
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(512 * 1024)
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20))
+        .max_message_size(Some(MAX_AGENT_MESSAGE))
+        .max_frame_size(Some(MAX_AGENT_MESSAGE))
 }
 
 /// Stack of the thread that resolves the agent's host name: `getaddrinfo` with its NSS

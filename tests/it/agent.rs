@@ -323,3 +323,34 @@ fn an_agent_that_speaks_in_the_same_packet_as_its_handshake_is_heard() {
     avr.wait_call_ended(&uuid, WAIT);
     server.join().unwrap();
 }
+
+#[test]
+fn an_oversized_agent_message_ends_the_agent_not_the_process() {
+    let sts = StsServer::start();
+    let mut avr = Avr::start(&[("STS_URL", &sts.url())]);
+    let (uuid, mut conn, sim) = call_with_agent(
+        &avr,
+        &sts,
+        Duration::from_secs(30),
+        EndMode::AwaitHangup(Duration::from_secs(30)),
+    );
+    // Half a second that plays, then one message just over the 2 MiB limit.
+    let before = signal(4000);
+    conn.send_audio(&to_bytes(&before));
+    conn.send_binary(&vec![1u8; avr_core::agent::connect::MAX_AGENT_MESSAGE + 1]);
+    let report = sim.join().unwrap();
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert_heard(&report, &before);
+    let ended = avr.wait_call_ended(&uuid, WAIT);
+    assert!(ended.contains("agent closed"), "{ended}");
+    assert!(
+        avr.alive(),
+        "one agent's message cannot take the process down"
+    );
+}
