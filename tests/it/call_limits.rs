@@ -12,17 +12,12 @@ use serde_json::json;
 /// The documented limit of the effective STS URL (docs/http.md §3.3).
 const MAX_STS_URL_BYTES: usize = 8 * 1024;
 
+/// avr-core with its HTTP service; thousands of /call events at debug level would only
+/// measure the log capture.
 fn start(sts: &StsServer, extra: &[(&str, &str)]) -> Avr {
-    let url = sts.url();
-    let mut env = vec![
-        ("STS_URL", url.as_str()),
-        ("HTTP_PORT", "0"),
-        ("HTTP_BIND_ADDRESS", "127.0.0.1"),
-        // Thousands of /call events at debug level would only measure the log capture.
-        ("LOG_LEVEL", "info"),
-    ];
+    let mut env = vec![("LOG_LEVEL", "info")];
     env.extend_from_slice(extra);
-    Avr::start(&env)
+    crate::http::start(sts, &env)
 }
 
 fn call_body(uuid: &str, value: &str) -> String {

@@ -59,7 +59,7 @@ fn still_flowing(call: &RawCall, what: &str) {
 }
 
 /// Peak resident memory of avr-core, from /proc.
-fn peak_rss_kib(avr: &Avr) -> u64 {
+pub(crate) fn peak_rss_kib(avr: &Avr) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", avr.pid())).unwrap();
     status
         .lines()

@@ -4,41 +4,24 @@
 //! on disk and in the log.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::http_hostile::peak_rss_kib;
 use crate::support::avr::Avr;
 use crate::support::http::get;
 use crate::support::sts::StsServer;
 use crate::support::webhook::{Reply, WebhookReceiver};
 use crate::support::{new_uuid, WAIT};
+use crate::webhooks::{closed_port, temp_file};
 use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::webhook::rate_limit::{DTMF_BURST, DTMF_PER_SECOND};
 use avr_core::webhook::{Event, EventKind, Webhooks};
 use serde_json::{json, Value};
-
-fn temp_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "avr-webhook-files-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-/// A port nothing listens on: the receiver is down.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A dead letter as the server writes it, for call `uuid`.
 fn letter(uuid: &str, n: u32) -> String {
@@ -237,12 +220,7 @@ fn one_callers_dtmf_flood_with_the_receiver_down_stays_bounded() {
         size <= (allowed + 2) * 1024,
         "dead-letter file {size} bytes"
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", avr.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let peak_kib = peak_rss_kib(&avr);
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
 
     // Counted, and logged once for the call.
