@@ -17,6 +17,11 @@ pub struct Metrics {
     pub webhook_retried: AtomicU64,
     pub webhook_queue_depth: AtomicU64,
     pub webhook_dead_letters: AtomicU64,
+    /// Events that could not even be written to the dead-letter file (full, unwritable, or
+    /// its writer overloaded): the only events ever lost, each logged (throttled).
+    pub webhook_lost: AtomicU64,
+    /// `dtmf_digit` events over the per-call rate limit, not sent (docs/webhooks.md §5.9).
+    pub webhook_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -98,6 +103,19 @@ impl Metrics {
             "counter",
             "Webhook events written to the dead-letter file.",
             self.webhook_dead_letters.load(Relaxed),
+        );
+        put(
+            "avr_webhook_lost_total",
+            "counter",
+            "Webhook events that could not be written to the dead-letter file (full, \
+             unwritable, or its writer overloaded).",
+            self.webhook_lost.load(Relaxed),
+        );
+        put(
+            "avr_webhook_rate_limited_total",
+            "counter",
+            "dtmf_digit events over the per-call rate limit, not sent.",
+            self.webhook_rate_limited.load(Relaxed),
         );
         out
     }

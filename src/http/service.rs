@@ -11,7 +11,13 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::proto::audiosocket;
 use crate::proto::sts_url::effective_url;
-use crate::registry::{CallMetadata, Registry};
+use crate::registry::{CallMetadata, Full, Registry};
+
+/// The longest effective STS URL `/call` accepts. The payload travels in the URL's query
+/// (docs/sts.md §2.2), and common servers refuse a request line over 8 KiB (nginx's and
+/// Apache's defaults): past it the call would fail the moment it connects, after `/call` had
+/// answered 200, so `/call` refuses it instead, with the reason (docs/http.md §3.3).
+pub const MAX_STS_URL_BYTES: usize = 8 * 1024;
 
 /// Step 2 of `/call`: sends `call_initiated` for `(uuid, payload)` and returns the
 /// receiver's JSON answer, if any. Blocking, bounded by the caller (≤ 10 s).
@@ -211,6 +217,19 @@ impl Service {
             Ok(parsed) => parsed,
             Err(why) => return Response::error(400, why),
         };
+        // Refused before call_initiated when the local URL already cannot be used or stored,
+        // so the receiver hears of no call that cannot happen.
+        let local = CallMetadata {
+            sts_url: effective_url(&self.sts_url, &payload),
+            payload,
+        };
+        if local.sts_url.len() > MAX_STS_URL_BYTES {
+            return url_too_long(local.sts_url.len(), false);
+        }
+        if let Err(full) = self.registry.check(&uuid, &local, Instant::now()) {
+            return store_full(&full);
+        }
+        let payload = local.payload;
         let answer = (self.call_initiated)(&uuid, &payload);
         let (base, overridden, note) = match sts_url_override(answer.as_ref()) {
             Ok(url) => {
@@ -223,6 +242,9 @@ impl Service {
             log::warn!("[{uuid}] {note}; keeping the local STS URL");
         }
         let url = effective_url(base, &payload);
+        if url.len() > MAX_STS_URL_BYTES {
+            return url_too_long(url.len(), overridden);
+        }
         let masked = config::mask_url(&url);
         let inserted = self.registry.insert(
             &uuid,
@@ -232,13 +254,10 @@ impl Service {
             },
             Instant::now(),
         );
-        if !inserted.evicted.is_empty() {
-            log::warn!(
-                "Call metadata store full: dropped the oldest unclaimed /call entries ({}) to \
-                 store [{uuid}]; are AudioSocket calls reaching avr-core with the /call uuid?",
-                inserted.evicted.join(", ")
-            );
-        }
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            Err(full) => return store_full(&full),
+        };
         log::info!(
             "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",
             clip_long(&masked),
@@ -251,6 +270,29 @@ impl Service {
         // The password stays out of the answer too: dialplans log it (`NoOp(${JSON_RESPONSE})`).
         Response::json(200, &json!({"sts_url": masked, "override": overridden}))
     }
+}
+
+/// `503` with `Retry-After`: no unexpired entry is evicted to make room (docs/http.md §3.3).
+/// The server logs the refusal with its reason, like every error answer.
+fn store_full(full: &Full) -> Response {
+    Response::error(503, full.to_string())
+        .with_header("Retry-After", full.retry_after.as_secs().to_string())
+}
+
+/// `413`: the effective STS URL would be over [`MAX_STS_URL_BYTES`].
+fn url_too_long(len: usize, overridden: bool) -> Response {
+    let base = if overridden {
+        "the call_initiated answer's sts_url"
+    } else {
+        "STS_URL"
+    };
+    let why = format!(
+        "the payload makes the STS URL {len} bytes long ({base} with the payload as query \
+         parameters), over the limit of {} KiB that servers accept in a request line: send \
+         less call metadata",
+        MAX_STS_URL_BYTES / 1024
+    );
+    Response::error(413, why)
 }
 
 /// The uuid (canonical) and payload of a `/call` body, or what is wrong with it.
@@ -589,6 +631,107 @@ mod tests {
         let r = service(None).respond("GET", "/metrics", None, b"");
         assert_eq!(r.content_type, "text/plain; version=0.0.4");
         assert!(r.body.contains("avr_active_calls 0"));
+    }
+
+    fn call_body(uuid: &str, payload: &Value) -> String {
+        json!({"uuid": uuid, "payload": payload}).to_string()
+    }
+
+    #[test]
+    fn a_payload_making_the_url_too_long_is_413_before_the_webhook() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = asked.clone();
+        let s = service(None).with_call_initiated(move |_, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        });
+        // "ws://agent:6030/?k=" is 19 bytes: the longest value that fits, and one more.
+        let fits = "v".repeat(MAX_STS_URL_BYTES - 19);
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(UUID, &json!({ "k": fits })).as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let over = format!("{fits}v");
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(UUID, &json!({ "k": over })).as_bytes(),
+        );
+        assert_eq!(r.status, 413);
+        let error = body_json(&r)["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains("8193 bytes") && error.contains("8 KiB"),
+            "{error}"
+        );
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(s.registry.len(), 1, "only the first is stored");
+    }
+
+    #[test]
+    fn an_override_making_the_url_too_long_is_413() {
+        let long = format!("ws://other/{}", "p".repeat(MAX_STS_URL_BYTES));
+        let s = service(None).with_call_initiated(move |_, _| Some(json!({ "sts_url": long })));
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            format!(r#"{{"uuid":"{UUID}"}}"#).as_bytes(),
+        );
+        assert_eq!(r.status, 413);
+        assert!(r.body.contains("call_initiated answer"), "{}", r.body);
+        assert!(s.registry.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_is_503_and_evicts_nothing() {
+        let config = Config::from_vars(&[("STS_URL".into(), "ws://agent:6030".into())]).unwrap();
+        let registry = Arc::new(Registry::with_bounds(
+            Duration::from_secs(60),
+            2,
+            usize::MAX,
+        ));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = asked.clone();
+        let s = Service::new(&config, registry.clone(), Arc::new(Metrics::default()))
+            .with_call_initiated(move |_, _| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            });
+        let uuids = [
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000002",
+            "00000000-0000-4000-8000-000000000003",
+        ];
+        for uuid in &uuids[..2] {
+            let r = s.respond(
+                "POST",
+                "/call",
+                None,
+                call_body(uuid, &json!({})).as_bytes(),
+            );
+            assert_eq!(r.status, 200);
+        }
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(uuids[2], &json!({})).as_bytes(),
+        );
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains(&("Retry-After", "60".into())), "{r:?}");
+        assert!(r.body.contains("full"), "{}", r.body);
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "no webhook"
+        );
+        for uuid in &uuids[..2] {
+            assert!(registry.take(uuid, Instant::now()).is_some(), "{uuid} kept");
+        }
     }
 
     #[test]

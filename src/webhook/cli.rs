@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::client::{Client, Message, MAX_ANSWER_BYTES};
-use super::dead_letter::{self, DeadLetter};
+use super::dead_letter::{self, DeadLetter, ReplayLock};
 use super::{Event, EventKind};
 use crate::cli::{is_help, Flags, Parsed, UsageError};
 use crate::config::WebhookConfig;
@@ -18,7 +18,8 @@ USAGE:
                                      real headers and print the receiver's answer (exit 0 on 2xx)
     avr-core webhooks replay [FILE]  send every dead letter in FILE (default:
                                      WEBHOOK_DEAD_LETTER_FILE) once more, with its original
-                                     webhook-id; keep only those that still fail (exit 0 if none)
+                                     webhook-id; keep only those that still fail (exit 0 if none);
+                                     refuses while another replay of FILE runs
 
 Both read only the WEBHOOK_* variables from the environment (STS_URL is not needed).
 ";
@@ -123,7 +124,13 @@ fn test(client: &Client) -> ExitCode {
 }
 
 /// Re-delivers each dead letter once and rewrites the file with those that still fail.
+/// Holds the replay lock for its whole run: a second replay started meanwhile refuses at
+/// once, rather than sending every dead letter a second time (docs/webhooks.md §5.7).
 fn replay(client: &Client, path: PathBuf) -> ExitCode {
+    let _lock = match ReplayLock::take(&path) {
+        Ok(lock) => lock,
+        Err(e) => return fail(&format!("{}: {e}", path.display())),
+    };
     let snapshot = match dead_letter::read(&path) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
@@ -134,6 +141,8 @@ fn replay(client: &Client, path: PathBuf) -> ExitCode {
         let mut record: DeadLetter = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
+                // A record torn by a crash mid-write is a line of its own (dead_letter.rs):
+                // it is kept for the operator, and the records after it replay as usual.
                 println!("kept an unreadable line ({e}): {line}");
                 unreadable += 1;
                 keep.push(line.clone());

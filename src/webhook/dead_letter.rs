@@ -9,13 +9,20 @@
 //! `flock`, so lines from concurrent writers never interleave and `webhooks replay` (which
 //! rewrites the file through a temporary file and `rename`) never loses a line appended while
 //! it ran: it takes the same lock, and appenders that waited on the replaced file reopen.
+//!
+//! Crash-safe framing (docs/webhooks.md §5.6): a crash mid-write leaves a torn last line with
+//! no newline. The next append sees that and starts its record on a fresh line, so the torn
+//! fragment stays a line of its own (reported and kept by `webhooks replay`) and never swallows
+//! the record after it. The file is bounded by [`MAX_FILE_BYTES`]: past it, events are counted
+//! as lost and logged at most once per [`FULL_LOG_EVERY`], rather than filling the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
@@ -23,6 +30,7 @@ use serde_json::Value;
 
 use super::client::Message;
 use crate::metrics::Metrics;
+use crate::sys::{lock, Throttle};
 
 /// One undeliverable event. Field order is the line's key order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,22 +90,40 @@ impl DeadLetter {
     }
 }
 
+/// The most the dead-letter file may hold. A receiver down for hours at full load writes a few
+/// hundred bytes per event; 256 MiB is about 800,000 events, far more than a replay is meant to
+/// catch up on, and small enough that a flood cannot fill the disk the calls' logs live on.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A full file is logged at most this often (with a count), not once per lost event.
+pub const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Why a dead letter could not be written: the event is lost, and the log must say so.
 #[derive(Debug)]
-pub struct WriteError {
-    pub path: PathBuf,
-    pub source: io::Error,
+pub enum WriteError {
+    /// The file or its directory cannot be written.
+    Io { path: PathBuf, source: io::Error },
+    /// The file has reached its size limit ([`MAX_FILE_BYTES`]).
+    Full { path: PathBuf, limit: u64 },
 }
 
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot write the dead-letter file {}: {} (check WEBHOOK_DEAD_LETTER_FILE, the \
-             directory's permissions and free space)",
-            self.path.display(),
-            self.source
-        )
+        match self {
+            WriteError::Io { path, source } => write!(
+                f,
+                "cannot write the dead-letter file {}: {source} (check WEBHOOK_DEAD_LETTER_FILE, \
+                 the directory's permissions and free space)",
+                path.display()
+            ),
+            WriteError::Full { path, limit } => write!(
+                f,
+                "the dead-letter file {} is full ({} MiB): run `avr-core webhooks replay` once \
+                 the receiver is back, or move the file away",
+                path.display(),
+                limit / (1024 * 1024)
+            ),
+        }
     }
 }
 
@@ -112,47 +138,176 @@ pub struct PendingLetter {
     pub level: log::Level,
 }
 
-/// Writes one dead letter, then logs its note (so a reader of the log finds the record in the
-/// file); a failed write is logged as a lost event, with the record itself so it can still be
-/// recovered from the log. Returns whether it was written.
-pub fn write_pending(path: &Path, pending: &PendingLetter, metrics: &Metrics) -> bool {
-    let written = append(path, &pending.record.to_line());
-    log::log!(pending.level, "{}", pending.note);
-    match written {
-        Ok(()) => {
-            metrics.webhook_dead_letters.fetch_add(1, Relaxed);
-            true
+/// The dead-letter file of a running server: its path, its bound, and the throttle of the
+/// "file full" line. Shared by the writer thread and the threads that write directly.
+pub struct DeadLetterFile {
+    path: PathBuf,
+    max_bytes: u64,
+    full: Mutex<Throttle>,
+}
+
+impl DeadLetterFile {
+    pub fn new(path: PathBuf, max_bytes: u64) -> DeadLetterFile {
+        DeadLetterFile {
+            path,
+            max_bytes,
+            full: Mutex::new(Throttle::new("lost events", FULL_LOG_EVERY)),
         }
-        Err(e) => {
-            log::error!(
-                "[{}] {} Event LOST: {e}; the dead letter was: {}",
-                pending.msg.uuid,
-                pending.msg.tag(),
-                pending.record.to_line().trim_end()
-            );
-            false
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one dead letter, then logs its note (so a reader of the log finds the record in
+    /// the file); a failed write is logged as a lost event, with the record itself so it can
+    /// still be recovered from the log. A full file is logged once per [`FULL_LOG_EVERY`]
+    /// instead: a flood must not move from the disk into the log. Returns whether it was
+    /// written.
+    pub fn write(&self, pending: &PendingLetter, metrics: &Metrics) -> bool {
+        let written = append(&self.path, &pending.record.to_line(), self.max_bytes);
+        match written {
+            Ok(()) => {
+                log::log!(pending.level, "{}", pending.note);
+                metrics.webhook_dead_letters.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e @ WriteError::Full { .. }) => {
+                metrics.webhook_lost.fetch_add(1, Relaxed);
+                lock(&self.full).note(Instant::now(), |more| {
+                    log::error!(
+                        "[{}] {} Event LOST: {e}{more}",
+                        pending.msg.uuid,
+                        pending.msg.tag()
+                    )
+                });
+                false
+            }
+            Err(e) => {
+                log::log!(pending.level, "{}", pending.note);
+                metrics.webhook_lost.fetch_add(1, Relaxed);
+                log::error!(
+                    "[{}] {} Event LOST: {e}; the dead letter was: {}",
+                    pending.msg.uuid,
+                    pending.msg.tag(),
+                    pending.record.to_line().trim_end()
+                );
+                false
+            }
         }
     }
 }
 
-/// Appends `line` (one JSON line, newline included) atomically with respect to other writers.
-pub fn append(path: &Path, line: &str) -> Result<(), WriteError> {
-    let wrap = |source| WriteError {
+/// Appends `line` (one JSON line, newline included) atomically with respect to other writers,
+/// on a fresh line even after a torn tail, unless the file would grow past `max_bytes`.
+pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError> {
+    let wrap = |source| WriteError::Io {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(wrap)?;
     }
-    let mut file = open_locked(path, || {
+    let file = open_locked(path, || {
         OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(path)
     })
     .map_err(wrap)?;
-    file.write_all(line.as_bytes()).map_err(wrap)
+    let len = file.metadata().map_err(wrap)?.len();
+    let torn = ends_torn(&file, len).map_err(wrap)?;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    if torn {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(line.as_bytes());
+    if len + bytes.len() as u64 > max_bytes {
+        return Err(WriteError::Full {
+            path: path.to_path_buf(),
+            limit: max_bytes,
+        });
+    }
+    (&file).write_all(&bytes).map_err(wrap)
+}
+
+/// Whether the file's last byte (of `len`) is not a newline: a record cut short by a crash.
+fn ends_torn(file: &File, len: u64) -> io::Result<bool> {
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
+/// Held for a whole `webhooks replay`: a second replay of the same file refuses instead of
+/// delivering every dead letter a second time. A lock file beside the dead-letter file, not
+/// the file's own lock, because appenders take that one for each line and must never wait for
+/// a replay's whole run.
+pub struct ReplayLock {
+    _file: File,
+}
+
+/// Why a replay cannot start.
+#[derive(Debug)]
+pub enum ReplayLockError {
+    /// Another replay of this file holds the lock.
+    Busy {
+        lock: PathBuf,
+    },
+    Io {
+        lock: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for ReplayLockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayLockError::Busy { lock } => write!(
+                f,
+                "another `webhooks replay` of this file is running (it holds {}); nothing was \
+                 sent: wait for it to finish, then run this one again if it left dead letters",
+                lock.display()
+            ),
+            ReplayLockError::Io { lock, source } => write!(
+                f,
+                "cannot take the replay lock {}: {source} (check the directory's permissions)",
+                lock.display()
+            ),
+        }
+    }
+}
+
+impl ReplayLock {
+    /// The lock of `path`'s replays, `<path>.lock`, taken without waiting.
+    pub fn take(path: &Path) -> Result<ReplayLock, ReplayLockError> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let lock = PathBuf::from(name);
+        let io = |source| ReplayLockError::Io {
+            lock: lock.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(io)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(ReplayLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(ReplayLockError::Busy { lock }),
+            Err(e) => Err(io(e.into())),
+        }
+    }
 }
 
 /// The file's lines as read, and its length then: `replace` keeps whatever came after.
@@ -312,8 +467,8 @@ mod tests {
     fn append_creates_the_directory_and_appends_whole_lines() {
         let dir = temp_dir("append");
         let path = dir.join("sub/dir/dead.jsonl");
-        append(&path, "{\"a\":1}\n").unwrap();
-        append(&path, "{\"a\":2}\n").unwrap();
+        append(&path, "{\"a\":1}\n", MAX_FILE_BYTES).unwrap();
+        append(&path, "{\"a\":2}\n", MAX_FILE_BYTES).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         fs::remove_dir_all(dir).unwrap();
@@ -325,7 +480,7 @@ mod tests {
         // A directory where the file should be: the write must fail, not panic.
         let path = dir.join("is-a-dir");
         fs::create_dir_all(&path).unwrap();
-        let err = append(&path, "x\n").unwrap_err();
+        let err = append(&path, "x\n", MAX_FILE_BYTES).unwrap_err();
         assert!(err.to_string().contains("is-a-dir"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -342,7 +497,7 @@ mod tests {
                     .spawn(move || {
                         let line = format!("{{\"t\":{t},\"pad\":\"{}\"}}\n", "x".repeat(5000));
                         for _ in 0..50 {
-                            append(&path, &line).unwrap();
+                            append(&path, &line, MAX_FILE_BYTES).unwrap();
                         }
                     })
                     .unwrap()
@@ -364,11 +519,11 @@ mod tests {
         let dir = temp_dir("replace");
         let path = dir.join("dead.jsonl");
         for n in 1..=3 {
-            append(&path, &format!("{{\"n\":{n}}}\n")).unwrap();
+            append(&path, &format!("{{\"n\":{n}}}\n"), MAX_FILE_BYTES).unwrap();
         }
         let snap = read(&path).unwrap();
         assert_eq!(snap.lines.len(), 3);
-        append(&path, "{\"n\":4}\n").unwrap();
+        append(&path, "{\"n\":4}\n", MAX_FILE_BYTES).unwrap();
         let appended = replace(&path, &snap, &[snap.lines[1].clone()]).unwrap();
         assert_eq!(appended, 1);
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"n\":2}\n{\"n\":4}\n");
@@ -386,6 +541,78 @@ mod tests {
         let dir = temp_dir("missing");
         let snap = read(&dir.join("none.jsonl")).unwrap();
         assert!(snap.lines.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_never_swallows_the_next_record() {
+        let dir = temp_dir("torn");
+        let path = dir.join("dead.jsonl");
+        let whole = DeadLetter::new(&message(), "u", 1, "e", UNIX_EPOCH).to_line();
+        // A crash cut the second record short: no newline at the end of the file.
+        fs::write(&path, format!("{whole}{}", &whole[..40])).unwrap();
+        append(&path, &whole, MAX_FILE_BYTES).unwrap();
+        let snap = read(&path).unwrap();
+        assert_eq!(snap.lines.len(), 3, "{:?}", snap.lines);
+        let parsed: Vec<bool> = snap
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str::<DeadLetter>(l).is_ok())
+            .collect();
+        assert_eq!(
+            parsed,
+            [true, false, true],
+            "the torn line alone is unreadable"
+        );
+        // A file that ends whole gets no blank line.
+        append(&path, &whole, MAX_FILE_BYTES).unwrap();
+        assert!(!fs::read_to_string(&path).unwrap().contains("\n\n"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_stops_growing_at_its_bound() {
+        let dir = temp_dir("full");
+        let path = dir.join("dead.jsonl");
+        let line = "{\"n\":1}\n";
+        let max = 3 * line.len() as u64;
+        for _ in 0..3 {
+            append(&path, line, max).unwrap();
+        }
+        let err = append(&path, line, max).unwrap_err();
+        assert!(matches!(err, WriteError::Full { limit, .. } if limit == max));
+        assert!(err.to_string().contains("webhooks replay"), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), max);
+
+        // Through the server's writer: counted as lost, the file untouched.
+        let file = DeadLetterFile::new(path.clone(), max);
+        let metrics = Metrics::default();
+        let record = DeadLetter::new(&message(), "u", 1, "e", UNIX_EPOCH);
+        let pending = PendingLetter {
+            msg: message(),
+            record,
+            note: "note".into(),
+            level: log::Level::Warn,
+        };
+        assert!(!file.write(&pending, &metrics));
+        assert_eq!(metrics.webhook_lost.load(Relaxed), 1);
+        assert_eq!(metrics.webhook_dead_letters.load(Relaxed), 0);
+        assert_eq!(fs::metadata(&path).unwrap().len(), max);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_replay_lock_is_refused_until_the_first_is_released() {
+        let dir = temp_dir("replay-lock");
+        let path = dir.join("dead.jsonl");
+        let first = ReplayLock::take(&path).unwrap();
+        let busy = ReplayLock::take(&path).err().expect("refused while held");
+        assert!(matches!(busy, ReplayLockError::Busy { .. }));
+        assert!(busy.to_string().contains("dead.jsonl.lock"), "{busy}");
+        // Appenders do not wait for a replay's lock.
+        append(&path, "{}\n", MAX_FILE_BYTES).unwrap();
+        drop(first);
+        ReplayLock::take(&path).expect("free again");
         fs::remove_dir_all(dir).unwrap();
     }
 }

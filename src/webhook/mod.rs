@@ -5,17 +5,20 @@
 //! call's events in order and hands attempts to `WEBHOOK_WORKERS` worker threads; retries wait
 //! in the dispatcher's timer heap, not in a worker. Whatever cannot be delivered goes to the
 //! dead-letter file (see [`dead_letter`]), from which `avr-core webhooks replay` sends it again.
-//! An event is never dropped silently: the only way to lose one is an unwritable dead-letter
-//! file, and that is logged at error level with the event itself.
+//! An event is never dropped silently: the only ways to lose one are a dead-letter file that
+//! is unwritable or full, or its writer's queue overflowing; each is counted in
+//! `avr_webhook_lost_total` and logged at error level (throttled when it can recur). The one
+//! deliberate exception is the per-call DTMF rate limit ([`rate_limit`]), counted and logged
+//! once per call.
 
 pub mod cli;
 mod client;
 mod dead_letter;
 mod dispatch;
 pub mod policy;
+pub mod rate_limit;
 pub mod sign;
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,10 +31,11 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::metrics::Metrics;
 pub use crate::proto::event::{Event, EventKind};
-use crate::sys::lock;
+use crate::sys::{lock, Throttle};
 use client::{Client, Message};
-use dead_letter::{DeadLetter, PendingLetter};
+use dead_letter::{DeadLetter, DeadLetterFile, PendingLetter};
 use dispatch::Drain;
+use rate_limit::{PerCallLimit, Verdict, DTMF_BURST, DTMF_PER_SECOND};
 
 /// `/call` waits for `call_initiated` at most this long in total, retries and backoff
 /// included (docs/http.md §3.3 step 2), so a dead receiver cannot stall call setup.
@@ -39,6 +43,15 @@ pub const CALL_INITIATED_BUDGET: Duration = Duration::from_secs(10);
 
 /// Stack of the webhook threads; rustls handshakes are the deepest thing they do.
 const THREAD_STACK: usize = 512 * 1024;
+
+/// Dead letters waiting for the writer thread. Each is a few hundred bytes, so this bounds the
+/// memory a failing receiver can pin to about a megabyte; the writer appends thousands a
+/// second, so only a stalled disk fills it. Past it, events are lost (counted, logged
+/// throttled): a call's thread never waits for the disk.
+const WRITER_QUEUE: usize = 4096;
+
+/// A full writer queue is logged at most this often, with a count.
+const WRITER_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Where calls hand their events. A cheap `Clone` (one `Arc`), cloned into every call.
 #[derive(Clone, Default)]
@@ -56,6 +69,8 @@ struct Inner {
     control: Mutex<Option<Sender<Drain>>>,
     /// `WEBHOOK_EVENTS`: the kinds to send (at most six, so a scan is cheapest).
     wanted: Vec<EventKind>,
+    /// The per-call `dtmf_digit` limit; a call's bucket goes with its `call_ended`.
+    dtmf: Mutex<PerCallLimit>,
 }
 
 /// The sending side every webhook thread uses: the receiver's client, the queue's accounting,
@@ -65,15 +80,17 @@ pub(crate) struct Outbox {
     metrics: Arc<Metrics>,
     max_attempts: u32,
     queue_size: usize,
-    dead_letter_file: PathBuf,
+    dead_letters: Arc<DeadLetterFile>,
     /// Accepted by `emit` and not yet delivered or dead-lettered: bounded by `queue_size`.
     depth: AtomicUsize,
+    /// Bounded by [`WRITER_QUEUE`].
     writer: Sender<PendingLetter>,
+    writer_full: Mutex<Throttle>,
     flush: Sender<Sender<()>>,
     stats: Arc<Stats>,
 }
 
-/// Running totals, for the shutdown report.
+/// Running totals since start, for the shutdown report.
 #[derive(Default)]
 struct Stats {
     delivered: AtomicU64,
@@ -91,8 +108,8 @@ impl Stats {
     }
 }
 
-/// What happened to the events that were pending when `shutdown` was called (and to any
-/// emitted after it).
+/// What became of the webhook events since start, up to the end of `shutdown`:
+/// `call_initiated` and deliveries before the shutdown included.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     pub delivered: u64,
@@ -126,17 +143,22 @@ impl Webhooks {
             );
         }
         let wanted = config.events.clone();
-        let (writer, writer_rx) = crossbeam_channel::unbounded();
+        let (writer, writer_rx) = crossbeam_channel::bounded(WRITER_QUEUE);
         let (flush, flush_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
+        let dead_letters = Arc::new(DeadLetterFile::new(
+            config.dead_letter_file.clone(),
+            dead_letter::MAX_FILE_BYTES,
+        ));
         let outbox = Arc::new(Outbox {
             client: client.clone(),
             metrics: metrics.clone(),
             max_attempts: config.retry.saturating_add(1),
             queue_size: config.queue_size,
-            dead_letter_file: config.dead_letter_file.clone(),
+            dead_letters: dead_letters.clone(),
             depth: AtomicUsize::new(0),
             writer,
+            writer_full: Mutex::new(Throttle::new("lost events", WRITER_FULL_LOG_EVERY)),
             flush,
             stats: stats.clone(),
         });
@@ -145,9 +167,8 @@ impl Webhooks {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (results_tx, results_rx) = crossbeam_channel::unbounded();
 
-        let path = config.dead_letter_file.clone();
         let mut started = spawn("webhook-dead-letter", move || {
-            writer_thread(&path, writer_rx, flush_rx, &metrics, &stats)
+            writer_thread(&dead_letters, writer_rx, flush_rx, &metrics, &stats)
         });
         let mut workers = 0;
         for n in 0..config.workers {
@@ -192,13 +213,18 @@ impl Webhooks {
                 queue: RwLock::new(queue),
                 control: Mutex::new(control),
                 wanted,
+                dtmf: Mutex::new(PerCallLimit::new(DTMF_PER_SECOND, DTMF_BURST)),
             })),
         }
     }
 
     /// Hands an event over without waiting: queued for delivery, or, if the queue is full or
-    /// shut down, written to the dead-letter file.
+    /// shut down, written to the dead-letter file. A `dtmf_digit` over its call's rate limit
+    /// is dropped, counted (docs/webhooks.md §5.9).
     pub fn emit(&self, event: Event) {
+        if self.inner.as_ref().is_some_and(|i| !i.admit(&event)) {
+            return;
+        }
         let Some(inner) = self.inner.as_ref().filter(|i| i.wants(event.kind)) else {
             // Serialised only if the line is logged.
             log::debug!("[{}] event {}", event.uuid, event.body());
@@ -222,7 +248,8 @@ impl Webhooks {
                  than the calls)",
                 outbox.queue_size
             );
-            outbox.failed(outbox.unsent(msg, &why, log::Level::Warn));
+            // On the call's thread: never wait for the writer.
+            outbox.failed_now_or_lost(outbox.unsent(msg, &why, log::Level::Warn));
             return;
         }
         if let Err(e) = queue.try_send(msg) {
@@ -231,7 +258,7 @@ impl Webhooks {
             let msg = match e {
                 TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
             };
-            outbox.failed(outbox.unsent(
+            outbox.failed_now_or_lost(outbox.unsent(
                 msg,
                 "the webhook queue is unavailable",
                 log::Level::Error,
@@ -266,7 +293,9 @@ impl Webhooks {
                         Ok(value) => Some(value),
                         Err(_) if answer.body.is_empty() => None,
                         Err(e) => {
-                            log::warn!(
+                            // Receivers commonly answer "OK": the Node.js original ignores
+                            // it silently, so this is no warning (docs/webhooks.md §5.5).
+                            log::debug!(
                                 "[{}] {} The receiver's answer is not JSON ({e}); keeping the \
                                  local STS URL",
                                 msg.uuid,
@@ -303,12 +332,12 @@ impl Webhooks {
 
     /// Stops accepting events (later ones go straight to the dead-letter file), lets queued
     /// and retrying events finish until `deadline`, writes what is left to the dead-letter
-    /// file and returns what became of them. Later calls return an empty report.
+    /// file and returns what became of every event since start (so the operator's last line
+    /// counts the deliveries of the whole run). Later calls return an empty report.
     pub fn shutdown(&self, deadline: Instant) -> ShutdownReport {
         let Some(inner) = &self.inner else {
             return ShutdownReport::default();
         };
-        let before = inner.outbox.stats.snapshot();
         inner
             .queue
             .write()
@@ -327,12 +356,7 @@ impl Webhooks {
                 log::error!("The webhook dispatcher did not finish its shutdown in time");
             }
         }
-        let after = inner.outbox.stats.snapshot();
-        let report = ShutdownReport {
-            delivered: after.delivered - before.delivered,
-            dead_lettered: after.dead_lettered - before.dead_lettered,
-            lost: after.lost - before.lost,
-        };
+        let report = inner.outbox.stats.snapshot();
         log::info!(
             "Webhooks shut down: {} delivered, {} written to the dead-letter file, {} lost",
             report.delivered,
@@ -346,6 +370,37 @@ impl Webhooks {
 impl Inner {
     fn wants(&self, kind: EventKind) -> bool {
         self.wanted.contains(&kind)
+    }
+
+    /// The per-call DTMF limit: false for a `dtmf_digit` over it (counted; the call's first
+    /// one logged). A `call_ended` frees the call's bucket.
+    fn admit(&self, event: &Event) -> bool {
+        match event.kind {
+            EventKind::DtmfDigit if self.wants(event.kind) => {
+                let verdict = lock(&self.dtmf).check(&event.uuid, Instant::now());
+                let Verdict::Drop { first } = verdict else {
+                    return true;
+                };
+                self.outbox
+                    .metrics
+                    .webhook_rate_limited
+                    .fetch_add(1, Relaxed);
+                if first {
+                    log::warn!(
+                        "[{}] [WEBHOOK][DTMF_DIGIT] More than {DTMF_PER_SECOND} DTMF digits a \
+                         second (burst {DTMF_BURST}) from this call: the excess is not sent, \
+                         only counted in avr_webhook_rate_limited_total (logged once per call)",
+                        event.uuid
+                    );
+                }
+                false
+            }
+            EventKind::CallEnded => {
+                lock(&self.dtmf).forget(&event.uuid);
+                true
+            }
+            _ => true,
+        }
     }
 }
 
@@ -397,10 +452,36 @@ impl Outbox {
     }
 
     /// A final failure: counted, then handed to the dead-letter writer (which logs `note`).
+    /// Waits for a place in the writer's queue: only the dispatcher calls this, and while the
+    /// disk is slower than the failures its waiting fills the event queue, whose overflow is
+    /// handled without waiting ([`Outbox::failed_now_or_lost`]).
     fn failed(&self, pending: PendingLetter) {
         self.metrics.webhook_failed.fetch_add(1, Relaxed);
         if let Err(e) = self.writer.send(pending) {
             self.write_now(&e.into_inner());
+        }
+    }
+
+    /// [`Outbox::failed`] for a call's thread, which never waits: with the writer's queue
+    /// full, the event is lost, counted and logged (throttled).
+    fn failed_now_or_lost(&self, pending: PendingLetter) {
+        self.metrics.webhook_failed.fetch_add(1, Relaxed);
+        match self.writer.try_send(pending) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(pending)) => self.write_now(&pending),
+            Err(TrySendError::Full(pending)) => {
+                self.stats.lost.fetch_add(1, Relaxed);
+                self.metrics.webhook_lost.fetch_add(1, Relaxed);
+                lock(&self.writer_full).note(Instant::now(), |more| {
+                    log::error!(
+                        "[{}] {} Event LOST: the dead-letter writer is {WRITER_QUEUE} letters \
+                         behind (is the disk of {} stalled?){more}",
+                        pending.msg.uuid,
+                        pending.msg.tag(),
+                        self.dead_letters.path().display()
+                    )
+                });
+            }
         }
     }
 
@@ -420,7 +501,7 @@ impl Outbox {
     }
 
     fn write_now(&self, pending: &PendingLetter) {
-        let written = dead_letter::write_pending(&self.dead_letter_file, pending, &self.metrics);
+        let written = self.dead_letters.write(pending, &self.metrics);
         self.stats.count_write(written);
     }
 
@@ -445,14 +526,14 @@ impl Stats {
 
 /// The dead-letter writer: file I/O off the dispatcher's and the calls' threads.
 fn writer_thread(
-    path: &std::path::Path,
+    file: &DeadLetterFile,
     letters: Receiver<PendingLetter>,
     flush: Receiver<Sender<()>>,
     metrics: &Metrics,
     stats: &Stats,
 ) {
     let write = |pending: PendingLetter| {
-        stats.count_write(dead_letter::write_pending(path, &pending, metrics));
+        stats.count_write(file.write(&pending, metrics));
     };
     loop {
         crossbeam_channel::select! {

@@ -13,7 +13,7 @@ const SEED_PAYLOAD: &str =
     r#"{"from":"2000","to":"5001","uniqueid":"1770758888.32","channel":"PJSIP/2000-00000013"}"#;
 const SEED_QUERY: &str = "/?from=2000&to=5001&uniqueid=1770758888.32&channel=PJSIP%2F2000-00000013";
 
-fn start(sts: &StsServer, extra: &[(&str, &str)]) -> Avr {
+pub(crate) fn start(sts: &StsServer, extra: &[(&str, &str)]) -> Avr {
     let url = sts.url();
     let mut env = vec![
         ("STS_URL", url.as_str()),

@@ -7,6 +7,7 @@ mod support;
 
 mod agent;
 mod call_flow;
+mod call_limits;
 mod call_routing;
 mod cli;
 mod connect_budget;
@@ -20,6 +21,7 @@ mod load;
 mod shutdown;
 mod sts_support_smoke;
 mod tls;
+mod webhook_files;
 mod webhooks;
 mod webhooks_api;
 mod wideband;

@@ -75,7 +75,7 @@ fn now_iso() -> String {
     avr_core::time::iso8601_millis(SystemTime::now())
 }
 
-fn temp_file(name: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "avr-webhooks-{}-{}",
         std::process::id(),
@@ -156,7 +156,7 @@ fn wait_connected(events: &Receiver<EchoEvent>) {
 }
 
 /// A port nothing listens on: connections to it are refused.
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
