@@ -9,6 +9,9 @@ pub struct Metrics {
     pub active_calls: AtomicU64,
     pub calls_total: AtomicU64,
     pub calls_rejected: AtomicU64,
+    /// AudioSocket connections closed before their UUID: probes, unanswered channels, peers
+    /// that are not Asterisk. Counted, not logged, since a monitoring check makes one a minute.
+    pub connections_without_uuid: AtomicU64,
     pub sts_connect_failures: AtomicU64,
     pub playout_underruns: AtomicU64,
     pub playout_late_slots: AtomicU64,
@@ -51,6 +54,13 @@ impl Metrics {
             "counter",
             "Connections refused because MAX_CALLS was reached.",
             self.calls_rejected.load(Relaxed),
+        );
+        put(
+            "avr_connections_without_uuid_total",
+            "counter",
+            "AudioSocket connections closed before sending a UUID (probes, unanswered \
+             channels, peers that are not Asterisk).",
+            self.connections_without_uuid.load(Relaxed),
         );
         put(
             "avr_sts_connect_failures_total",

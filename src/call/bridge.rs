@@ -19,7 +19,6 @@ use rustix::event::{PollFd, PollFlags};
 use serde_json::{json, Value};
 
 use super::connector::Connector;
-use super::handshake::read_uuid;
 use super::live_calls::LiveCall;
 use super::state::{Action, CallState, Event};
 use super::summary::CallSummary;
@@ -27,7 +26,7 @@ use super::{CallContext, CallSlot};
 use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
 use crate::config::UPSTREAM_SAMPLE_RATE;
 use crate::playout::{Playout, Stop};
-use crate::proto::audiosocket::{self, CallId, FrameBuffer};
+use crate::proto::audiosocket::{self, FrameBuffer};
 use crate::proto::sts::{init_message, ToAgent};
 use crate::proto::sts_url::with_sample_rate;
 use crate::sys::{poll, Bell};
@@ -42,26 +41,25 @@ const AUDIOSOCKET_SEND_BUFFER: usize = 16 * 1024;
 /// What one `read` of a caller whose stream cannot be framed any more discards at most.
 const DISCARD_CHUNK: usize = 4096;
 
-/// Reads the UUID, bridges the call, tears it down. Runs on the call's own thread.
-pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlot) {
-    let _ = stream.set_nodelay(true);
-    let mut frames = FrameBuffer::new(audiosocket::MAX_PAYLOAD);
-    let uuid = match read_uuid(&stream, &mut frames) {
-        Ok(bytes) => CallId::from_bytes(bytes).to_string(),
-        Err(why) => {
-            log::warn!("AudioSocket connection from {peer} closed: {why}");
-            return;
-        }
-    };
+/// Bridges the call whose UUID was read at `started` (`frames` holds what followed it),
+/// tears it down. Runs on the call's own thread.
+pub fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &CallContext,
+    slot: CallSlot,
+    uuid: &str,
+    frames: FrameBuffer,
+    started: Instant,
+) {
     let _ = stream.set_read_timeout(None);
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, AUDIOSOCKET_SEND_BUFFER);
     if let Ok(name) = CString::new(format!("call-{}", &uuid[..8])) {
         let _ = rustix::thread::set_name(&name);
     }
-    let started = Instant::now();
     ctx.metrics.calls_total.fetch_add(1, Relaxed);
     // A `/call` for this uuid chose the agent URL and the metadata for `init`.
-    let (sts_url, metadata) = match ctx.registry.take(&uuid, started) {
+    let (sts_url, metadata) = match ctx.registry.take(uuid, started) {
         Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
         None => (ctx.config.sts_url.clone(), None),
     };
@@ -78,30 +76,31 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
             ""
         }
     );
-    emit(ctx, &uuid, EventKind::CallStarted);
+    emit(ctx, uuid, EventKind::CallStarted);
 
     let stream = Arc::new(stream);
-    let Some((bell, playout)) = join_clock(ctx, &uuid, &stream) else {
-        emit(ctx, &uuid, EventKind::CallEnded);
+    let Some((bell, playout)) = join_clock(ctx, uuid, &stream) else {
+        emit(ctx, uuid, EventKind::CallEnded);
         return;
     };
     let live = Arc::new(LiveCall::new(bell.clone()));
     ctx.live.add(&live);
-    let connector = Connector::start(ctx, &uuid, sts_url, &bell);
+    let connector = Connector::start(ctx, uuid, sts_url, &bell);
 
     let mut bridge = Bridge {
-        uuid: &uuid,
+        uuid,
         ctx,
         stream: &stream,
         bell: &bell,
         live: &live,
         playout: &playout,
         frames,
-        state: CallState::new(&uuid, ctx.config.audio_codec)
-            .with_agent_rate(ctx.config.sts_sample_rate),
+        state: CallState::new(uuid, ctx.config.audio_codec, started)
+            .with_agent_rate(ctx.config.sts_sample_rate)
+            .with_idle_timeout(ctx.config.caller_idle_timeout),
         actions: VecDeque::new(),
         link: None,
-        init: init_message(&uuid, metadata.as_ref()),
+        init: init_message(uuid, metadata.as_ref()),
         link_stats: LinkStats::default(),
         connector,
     };
@@ -134,7 +133,7 @@ pub fn run(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, slot: CallSlo
         link,
     };
     log::info!("[{uuid}] {summary}");
-    emit(ctx, &uuid, EventKind::CallEnded);
+    emit(ctx, uuid, EventKind::CallEnded);
 }
 
 /// Puts the call on a playout clock, with the bell the clock rings when it lets go. If

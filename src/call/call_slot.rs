@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 
-/// One of the `MAX_CALLS` places, held from accept until the call's resources are released.
+/// One of the `MAX_CALLS` places, held from the UUID until the call's resources are released
+/// (before it, a connection waits within `MAX_PENDING_CONNECTIONS`: docs/audiosocket.md §10.1).
 pub struct CallSlot(Arc<Metrics>);
 
 impl CallSlot {

@@ -1,6 +1,7 @@
 //! Why a call ended: one reason per call, the first that happened.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Why a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub enum EndReason {
     AgentUnreachable(String),
     /// Asterisk sent something that cannot be a call; avr-core hung up.
     Protocol(String),
+    /// No frame at all from Asterisk for this long (`CALLER_IDLE_TIMEOUT`); avr-core hung up.
+    CallerSilent(Duration),
     /// Writing to Asterisk failed.
     WriteFailed(String),
     /// avr-core is stopping and the call outlived `SHUTDOWN_GRACE`; avr-core hung up.
@@ -28,9 +31,41 @@ impl fmt::Display for EndReason {
             EndReason::AgentClosed(why) => write!(f, "agent closed ({why})"),
             EndReason::AgentUnreachable(why) => write!(f, "agent unreachable ({why})"),
             EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
+            EndReason::CallerSilent(idle) => write!(
+                f,
+                "caller silent (no frame from Asterisk for {})",
+                seconds(*idle)
+            ),
             EndReason::WriteFailed(why) => write!(f, "cannot write to Asterisk ({why})"),
             EndReason::Shutdown => write!(f, "avr-core is shutting down (SHUTDOWN_GRACE ended)"),
             EndReason::Internal(why) => write!(f, "avr-core could not carry the call ({why})"),
         }
+    }
+}
+
+/// `10 s`, or `1.5 s` when the duration is not a whole number of seconds.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_caller_reads_in_seconds() {
+        let silent = |ms| EndReason::CallerSilent(Duration::from_millis(ms)).to_string();
+        assert_eq!(
+            silent(10_000),
+            "caller silent (no frame from Asterisk for 10 s)"
+        );
+        assert_eq!(
+            silent(1_500),
+            "caller silent (no frame from Asterisk for 1.5 s)"
+        );
     }
 }

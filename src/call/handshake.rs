@@ -5,10 +5,19 @@ use std::io::{self, ErrorKind};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use rustix::net::RecvFlags;
+
 use crate::proto::audiosocket::{self, Frame, FrameBuffer};
 
-/// How long a new connection may take to send its UUID (docs/audiosocket.md §10).
-pub const UUID_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may take to send its whole UUID, however it dribbles it in
+/// (docs/audiosocket.md §10.1). Asterisk sends the UUID in its first write, right after
+/// connecting: it arrives within a round trip. 2 s leaves a slow WAN and a busy host ample
+/// room, and is short enough that a connection that never sends one holds its place among
+/// `MAX_PENDING_CONNECTIONS` only briefly.
+pub const UUID_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes of the UUID frame: header (kind, u16 length) and 16 bytes.
+const UUID_FRAME_LEN: usize = 3 + 16;
 
 /// Why a connection gave no UUID; logged as the reason it was closed.
 #[derive(Debug)]
@@ -23,6 +32,8 @@ pub enum NoUuid {
     ClosedSilently,
     /// It closed after this many bytes, before a whole UUID frame.
     ClosedAfter(usize),
+    /// It was closed to make room for a newer connection (`MAX_PENDING_CONNECTIONS`).
+    ClosedForRoom,
     /// The read timeout could not be set on the socket.
     NoReadTimeout(io::Error),
     /// Reading failed.
@@ -53,6 +64,10 @@ impl fmt::Display for NoUuid {
             NoUuid::ClosedAfter(bytes) => {
                 write!(f, "no UUID: the peer closed after {bytes} bytes")
             }
+            NoUuid::ClosedForRoom => f.write_str(
+                "no UUID yet: closed to make room for a newer connection \
+                 (MAX_PENDING_CONNECTIONS connections were waiting for theirs)",
+            ),
             NoUuid::NoReadTimeout(e) => write!(f, "cannot set a read timeout: {e}"),
             NoUuid::ReadFailed(e) => write!(f, "read failed before the UUID: {e}"),
         }
@@ -60,6 +75,23 @@ impl fmt::Display for NoUuid {
 }
 
 impl std::error::Error for NoUuid {}
+
+impl NoUuid {
+    /// Not worth a warning: a monitoring probe that connects and closes, an unanswered
+    /// channel, a connection closed for a newer one (whose closing is logged, throttled).
+    /// These are counted (`avr_connections_without_uuid_total`) and logged at DEBUG only.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, NoUuid::ClosedSilently | NoUuid::ClosedForRoom)
+    }
+}
+
+/// Whether a whole UUID frame already waits, unread, on `stream`: a connection about to
+/// become a call, which is not closed to make room for a newer one.
+pub fn uuid_waiting(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; UUID_FRAME_LEN];
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    matches!(rustix::net::recv(stream, &mut buf[..], flags), Ok((got, _)) if got == UUID_FRAME_LEN)
+}
 
 /// Waits for the `0x01` UUID frame, which Asterisk always sends first. Anything else is
 /// refused as soon as its header shows it, without waiting for its payload.
@@ -144,7 +176,7 @@ mod tests {
     fn the_reasons_read_as_before() {
         assert_eq!(
             NoUuid::TooSlow(2).to_string(),
-            "no UUID within 5 s (2 bytes received)"
+            "no UUID within 2 s (2 bytes received)"
         );
         assert_eq!(
             NoUuid::ClosedSilently.to_string(),
@@ -155,5 +187,31 @@ mod tests {
             NoUuid::ClosedAfter(7).to_string(),
             "no UUID: the peer closed after 7 bytes"
         );
+    }
+
+    #[test]
+    fn a_whole_uuid_waiting_is_seen_without_being_taken() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        assert!(!uuid_waiting(&ours), "nothing sent");
+        let mut frame = vec![0x01, 0x00, 0x10];
+        frame.extend([7u8; 16]);
+        peer.write_all(&frame[..18]).unwrap();
+        peer.flush().unwrap();
+        // A blocking peek returns what has arrived: wait until all 18 bytes have.
+        let mut probe = [0u8; 18];
+        while ours.peek(&mut probe).unwrap() < 18 {}
+        assert!(!uuid_waiting(&ours), "one byte short");
+        peer.write_all(&frame[18..]).unwrap();
+        let mut all = [0u8; UUID_FRAME_LEN];
+        while ours.peek(&mut all).unwrap() < UUID_FRAME_LEN {}
+        assert!(uuid_waiting(&ours));
+        let mut got = [0u8; UUID_FRAME_LEN];
+        (&ours).read_exact(&mut got).unwrap();
+        assert_eq!(got.to_vec(), frame, "peeked, not taken");
+        assert!(NoUuid::ClosedSilently.is_quiet() && NoUuid::ClosedForRoom.is_quiet());
+        assert!(!NoUuid::TooSlow(0).is_quiet());
     }
 }

@@ -1,40 +1,109 @@
-//! The AudioSocket listener: accepts connections, enforces `MAX_CALLS`, starts calls.
+//! The AudioSocket listener: accepts connections, keeps those waiting for their UUID within
+//! `MAX_PENDING_CONNECTIONS`, gives each UUID one of the `MAX_CALLS` places, starts calls
+//! (docs/audiosocket.md §10.1).
+//!
+//! The two budgets are apart so that connections that are not calls yet can never take a
+//! call's place: a peer that connects and says nothing only competes with other such peers,
+//! and the one that has waited longest is closed first. A connection becomes a call only
+//! with its UUID; from then on `CALLER_IDLE_TIMEOUT` bounds how long a silent one keeps it.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
+use super::handshake::{read_uuid, uuid_waiting, NoUuid};
 use crate::call::{self, CallContext, CallSlot};
-use crate::proto::audiosocket;
-use crate::sys::StopSignal;
+use crate::proto::audiosocket::{self, CallId, FrameBuffer};
+use crate::sys::{lock, Admission, StopSignal, Throttle, Ticket, WaitingRoom};
 
-/// Accepts calls until `stop` is triggered; each call runs on its own thread. Returns with
-/// the listener closed, so new connections are refused while live calls finish: `true` when
-/// stopped, `false` when the listener failed.
+/// How often each kind of refusal may be logged; the lines count what they held back, so a
+/// flood of connections cannot flood the log as well.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the accept loop and the connections waiting for their UUID share.
+struct Door {
+    /// Connections that have not sent their UUID yet.
+    waiting: Arc<WaitingRoom>,
+    max_calls: u64,
+    /// "MAX_CALLS reached" lines, written by the connections' threads.
+    calls_full: Mutex<Throttle>,
+}
+
+/// Accepts calls until `stop` is triggered; each connection runs on its own thread. Returns
+/// with the listener closed, so new connections are refused while live calls finish: `true`
+/// when stopped, `false` when the listener failed.
 pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) -> bool {
-    let max = ctx.config.max_calls as u64;
+    let max_pending = ctx.config.max_pending_connections;
+    let door = Arc::new(Door {
+        waiting: WaitingRoom::new(max_pending),
+        max_calls: ctx.config.max_calls as u64,
+        calls_full: Mutex::new(Throttle::new("connections", LOG_EVERY)),
+    });
     if let Err(e) = listener.set_nonblocking(true) {
         log::error!("AudioSocket listener: cannot make it non-blocking: {e}");
         return false;
     }
-    let on_error = |e: &std::io::Error| log::warn!("AudioSocket accept failed: {e}");
-    while let Some((stream, peer)) = stop.accept(&listener, &on_error) {
-        let Some(slot) = CallSlot::take(&ctx.metrics, max) else {
-            ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
-            log::warn!(
-                "Rejecting AudioSocket connection from {peer}: MAX_CALLS ({max}) calls in \
-                 progress; sent a hangup so the dialplan continues"
-            );
-            reject(stream);
-            continue;
+    let mut made_room = Throttle::new("connections", LOG_EVERY);
+    let mut refused = Throttle::new("connections", LOG_EVERY);
+    let mut failed_accepts = Throttle::new("accept errors", LOG_EVERY);
+    let mut on_error = |e: &std::io::Error| {
+        failed_accepts.note(Instant::now(), |more| {
+            log::warn!("AudioSocket accept failed: {e}{more}")
+        })
+    };
+    while let Some((stream, peer)) = stop.accept(&listener, &mut on_error) {
+        let now = Instant::now();
+        let ticket = match door.waiting.admit(&stream, peer, now, uuid_waiting) {
+            Admission::Admitted {
+                ticket,
+                made_room: closed,
+            } => {
+                if let Some(closed) = closed {
+                    made_room.note(now, |more| {
+                        log::warn!(
+                            "AudioSocket: MAX_PENDING_CONNECTIONS ({max_pending}) connections \
+                             are waiting for their UUID; closed the one from {} (waiting {:.1} \
+                             s) to admit {peer}{more}",
+                            closed.peer,
+                            closed.waited.as_secs_f64()
+                        )
+                    });
+                }
+                ticket
+            }
+            Admission::Full => {
+                ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
+                refused.note(now, |more| {
+                    log::warn!(
+                        "Rejecting AudioSocket connection from {peer}: MAX_PENDING_CONNECTIONS \
+                         ({max_pending}) connections are starting calls; sent a hangup so the \
+                         dialplan continues{more}"
+                    )
+                });
+                reject(stream);
+                continue;
+            }
+            Admission::Failed(e) => {
+                ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
+                refused.note(now, |more| {
+                    log::warn!(
+                        "Rejecting AudioSocket connection from {peer}: {e}; sent a hangup so \
+                         the dialplan continues{more}"
+                    )
+                });
+                reject(stream);
+                continue;
+            }
         };
         let call_ctx = ctx.clone();
+        let door = door.clone();
         let spawned = thread::Builder::new()
             .name("call-new".into())
             .stack_size(call::THREAD_STACK)
-            .spawn(move || call::run(stream, peer, &call_ctx, slot));
+            .spawn(move || connection(stream, peer, &call_ctx, &door, ticket));
         if let Err(e) = spawned {
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
@@ -45,7 +114,53 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
     true
 }
 
-/// Hangs up a connection that cannot be served, without blocking the accept loop.
+/// One connection on its own thread: its UUID within [`super::handshake::UUID_TIMEOUT`],
+/// then a `MAX_CALLS` place, then the call.
+fn connection(stream: TcpStream, peer: SocketAddr, ctx: &CallContext, door: &Door, ticket: Ticket) {
+    let _ = stream.set_nodelay(true);
+    let mut frames = FrameBuffer::new(audiosocket::MAX_PAYLOAD);
+    let read = read_uuid(&stream, &mut frames);
+    // Leaving the waiting room first: from here the connection is not closed for another.
+    let why = match (read, ticket.leave()) {
+        (Ok(bytes), true) => return start_call(stream, peer, ctx, door, bytes, frames),
+        (_, false) => NoUuid::ClosedForRoom,
+        (Err(why), true) => why,
+    };
+    ctx.metrics.connections_without_uuid.fetch_add(1, Relaxed);
+    if why.is_quiet() {
+        log::debug!("AudioSocket connection from {peer} closed: {why}");
+    } else {
+        log::warn!("AudioSocket connection from {peer} closed: {why}");
+    }
+}
+
+/// The UUID has come: the call takes a `MAX_CALLS` place, or is hung up if none is free.
+fn start_call(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &CallContext,
+    door: &Door,
+    uuid: [u8; 16],
+    frames: FrameBuffer,
+) {
+    let started = Instant::now();
+    let Some(slot) = CallSlot::take(&ctx.metrics, door.max_calls) else {
+        ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
+        let max = door.max_calls;
+        lock(&door.calls_full).note(started, |more| {
+            log::warn!(
+                "Rejecting AudioSocket connection from {peer}: MAX_CALLS ({max}) calls in \
+                 progress; sent a hangup so the dialplan continues{more}"
+            )
+        });
+        reject(stream);
+        return;
+    };
+    let uuid = CallId::from_bytes(uuid).to_string();
+    call::run(stream, peer, ctx, slot, &uuid, frames, started);
+}
+
+/// Hangs up a connection that cannot be served, without blocking.
 fn reject(mut stream: TcpStream) {
     let _ = stream.write_all(&audiosocket::HANGUP);
     let _ = stream.shutdown(Shutdown::Write);

@@ -148,6 +148,10 @@ pub struct CallState {
     end: Option<EndReason>,
     /// The clock has let go (hung up or failed): Asterisk has until then to close.
     close_by: Option<Instant>,
+    /// `CALLER_IDLE_TIMEOUT`, if the call has one: no frame for that long ends it.
+    idle_timeout: Option<Duration>,
+    /// When the last frame from Asterisk (or the UUID) was read.
+    last_frame: Instant,
     /// The caller's stream can no longer be framed: read and discard until it closes.
     unframable: bool,
     /// The caller's side is over: the call's thread stops.
@@ -155,8 +159,9 @@ pub struct CallState {
 }
 
 impl CallState {
-    /// A call whose agent is being reached; `codec` is `AUDIO_CODEC`.
-    pub fn new(uuid: &str, codec: CodecChoice) -> CallState {
+    /// A call whose UUID was read at `now` and whose agent is being reached; `codec` is
+    /// `AUDIO_CODEC`.
+    pub fn new(uuid: &str, codec: CodecChoice, now: Instant) -> CallState {
         CallState {
             uuid: uuid.to_string(),
             agent: Agent::Connecting,
@@ -168,9 +173,19 @@ impl CallState {
             noted: Noted::default(),
             end: None,
             close_by: None,
+            idle_timeout: None,
+            last_frame: now,
             unframable: false,
             over: false,
         }
+    }
+
+    /// No frame at all from Asterisk for `timeout` (`CALLER_IDLE_TIMEOUT`) ends the call:
+    /// a peer that sent its UUID and went silent would otherwise hold a `MAX_CALLS` place, a
+    /// thread and an agent session for ever (docs/audiosocket.md §10.5).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> CallState {
+        self.idle_timeout = Some(timeout);
+        self
     }
 
     /// The agent speaks `agent_hz` (`STS_SAMPLE_RATE`) instead of 8 kHz.
@@ -292,6 +307,12 @@ impl CallState {
                     self.over = true;
                     return;
                 }
+                if let (Some(by), Some(timeout)) = (self.idle_deadline(), self.idle_timeout) {
+                    if now >= by {
+                        self.end(EndReason::CallerSilent(timeout));
+                        actions.push_back(Action::StopPlayout(Stop::Hangup));
+                    }
+                }
                 let due = self.rates.on_deadline(now);
                 if due.fix_rate {
                     self.fix_playout_rate(SILENT_CALLER_HZ, actions);
@@ -308,7 +329,18 @@ impl CallState {
         if self.close_by.is_some() {
             return self.close_by;
         }
-        self.rates.deadline()
+        match (self.rates.deadline(), self.idle_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the caller counts as silent, while the call is not already ending.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.end.is_some() {
+            return None;
+        }
+        self.idle_timeout.map(|t| self.last_frame + t)
     }
 
     /// The caller's side is over: nothing more to read or decide.
@@ -370,6 +402,7 @@ impl CallState {
     fn on_frame(&mut self, frame: Frame<'_>, now: Instant, actions: &mut VecDeque<Action>) {
         let uuid = self.uuid.as_str();
         self.frames_in += 1;
+        self.last_frame = now;
         let item = match frame {
             Frame::Audio { rate_hz, payload } => {
                 return self.on_caller_audio(rate_hz, payload, now, actions);

@@ -63,6 +63,11 @@ pub struct Config {
     /// The rate the agent speaks, both ways (docs/sts.md §6).
     pub sts_sample_rate: u32,
     pub max_calls: usize,
+    /// AudioSocket connections waiting for their UUID, apart from the calls (docs/audiosocket.md
+    /// §10.1).
+    pub max_pending_connections: usize,
+    /// No frame from Asterisk for this long ends the call (docs/audiosocket.md §10.5).
+    pub caller_idle_timeout: Duration,
     pub audio_codec: CodecChoice,
     pub ambient_noise_file: Option<PathBuf>,
     pub ambient_noise_level: f32,
@@ -165,6 +170,10 @@ impl Config {
             sts_connect_timeout: env.parse("STS_CONNECT_TIMEOUT", env::duration)?,
             sts_sample_rate: env.parse("STS_SAMPLE_RATE", sample_rate)?,
             max_calls: env.parse("MAX_CALLS", |t| env::whole_number(t, 1, MAX_CALLS_LIMIT))?,
+            max_pending_connections: env.parse("MAX_PENDING_CONNECTIONS", |t| {
+                env::whole_number(t, 1, MAX_CALLS_LIMIT)
+            })?,
+            caller_idle_timeout: env.parse("CALLER_IDLE_TIMEOUT", env::duration)?,
             audio_codec: env.parse("AUDIO_CODEC", CodecChoice::parse)?,
             ambient_noise_file: env.parse_opt("AMBIENT_NOISE_FILE", env::path)?,
             ambient_noise_level: env.parse("AMBIENT_NOISE_LEVEL", gain)?,
@@ -278,6 +287,8 @@ mod tests {
         assert_eq!(c.http_port, None);
         assert_eq!(c.sts_connect_timeout, Duration::from_millis(3000));
         assert_eq!(c.max_calls, 500);
+        assert_eq!(c.max_pending_connections, 64);
+        assert_eq!(c.caller_idle_timeout, Duration::from_secs(10));
         assert_eq!(c.audio_codec, CodecChoice::Auto);
         assert!((c.ambient_noise_level - 0.90).abs() < 1e-6);
         assert_eq!(c.webhook.secret_header, "X-AVR-WEBHOOK-SECRET");
@@ -310,6 +321,8 @@ mod tests {
              STS_CONNECT_TIMEOUT=3000ms\n\
              STS_SAMPLE_RATE=8000\n\
              MAX_CALLS=500\n\
+             MAX_PENDING_CONNECTIONS=64\n\
+             CALLER_IDLE_TIMEOUT=10000ms\n\
              AUDIO_CODEC=auto\n\
              AMBIENT_NOISE_FILE=(unset)\n\
              AMBIENT_NOISE_LEVEL=0.90\n\
@@ -332,7 +345,7 @@ mod tests {
 
     /// Each table variable, a value other than its default, and how `check-config` shows it:
     /// proves parsing reads every row under its name and `describe` shows what was read.
-    const EVERY_VARIABLE: [(&str, &str, &str); 26] = [
+    const EVERY_VARIABLE: [(&str, &str, &str); 28] = [
         ("PORT", "5002", "5002"),
         ("BIND_ADDRESS", "[::1]", "::1"),
         ("HTTP_PORT", "6001", "6001"),
@@ -347,6 +360,8 @@ mod tests {
              sample_rate=16000 on its URL)",
         ),
         ("MAX_CALLS", "7", "7"),
+        ("MAX_PENDING_CONNECTIONS", "9", "9"),
+        ("CALLER_IDLE_TIMEOUT", "3s", "3000ms"),
         ("AUDIO_CODEC", "PCMA", "alaw"),
         ("AMBIENT_NOISE_FILE", "/n.raw", "/n.raw"),
         ("AMBIENT_NOISE_LEVEL", "0.5", "0.50"),
@@ -428,6 +443,8 @@ mod tests {
         let cases = [
             ("PORT", "70000"),
             ("MAX_CALLS", "0"),
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("CALLER_IDLE_TIMEOUT", "0"),
             ("AUDIO_CODEC", "opus"),
             ("AMBIENT_NOISE_LEVEL", "1.5"),
             ("WEBHOOK_SIGNATURE", "md5"),

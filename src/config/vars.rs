@@ -71,7 +71,7 @@ fn display(p: &Option<std::path::PathBuf>) -> Option<String> {
 }
 
 /// Every variable, in `check-config` order.
-pub const VARS: [Var; 26] = [
+pub const VARS: [Var; 28] = [
     Var {
         name: "PORT",
         when_unset: WhenUnset::Value("5001"),
@@ -135,6 +135,21 @@ pub const VARS: [Var; 26] = [
         meaning: "concurrent calls; the next one is hung up",
         secret: false,
         show: |c| Some(c.max_calls.to_string()),
+    },
+    Var {
+        name: "MAX_PENDING_CONNECTIONS",
+        when_unset: WhenUnset::Value("64"),
+        meaning: "AudioSocket connections waiting for their UUID (not calls yet); when full, \
+                  the one waiting longest is closed",
+        secret: false,
+        show: |c| Some(c.max_pending_connections.to_string()),
+    },
+    Var {
+        name: "CALLER_IDLE_TIMEOUT",
+        when_unset: WhenUnset::Value("10s"),
+        meaning: "a call with no frame from Asterisk for this long is hung up",
+        secret: false,
+        show: |c| ms(c.caller_idle_timeout),
     },
     Var {
         name: "AUDIO_CODEC",

@@ -1,11 +1,12 @@
 //! Small pieces over the operating system that every path shares: wake-ups, `poll(2)`
 //! without `EINTR`, an accept loop that stops and backs off, a mutex lock that survives a
-//! panicked holder, a throttle for log lines that can recur many times a second, and outside
-//! text made safe for a log line.
+//! panicked holder, a throttle for log lines that can recur many times a second, outside
+//! text made safe for a log line, and a bounded room for connections not yet identified.
 
 mod bell;
 mod printable;
 mod throttle;
+mod waiting_room;
 
 use std::io;
 use std::sync::{Mutex, MutexGuard};
@@ -16,6 +17,7 @@ use rustix::event::{PollFd, Timespec};
 pub use bell::{Bell, StopSignal, ACCEPT_BACKOFF};
 pub use printable::Printable;
 pub use throttle::Throttle;
+pub use waiting_room::{Admission, MadeRoom, Ticket, WaitingRoom};
 
 /// Locks `mutex`, taking the data even if a thread panicked while holding it: the state
 /// guarded here (counters, queues, tables) stays consistent between statements, and one

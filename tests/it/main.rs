@@ -6,6 +6,7 @@
 mod support;
 
 mod agent;
+mod budgets;
 mod call_flow;
 mod call_limits;
 mod call_routing;

@@ -56,11 +56,12 @@ impl Call {
     fn with_rates(codec: CodecChoice, agent_hz: u32) -> Call {
         capture_logs();
         let uuid = CallId::random().to_string();
+        let now = Instant::now();
         Call {
-            state: CallState::new(&uuid, codec).with_agent_rate(agent_hz),
+            state: CallState::new(&uuid, codec, now).with_agent_rate(agent_hz),
             uuid,
             actions: VecDeque::new(),
-            now: Instant::now(),
+            now,
         }
     }
 
@@ -306,6 +307,87 @@ fn an_unframable_stream_hangs_up_and_is_only_read_until_it_closes() {
     assert!(call.state.is_over());
     assert_eq!(call.reason(), Some(format!("protocol error ({text})")));
     assert_eq!(call.count_logged("Call ending"), 1);
+}
+
+// ---- a caller that goes silent ----------------------------------------------------------
+
+const IDLE: Duration = Duration::from_secs(5);
+
+/// A connected call with a `CALLER_IDLE_TIMEOUT` of [`IDLE`], its UUID read at `call.now`.
+fn idle_call() -> Call {
+    let mut call = Call::connected();
+    call.state = CallState::new(&call.uuid, CodecChoice::Slin, call.now).with_idle_timeout(IDLE);
+    assert!(call.on(Event::AgentConnected).is_empty());
+    call
+}
+
+#[test]
+fn a_caller_silent_for_the_idle_timeout_is_hung_up_with_its_reason() {
+    let mut call = idle_call();
+    let uuid_at = call.now;
+    assert_eq!(call.state.deadline(), Some(uuid_at + IDLE));
+    // Each frame pushes the deadline back.
+    call.now += Duration::from_secs(2);
+    call.audio(&SLIN_20MS);
+    assert_eq!(call.state.deadline(), Some(call.now + IDLE));
+    let last = call.now;
+    // Woken early (another timer): nothing ends.
+    call.now = last + IDLE - Duration::from_millis(1);
+    assert!(call.on(Event::DeadlinePassed).is_empty());
+    assert!(call.reason().is_none());
+    call.now = last + IDLE;
+    assert_eq!(call.on(Event::DeadlinePassed), ["hang up"]);
+    call.assert_reason("caller silent (no frame from Asterisk for 5 s)");
+    assert_eq!(
+        call.logged().last().map(String::as_str),
+        Some("WARN Call ending: caller silent (no frame from Asterisk for 5 s)")
+    );
+    // Hanging up: the idle timer is done; then Asterisk has the close wait.
+    assert_eq!(call.state.deadline(), None);
+    assert!(!call.state.is_over());
+    call.on(Event::PlayoutFinished(Finished::HungUp));
+    assert_eq!(call.state.deadline(), Some(call.now + CLOSE_WAIT));
+    call.now += CLOSE_WAIT;
+    assert_eq!(call.on(Event::DeadlinePassed), ["close caller"]);
+    assert!(call.state.is_over());
+    assert_eq!(call.count_logged("Call ending"), 1);
+}
+
+#[test]
+fn every_kind_of_frame_counts_as_the_caller_being_there() {
+    let mut call = idle_call();
+    let frames = [
+        Frame::Dtmf('5'),
+        Frame::Unknown { kind: 0x02, len: 0 },
+        Frame::Uuid([0; 16]),
+        Frame::Malformed {
+            kind: 0x03,
+            len: 2,
+            reason: "two bytes",
+        },
+    ];
+    for frame in frames {
+        call.now += IDLE - Duration::from_millis(1);
+        call.frame(frame);
+        assert_eq!(call.state.deadline(), Some(call.now + IDLE));
+    }
+    assert!(call.reason().is_none());
+}
+
+#[test]
+fn the_idle_timer_merges_with_the_rate_timer_and_stops_once_the_call_ends() {
+    // No caller audio yet: the rate's own deadline comes first.
+    let mut call = idle_call();
+    assert_eq!(call.state.deadline(), Some(call.now + IDLE));
+    call.message(FromAgent::Audio(vec![0; 320]));
+    assert_eq!(call.state.deadline(), Some(call.now + RATE_WAIT.min(IDLE)));
+    // Another reason first: the idle timer no longer counts.
+    let mut call = idle_call();
+    call.on(Event::Shutdown);
+    assert_eq!(call.state.deadline(), None);
+    call.now += IDLE;
+    call.on(Event::DeadlinePassed);
+    call.assert_reason("avr-core is shutting down (SHUTDOWN_GRACE ended)");
 }
 
 // ---- playout lets go --------------------------------------------------------------------
