@@ -55,8 +55,17 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
         })
     };
     while let Some((stream, peer)) = stop.accept(&listener, &mut on_error) {
-        let now = Instant::now();
-        let ticket = match door.waiting.admit(&stream, peer, now, uuid_waiting) {
+        let mut now = Instant::now();
+        let mut admission = door.waiting.admit(&stream, peer, now, uuid_waiting);
+        // A full room of young connections: the newcomer waits its turn (at most the grace,
+        // 40 ms), and later ones wait in the kernel's queue, where a real
+        // peer's UUID arrives meanwhile.
+        while let Admission::WaitFor(wait) = admission {
+            thread::sleep(wait);
+            now = Instant::now();
+            admission = door.waiting.admit(&stream, peer, now, uuid_waiting);
+        }
+        let ticket = match admission {
             Admission::Admitted {
                 ticket,
                 made_room: closed,
@@ -74,6 +83,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
                 }
                 ticket
             }
+            Admission::WaitFor(_) => unreachable!("waited for above"),
             Admission::Full => {
                 ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
                 refused.note(now, |more| {

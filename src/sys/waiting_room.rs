@@ -3,6 +3,12 @@
 //! that has waited longest, unless the caller spares it: a real peer identifies itself at
 //! once, so the one that has waited longest is the one least likely to be real. Idle or
 //! slow peers can then never lock a real one out, however many they open.
+//!
+//! A connection is only closed for room once it has waited [`GRACE`]: a real peer whose
+//! first bytes are a few milliseconds late (a busy host) must not lose to a flood of
+//! newcomers. While every waiting connection is younger, the newcomer waits instead
+//! ([`Admission::WaitFor`]), and the connections behind it wait in the kernel's accept queue,
+//! where a real peer's identification arrives meanwhile.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -11,6 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::lock;
+
+/// How long a connection waits at least before it may be closed for a newcomer. Asterisk
+/// sends its UUID in its first write after connecting; 40 ms is that on a loaded host,
+/// with room to spare, and still lets a full room turn over 25 times a second.
+pub const GRACE: Duration = Duration::from_millis(40);
 
 /// At most `max` connections waiting; see the [module doc](self).
 pub struct WaitingRoom {
@@ -36,6 +47,8 @@ pub enum Admission {
     },
     /// Full, and every connection waiting was spared: the newcomer is not let in.
     Full,
+    /// Full, and no connection has waited [`GRACE`] yet: ask again after this long.
+    WaitFor(Duration),
     /// The connection could not be duplicated (out of file descriptors).
     Failed(io::Error),
 }
@@ -77,9 +90,11 @@ impl WaitingRoom {
                 .enumerate()
                 .filter(|(_, w)| !spare(&w.stream))
                 .min_by_key(|(_, w)| w.since)
-                .map(|(i, _)| i);
-            let Some(i) = oldest else {
-                return Admission::Full;
+                .map(|(i, w)| (i, now.saturating_duration_since(w.since)));
+            let i = match oldest {
+                None => return Admission::Full,
+                Some((_, waited)) if waited < GRACE => return Admission::WaitFor(GRACE - waited),
+                Some((i, _)) => i,
             };
             let gone = waiting.swap_remove(i);
             let _ = gone.stream.shutdown(Shutdown::Both);
@@ -198,6 +213,29 @@ mod tests {
         assert!(tb.leave());
         drop(tc);
         assert!(room.is_empty());
+    }
+
+    #[test]
+    fn a_young_connection_is_not_closed_the_newcomer_waits_out_the_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let room = WaitingRoom::new(1);
+        let t0 = Instant::now();
+        let (a, _a_peer) = pair(&listener);
+        let (b, _b_peer) = pair(&listener);
+        let Admission::Admitted { ticket: ta, .. } = admit(&room, &a, t0, false) else {
+            panic!("room for a")
+        };
+        let soon = t0 + GRACE / 4;
+        match admit(&room, &b, soon, false) {
+            Admission::WaitFor(wait) => assert_eq!(wait, GRACE - GRACE / 4),
+            _ => panic!("a is too young to be closed"),
+        }
+        assert!(!ta.was_closed());
+        let Admission::Admitted { made_room, .. } = admit(&room, &b, t0 + GRACE, false) else {
+            panic!("a has waited the grace")
+        };
+        assert_eq!(made_room.unwrap().waited, GRACE);
+        assert!(ta.was_closed());
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn hostile_connections_of_every_kind_do_not_keep_real_calls_out() {
         let pair: Vec<_> = (0..2)
             .map(|_| {
                 let (_, opts) =
-                    call_options(avr.addr(), Duration::from_millis(400), EndMode::Close);
+                    call_options(avr.addr(), Duration::from_millis(1500), EndMode::Close);
                 thread::spawn(move || run_call(&opts))
             })
             .collect();
