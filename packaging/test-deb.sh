@@ -49,6 +49,7 @@ config=$(in_root runuser -u avr-core -- sh -c "set -a; . $env_file; exec avr-cor
     fail "check-config rejects the shipped env file: $config"
 check "the shipped env file is readable by avr-core and passes check-config" true
 check "the shipped env file binds HTTP to 127.0.0.1" grep -qx 'HTTP_BIND_ADDRESS=127.0.0.1' <<<"$config"
+check "the shipped env file binds AudioSocket to 127.0.0.1" grep -qx 'BIND_ADDRESS=127.0.0.1' <<<"$config"
 
 echo "== edit $env_file"
 sed -i 's|^STS_URL=.*|STS_URL=wss://agent.example.com/sts|' "$root$env_file"

@@ -11,13 +11,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 use super::connect::{tcp_of, StsError, Ws};
 use crate::proto::sts::{
     audio_message, dtmf_message, parse_binary, parse_text, FromAgent, ToAgent,
 };
-use crate::sys::poll;
+use crate::sys::{poll, Printable};
 
 /// After the call ends, how long the agent gets to take the close frame.
 const CLOSE_LIMIT: Duration = Duration::from_millis(999);
@@ -25,8 +26,9 @@ const CLOSE_LIMIT: Duration = Duration::from_millis(999);
 /// How a connection ended.
 #[derive(Debug)]
 pub enum LinkEnd {
-    /// The agent closed the WebSocket (code and reason, if it gave them).
-    AgentClosed(String),
+    /// The agent closed the WebSocket: its code and reason, if it gave them, and whether
+    /// that is a normal end (code 1000, or a close with no code).
+    AgentClosed { why: String, normal: bool },
     /// The connection broke.
     Failed(StsError),
 }
@@ -123,14 +125,16 @@ impl Link {
                     return Ok(Some(parse_binary(b.to_vec())));
                 }
                 Ok(Message::Close(frame)) => {
+                    let normal = frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
+                    // The reason is the agent's text: escaped and bounded for the log.
                     let why = match frame {
                         Some(f) if f.reason.is_empty() => format!("code {}", f.code),
-                        Some(f) => format!("code {}: {}", f.code, f.reason),
+                        Some(f) => format!("code {}: {}", f.code, Printable(&f.reason)),
                         None => "no close code".into(),
                     };
                     // tungstenite queued the close reply; give it its chance.
                     let _ = self.ws.flush();
-                    return Err(LinkEnd::AgentClosed(why));
+                    return Err(LinkEnd::AgentClosed { why, normal });
                 }
                 Ok(_) => {} // ping/pong: tungstenite answers pings itself
                 Err(e) if is_would_block(&e) => {
@@ -140,7 +144,10 @@ impl Link {
                 }
                 Err(tungstenite::Error::ConnectionClosed)
                 | Err(tungstenite::Error::AlreadyClosed) => {
-                    return Err(LinkEnd::AgentClosed("connection closed".into()))
+                    return Err(LinkEnd::AgentClosed {
+                        why: "connection closed".into(),
+                        normal: false,
+                    })
                 }
                 Err(e) => return Err(LinkEnd::Failed(StsError::Socket(e.to_string()))),
             }

@@ -242,13 +242,17 @@ impl CallState {
                     self.fix_playout_rate(SILENT_CALLER_HZ, actions);
                 }
                 play_last(self.rates.flush(), actions);
-                let why = match end {
-                    LinkEnd::AgentClosed(why) => {
-                        format!("{why}; playing {queued_ms} ms of queued audio, then hanging up")
+                let (why, normal) = match end {
+                    LinkEnd::AgentClosed { why, normal } => (
+                        format!("{why}; playing {queued_ms} ms of queued audio, then hanging up"),
+                        normal,
+                    ),
+                    LinkEnd::Failed(e) => {
+                        (format!("{e}; playing queued audio, then hanging up"), false)
                     }
-                    LinkEnd::Failed(e) => format!("{e}; playing queued audio, then hanging up"),
                 };
-                self.end(EndReason::AgentClosed(why));
+                // An agent ending the conversation normally is how calls end: not a warning.
+                self.end_as(EndReason::AgentClosed(why), normal);
                 actions.push_back(Action::StopPlayout(Stop::Drain {
                     until: now + playout::DRAIN_LIMIT,
                 }));
@@ -375,13 +379,20 @@ impl CallState {
 
     /// Records why the call ends; the first reason wins and is logged once.
     fn end(&mut self, reason: EndReason) {
+        let normal = matches!(reason, EndReason::CallerHangup(_));
+        self.end_as(reason, normal);
+    }
+
+    /// [`Self::end`], logged as information when it is a `normal` end, else as a warning.
+    fn end_as(&mut self, reason: EndReason, normal: bool) {
         if self.end.is_some() {
             return;
         }
         let uuid = &self.uuid;
-        match &reason {
-            EndReason::CallerHangup(_) => log::info!("[{uuid}] Call ending: {reason}"),
-            _ => log::warn!("[{uuid}] Call ending: {reason}"),
+        if normal {
+            log::info!("[{uuid}] Call ending: {reason}");
+        } else {
+            log::warn!("[{uuid}] Call ending: {reason}");
         }
         self.end = Some(reason);
     }
@@ -420,7 +431,10 @@ impl CallState {
                 return self.caller_gone("Asterisk sent a hangup frame".into());
             }
             Frame::Error(code) => {
-                return self.caller_gone(format!("Asterisk sent an error frame {code:02x?}"));
+                return self.caller_gone(format!(
+                    "Asterisk sent an error frame {}",
+                    error_code_text(code)
+                ));
             }
             Frame::Uuid(_) => {
                 if self.noted.first(Oddity::SecondUuid) {
@@ -574,6 +588,20 @@ impl CallState {
                 }
             }
         }
+    }
+}
+
+/// Bytes of an error frame's payload shown in the log; the rest is counted. Asterisk never
+/// sends one (docs/audiosocket.md §3), so whatever does may send 64 KiB.
+const ERROR_CODE_SHOWN: usize = 8;
+
+/// An error frame's payload as the log shows it: `[01]`, or `[01, 02, …] … (65535 bytes)`.
+fn error_code_text(code: &[u8]) -> String {
+    let shown = &code[..code.len().min(ERROR_CODE_SHOWN)];
+    if shown.len() == code.len() {
+        format!("{shown:02x?}")
+    } else {
+        format!("{shown:02x?} … ({} bytes)", code.len())
     }
 }
 

@@ -189,6 +189,13 @@ fn an_error_frame_is_the_caller_hanging_up() {
     assert!(call.frame(Frame::Error(&[0x01, 0x02])).is_empty());
     assert!(call.state.is_over());
     call.assert_reason("caller hung up (Asterisk sent an error frame [01, 02])");
+    // A 64 KiB payload makes a line of the usual length, not a quarter-megabyte one.
+    let mut flood = Call::connected();
+    flood.frame(Frame::Error(&[0xab; 65_535]));
+    flood.assert_reason(
+        "caller hung up (Asterisk sent an error frame [ab, ab, ab, ab, ab, ab, ab, ab] … \
+         (65535 bytes))",
+    );
 }
 
 #[test]
@@ -222,7 +229,10 @@ fn a_failed_read_is_the_caller_hanging_up() {
 #[test]
 fn the_agent_closing_drains_its_audio_then_hangs_up() {
     let mut call = Call::connected();
-    let end = LinkEnd::AgentClosed("code 1000".into());
+    let end = LinkEnd::AgentClosed {
+        why: "code 1000".into(),
+        normal: true,
+    };
     assert_eq!(
         call.on(Event::AgentEnded {
             end,
@@ -233,11 +243,24 @@ fn the_agent_closing_drains_its_audio_then_hangs_up() {
     assert!(!call.state.is_over(), "the caller still hears the rest");
     call.assert_reason("agent closed (code 1000; playing 240 ms of queued audio, then hanging up)");
     assert_eq!(
-        call.count_logged("WARN Call ending: agent closed (code 1000; playing 240 ms"),
+        call.count_logged("INFO Call ending: agent closed (code 1000; playing 240 ms"),
         1
     );
     // Caller audio has nowhere to go now.
     assert!(call.audio(&SLIN_20MS).is_empty());
+    // An abnormal close (or a broken connection) is a warning.
+    let mut failed = Call::connected();
+    failed.on(Event::AgentEnded {
+        end: LinkEnd::AgentClosed {
+            why: "code 1011: internal error".into(),
+            normal: false,
+        },
+        queued_ms: 0,
+    });
+    assert_eq!(
+        failed.count_logged("WARN Call ending: agent closed (code 1011"),
+        1
+    );
     assert!(call.frame(Frame::Dtmf('1'))[0].starts_with("emit dtmf_digit"));
     assert_eq!(call.frame(Frame::Dtmf('1')).len(), 1);
 }
