@@ -14,7 +14,7 @@ use crate::support::avr::Avr;
 use crate::support::{call_options, new_uuid, WAIT};
 use avr_core::proto::audiosocket;
 use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
-use avr_core::tools::simulate::{run_call, EndMode, EndedBy};
+use avr_core::tools::simulate::{run_call, EndMode, EndedBy, SimError, SimReport};
 
 fn echo() -> EchoServer {
     EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap()
@@ -215,7 +215,6 @@ fn hostile_connections_of_every_kind_do_not_keep_real_calls_out() {
         ("HTTP_PORT", "0"),
         ("LOG_LEVEL", "info"),
     ]);
-    let run = Arc::new(AtomicBool::new(true));
     // 60 peers that never send a whole UUID (far more than the 10 places they compete for)
     // and 3 that send one and go silent (each holding a call's place for 1 s at a time).
     let kinds = [
@@ -223,41 +222,14 @@ fn hostile_connections_of_every_kind_do_not_keep_real_calls_out() {
         (Hostile::Slowloris, 20),
         (Hostile::SilentAfterUuid, 3),
     ];
-    let mut attackers = Vec::new();
-    for (kind, n) in kinds {
-        for _ in 0..n {
-            let run = run.clone();
-            let addr = avr.addr();
-            let pace = Duration::from_millis(200);
-            attackers.push(thread::spawn(move || attack(addr, kind, run, pace)));
-        }
-    }
-    // The room is full before the first real call arrives.
-    avr.wait_log(
-        |l| l.contains("MAX_PENDING_CONNECTIONS (10) connections are waiting"),
-        WAIT,
-    )
-    .unwrap_or_else(|| panic!("the attack never filled the room; log:\n{}", avr.log_text()));
-
-    // 20 real calls, two at a time.
-    const REAL: usize = 20;
-    let mut reports = Vec::new();
-    for _ in 0..REAL / 2 {
-        let pair: Vec<_> = (0..2)
-            .map(|_| {
-                let (_, opts) =
-                    call_options(avr.addr(), Duration::from_millis(1500), EndMode::Close);
-                thread::spawn(move || run_call(&opts))
-            })
-            .collect();
-        for call in pair {
-            reports.push(call.join().unwrap());
-        }
-    }
-    run.store(false, Relaxed);
-    for a in attackers {
-        a.join().unwrap();
-    }
+    let reports = real_calls_under_attack(&avr, &kinds, 20, |avr| {
+        // The room is full before the first real call arrives.
+        avr.wait_log(
+            |l| l.contains("MAX_PENDING_CONNECTIONS (10) connections are waiting"),
+            WAIT,
+        )
+        .unwrap_or_else(|| panic!("the attack never filled the room; log:\n{}", avr.log_text()));
+    });
 
     for report in &reports {
         let report = report.as_ref().expect("the real call connected");
@@ -278,4 +250,82 @@ fn hostile_connections_of_every_kind_do_not_keep_real_calls_out() {
     assert_eq!(count_lines(&avr, "closed to make room"), 0);
     // The silent callers were hung up for being silent.
     assert!(count_lines(&avr, "caller silent (no frame from Asterisk for 1 s)") >= 3);
+}
+
+/// Runs `real` calls from the simulator, two at a time, while peers of each kind attack
+/// (`kinds`: how many of each); `ready` runs once the attack has started. Returns the real
+/// calls' reports.
+fn real_calls_under_attack(
+    avr: &Avr,
+    kinds: &[(Hostile, usize)],
+    real: usize,
+    ready: impl Fn(&Avr),
+) -> Vec<Result<SimReport, SimError>> {
+    let run = Arc::new(AtomicBool::new(true));
+    let mut attackers = Vec::new();
+    for &(kind, n) in kinds {
+        for _ in 0..n {
+            let run = run.clone();
+            let addr = avr.addr();
+            let pace = Duration::from_millis(200);
+            attackers.push(thread::spawn(move || attack(addr, kind, run, pace)));
+        }
+    }
+    ready(avr);
+    let mut reports = Vec::new();
+    for _ in 0..real / 2 {
+        let pair: Vec<_> = (0..2)
+            .map(|_| {
+                let (_, opts) =
+                    call_options(avr.addr(), Duration::from_millis(1500), EndMode::Close);
+                thread::spawn(move || run_call(&opts))
+            })
+            .collect();
+        for call in pair {
+            reports.push(call.join().unwrap());
+        }
+    }
+    run.store(false, Relaxed);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    reports
+}
+
+/// The issue's figure, at the defaults (`MAX_CALLS` 500, `MAX_PENDING_CONNECTIONS` 64,
+/// `CALLER_IDLE_TIMEOUT` 10 s): 500 hostile peers while 20 real calls arrive. Heavy (500
+/// threads for the attackers), so run by hand for BENCHMARKS.md:
+/// `cargo test --release --test it -- --ignored five_hundred --nocapture`.
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md, run by hand"]
+fn five_hundred_hostile_peers_and_twenty_real_calls() {
+    let agent = echo();
+    let avr = Avr::start(&[("STS_URL", &agent.url()), ("HTTP_PORT", "0")]);
+    let kinds = [
+        (Hostile::Silent, 300),
+        (Hostile::Slowloris, 150),
+        (Hostile::SilentAfterUuid, 50),
+    ];
+    let reports = real_calls_under_attack(&avr, &kinds, 20, |_| {});
+    let mut rejected = 0;
+    for report in &reports {
+        let report = report.as_ref().expect("the real call connected");
+        if report.hangup_received || report.frames_received < 5 {
+            rejected += 1;
+            eprintln!("{}", report.summary());
+        }
+    }
+    let first: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.time_to_first_frame)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    eprintln!(
+        "500 hostile peers: {} real calls, {rejected} rejected; first frame after the UUID: \
+         max {:.0} ms; connections closed without a UUID: {}",
+        reports.len(),
+        first.iter().cloned().fold(0.0, f64::max),
+        metric(&avr, "avr_connections_without_uuid_total")
+    );
+    assert_eq!(rejected, 0);
 }
