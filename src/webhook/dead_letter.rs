@@ -208,15 +208,7 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(wrap)?;
     }
-    let file = open_locked(path, || {
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-    })
-    .map_err(wrap)?;
+    let file = open_locked(path, || open_append(path)).map_err(wrap)?;
     let len = file.metadata().map_err(wrap)?.len();
     let torn = ends_torn(&file, len).map_err(wrap)?;
     let mut bytes = Vec::with_capacity(line.len() + 1);
@@ -231,6 +223,17 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
         });
     }
     (&file).write_all(&bytes).map_err(wrap)
+}
+
+/// Opens `path` for appending, created with mode 0600 if missing (dead letters and the spool
+/// hold call content).
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Whether the file's last byte (of `len`) is not a newline: a record cut short by a crash.
@@ -435,18 +438,9 @@ fn open_locked(path: &Path, open: impl Fn() -> io::Result<File>) -> io::Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::temp_dir;
     use crate::webhook::{Event, EventKind};
     use std::time::{Duration, UNIX_EPOCH};
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "avr-dl-{name}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn message() -> Message {
         let mut e = Event::new(

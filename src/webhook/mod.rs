@@ -624,6 +624,18 @@ fn writer_thread(
     }
 }
 
+/// A fresh directory for a test's files (dead letters, spool), named after the test.
+#[cfg(test)]
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "avr-webhook-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Spawns a named thread; a failure is logged and reported as `false`.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
     match thread::Builder::new()

@@ -19,9 +19,8 @@
 //! while a sync is in progress, so the rate of syncs, not of events, is bounded by the disk.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::client::Message;
-use super::dead_letter::{lock_beside, lock_path, write_atomically};
+use super::dead_letter::{lock_beside, lock_path, open_append, write_atomically};
 use crate::metrics::Metrics;
 use crate::sys::Throttle;
 
@@ -293,15 +292,6 @@ impl Spool {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-}
-
 /// Opens the spool and logs what it recovered; `None` (logged at error level) when it cannot
 /// be used.
 pub fn open_and_report(path: &Path) -> Option<(Spool, Vec<Message>)> {
@@ -439,16 +429,8 @@ fn compact_and_log(spool: &mut Spool, shutdown: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "avr-spool-{name}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::webhook::temp_dir;
+    use std::fs::OpenOptions;
 
     fn msg(uuid: &str, n: u32) -> Message {
         Message::new(

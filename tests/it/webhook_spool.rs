@@ -200,3 +200,45 @@ fn a_torn_spool_tail_is_skipped_and_reported_and_the_rest_delivered() {
     assert_eq!(std::fs::read_to_string(spool_path(&state)).unwrap(), "");
     let _ = std::fs::remove_dir_all(state);
 }
+
+#[test]
+fn a_clean_shutdown_with_the_receiver_down_leaves_the_events_dead_lettered_and_the_spool_empty() {
+    let state = state_dir();
+    let (dir, sts, url) = (
+        state.to_str().unwrap().to_string(),
+        format!("ws://127.0.0.1:{}", closed_port()),
+        format!("http://127.0.0.1:{}/events", closed_port()),
+    );
+    let mut avr = Avr::start(&[
+        ("STS_URL", sts.as_str()),
+        ("WEBHOOK_URL", url.as_str()),
+        ("WEBHOOK_RETRY", "20"),
+        ("WEBHOOK_EVENTS", "call_started,call_ended"),
+        ("STATE_DIRECTORY", dir.as_str()),
+        ("SHUTDOWN_GRACE", "1s"),
+    ]);
+    let uuid = short_call(&avr);
+    let emitted = format!("[{uuid}] event {{\"uuid\":\"{uuid}\",\"type\":\"call_ended\"");
+    avr.wait_log(|l| l.contains(&emitted), WAIT)
+        .expect("call_ended emitted");
+    avr.signal("TERM");
+    // The webhook side drains for 3 s after the calls are gone, then dead-letters the rest.
+    assert_eq!(avr.wait_exit(WAIT), Some(0), "{}", avr.log_text());
+    let letters: Vec<Value> = std::fs::read_to_string(state.join("webhook-dead-letter.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = letters
+        .iter()
+        .map(|l| l["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["call_started", "call_ended"]);
+    assert_eq!(std::fs::read_to_string(spool_path(&state)).unwrap(), "");
+    assert!(
+        avr.log_text().contains("0 undelivered events kept"),
+        "{}",
+        avr.log_text()
+    );
+    let _ = std::fs::remove_dir_all(state);
+}
