@@ -117,7 +117,10 @@ fn main() {
         settle(&avr, &idle);
     }
 
-    let hooks = webhook_rate(&sink.url(), &hooks_seen, &dead_letters);
+    // A directory of its own: the running avr-core holds the spool beside `dead_letters`.
+    let step_dir = std::env::temp_dir().join(format!("avr-bench-webhooks-{}", std::process::id()));
+    let hooks = webhook_rate(&sink.url(), &hooks_seen, &step_dir.join("dead.jsonl"));
+    let _ = std::fs::remove_dir_all(&step_dir);
     println!("webhooks: {hooks}");
     let call_rate = call_requests(avr.http);
     println!("/call: {call_rate}");
@@ -518,7 +521,8 @@ fn step(
 
 /// Webhook deliveries per second: the library's delivery pipeline (queue, dispatcher,
 /// `WEBHOOK_WORKERS` = 4 workers, ureq, keep-alive) driven in this process with a burst of
-/// events spread over 1,000 calls, to the local receiver that answers 200 at once.
+/// events spread over 1,000 calls, to the local receiver that answers 200 at once. Each event
+/// is synced to the spool beside `dead_letters` before it is sent (docs/webhooks.md §5.10).
 fn webhook_rate(url: &str, seen: &AtomicU64, dead_letters: &std::path::Path) -> String {
     let vars: Vec<(String, String)> = [
         ("STS_URL", "ws://127.0.0.1:9"),

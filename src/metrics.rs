@@ -25,6 +25,11 @@ pub struct Metrics {
     pub webhook_lost: AtomicU64,
     /// `dtmf_digit` events over the per-call rate limit, not sent (docs/webhooks.md §5.9).
     pub webhook_rate_limited: AtomicU64,
+    /// Batches the webhook spool could not write (docs/webhooks.md §5.10): those events were
+    /// delivered from memory only.
+    pub webhook_spool_errors: AtomicU64,
+    /// Undelivered events read back from the spool at startup and sent again.
+    pub webhook_spool_recovered: AtomicU64,
 }
 
 impl Metrics {
@@ -126,6 +131,18 @@ impl Metrics {
             "counter",
             "dtmf_digit events over the per-call rate limit, not sent.",
             self.webhook_rate_limited.load(Relaxed),
+        );
+        put(
+            "avr_webhook_spool_errors_total",
+            "counter",
+            "Batches of webhook events the spool could not write (delivered from memory only).",
+            self.webhook_spool_errors.load(Relaxed),
+        );
+        put(
+            "avr_webhook_spool_recovered_total",
+            "counter",
+            "Undelivered webhook events read back from the spool at startup and sent again.",
+            self.webhook_spool_recovered.load(Relaxed),
         );
         out
     }

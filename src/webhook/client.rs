@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ureq::http::Uri;
 
 use super::policy::{self, AttemptError, StatusClass};
-use super::sign::Signer;
+use super::sign::{self, Signer};
 use crate::config::{mask_url, WebhookConfig};
 
 /// The most of a receiver's answer that is read: enough for a `call_initiated` answer or an
@@ -129,14 +129,16 @@ impl Client {
             .timeout_global(Some(timeout))
             .build()
             .header("Content-Type", "application/json");
-        if let Some(signer) = &self.signer {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            for (name, value) in signer.headers(&msg.webhook_id, now, msg.body.as_bytes()) {
-                request = request.header(name, value);
-            }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let headers = match &self.signer {
+            Some(signer) => signer.headers(&msg.webhook_id, now, msg.body.as_bytes()),
+            None => sign::id_headers(&msg.webhook_id, now).to_vec(),
+        };
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let response = request
             .send(msg.body.as_bytes())

@@ -208,15 +208,7 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(wrap)?;
     }
-    let file = open_locked(path, || {
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-    })
-    .map_err(wrap)?;
+    let file = open_locked(path, || open_append(path)).map_err(wrap)?;
     let len = file.metadata().map_err(wrap)?.len();
     let torn = ends_torn(&file, len).map_err(wrap)?;
     let mut bytes = Vec::with_capacity(line.len() + 1);
@@ -231,6 +223,17 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
         });
     }
     (&file).write_all(&bytes).map_err(wrap)
+}
+
+/// Opens `path` for appending, created with mode 0600 if missing (dead letters and the spool
+/// hold call content).
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Whether the file's last byte (of `len`) is not a newline: a record cut short by a crash.
@@ -285,28 +288,39 @@ impl std::fmt::Display for ReplayLockError {
 impl ReplayLock {
     /// The lock of `path`'s replays, `<path>.lock`, taken without waiting.
     pub fn take(path: &Path) -> Result<ReplayLock, ReplayLockError> {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".lock");
-        let lock = PathBuf::from(name);
-        let io = |source| ReplayLockError::Io {
-            lock: lock.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock_path(path);
+        match lock_beside(path) {
+            Ok(Some(file)) => Ok(ReplayLock { _file: file }),
+            Ok(None) => Err(ReplayLockError::Busy { lock }),
+            Err(source) => Err(ReplayLockError::Io { lock, source }),
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock)
-            .map_err(io)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(ReplayLock { _file: file }),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(ReplayLockError::Busy { lock }),
-            Err(e) => Err(io(e.into())),
-        }
+    }
+}
+
+/// `<path>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive `flock` of `<path>.lock` without waiting: the open lock file, held
+/// until dropped, or `None` when another process (or handle) holds it. A lock file beside
+/// `path`, not `path` itself, because `path` is replaced by `rename` while the lock is held.
+pub fn lock_beside(path: &Path) -> io::Result<Option<File>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path(path))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -357,8 +371,22 @@ pub fn replace(path: &Path, snapshot: &Snapshot, keep: &[String]) -> io::Result<
         text.push_str(line.trim_end());
         text.push('\n');
     }
+    write_atomically(path, &[text.as_bytes(), tail])?;
+    // `lock` is released here, after the rename: waiting appenders see the new file.
+    drop(lock);
+    Ok(String::from_utf8_lossy(tail)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+/// Replaces `path` with `parts`, all or nothing: written to a temporary file beside it (mode
+/// 0600), synced, renamed over it, and the directory synced, so a crash at any point leaves
+/// either the old file or the new one, never a half-written one. Shared by `webhooks replay`
+/// and the spool's compaction.
+pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".replay-{}.tmp", std::process::id()));
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
     let written = (|| {
         let mut f = OpenOptions::new()
@@ -367,8 +395,9 @@ pub fn replace(path: &Path, snapshot: &Snapshot, keep: &[String]) -> io::Result<
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(tail)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
         f.sync_all()?;
         fs::rename(&tmp, path)
     })();
@@ -376,12 +405,14 @@ pub fn replace(path: &Path, snapshot: &Snapshot, keep: &[String]) -> io::Result<
         let _ = fs::remove_file(&tmp);
     }
     written?;
-    // `lock` is released here, after the rename: waiting appenders see the new file.
-    drop(lock);
-    Ok(String::from_utf8_lossy(tail)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count())
+    // The rename itself is durable only once the directory is; a failure here changes nothing
+    // the caller can act on, the file's content is already synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Opens `path` with `open` and takes an exclusive lock, reopening if the path was replaced
@@ -407,18 +438,9 @@ fn open_locked(path: &Path, open: impl Fn() -> io::Result<File>) -> io::Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::temp_dir;
     use crate::webhook::{Event, EventKind};
     use std::time::{Duration, UNIX_EPOCH};
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "avr-dl-{name}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn message() -> Message {
         let mut e = Event::new(

@@ -239,9 +239,11 @@ pub struct Drain {
     pub done: Sender<()>,
 }
 
-/// The dispatcher thread.
+/// The dispatcher thread. `recovered` are the spool's undelivered events from the last run, in
+/// the order written, so each call's order holds; they go before anything new.
 pub fn run(
     outbox: Arc<Outbox>,
+    recovered: Vec<Message>,
     events: Receiver<Message>,
     control: Receiver<Drain>,
     jobs: Sender<Job>,
@@ -249,6 +251,9 @@ pub fn run(
     workers: usize,
 ) {
     let mut sched = Scheduler::new(outbox.max_attempts);
+    for msg in recovered {
+        sched.push(Arc::new(msg));
+    }
     let mut drain: Option<Drain> = None;
     let mut events_open = true;
     let mut control_open = true;
@@ -269,11 +274,17 @@ pub fn run(
             }
         }
         if let Some(d) = &drain {
-            if sched.is_empty() {
+            // The queue closes once the spool writer has forwarded every accepted event.
+            if sched.is_empty() && !events_open {
                 break;
             }
             if now >= d.deadline {
-                for delivery in sched.take_all() {
+                let late = events.try_iter().map(|msg| Delivery {
+                    msg: Arc::new(msg),
+                    attempts: 0,
+                    last_error: None,
+                });
+                for delivery in sched.take_all().into_iter().chain(late) {
                     let why = match &delivery.last_error {
                         Some(e) => format!("shut down before delivery (last error: {e})"),
                         None => "shut down before delivery".to_string(),
@@ -309,11 +320,8 @@ pub fn run(
             },
             recv(control_rx) -> req => match req {
                 Ok(req) => {
-                    // `shutdown` closed the queue before asking: everything emitted is in it.
-                    while let Ok(msg) = events.try_recv() {
-                        sched.push(Arc::new(msg));
-                    }
-                    events_open = false;
+                    // `shutdown` closed the queue before asking: what was accepted is in it
+                    // or in the spool writer, which closes it once it has forwarded the rest.
                     sched.deadline = Some(req.deadline);
                     for delivery in sched.expire_retries_after(req.deadline) {
                         final_failure(

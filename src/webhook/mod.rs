@@ -18,6 +18,7 @@ mod dispatch;
 pub mod policy;
 pub mod rate_limit;
 pub mod sign;
+mod spool;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -36,6 +37,7 @@ use client::{Client, Message};
 use dead_letter::{DeadLetter, DeadLetterFile, PendingLetter};
 use dispatch::Drain;
 use rate_limit::{PerCallLimit, Verdict, DTMF_BURST, DTMF_PER_SECOND};
+use spool::Compact;
 
 /// `/call` waits for `call_initiated` at most this long in total, retries and backoff
 /// included (docs/http.md §3.3 step 2), so a dead receiver cannot stall call setup.
@@ -53,6 +55,10 @@ const WRITER_QUEUE: usize = 4096;
 /// A full writer queue is logged at most this often, with a count.
 const WRITER_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long `shutdown` waits for the spool's last compaction: a rewrite of what is left, at
+/// most `WEBHOOK_QUEUE_SIZE` events, takes milliseconds; this only covers a stalled disk.
+const SPOOL_COMPACT_WAIT: Duration = Duration::from_secs(5);
+
 /// Where calls hand their events. A cheap `Clone` (one `Arc`), cloned into every call.
 #[derive(Clone, Default)]
 pub struct Webhooks {
@@ -64,9 +70,12 @@ struct Inner {
     outbox: Arc<Outbox>,
     /// Taken by `shutdown`: later events go straight to the dead-letter file. Emitters hold
     /// the read lock while sending, so once `shutdown` has taken it, every accepted event is
-    /// already in the channel for the dispatcher to drain.
+    /// already in the channel for the dispatcher to drain. The spool writer's input when the
+    /// spool is open (it forwards each event once synced), else the dispatcher's.
     queue: RwLock<Option<Sender<Message>>>,
     control: Mutex<Option<Sender<Drain>>>,
+    /// Asks the spool writer to compact at shutdown; `None` without a spool.
+    spool: Mutex<Option<Sender<Compact>>>,
     /// `WEBHOOK_EVENTS`: the kinds to send (at most six, so a scan is cheapest).
     wanted: Vec<EventKind>,
     /// The per-call `dtmf_digit` limit; a call's bucket goes with its `call_ended`.
@@ -87,6 +96,9 @@ pub(crate) struct Outbox {
     writer: Sender<PendingLetter>,
     writer_full: Mutex<Throttle>,
     flush: Sender<Sender<()>>,
+    /// `webhook-id`s of events delivered or dead-lettered, for the spool's `done` records
+    /// (ignored for ids it does not hold). Unbounded, but each id is one accepted event.
+    finished: Sender<String>,
     stats: Arc<Stats>,
 }
 
@@ -145,6 +157,7 @@ impl Webhooks {
         let wanted = config.events.clone();
         let (writer, writer_rx) = crossbeam_channel::bounded(WRITER_QUEUE);
         let (flush, flush_rx) = crossbeam_channel::unbounded();
+        let (finished, finished_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
         let dead_letters = Arc::new(DeadLetterFile::new(
             config.dead_letter_file.clone(),
@@ -160,15 +173,29 @@ impl Webhooks {
             writer,
             writer_full: Mutex::new(Throttle::new("lost events", WRITER_FULL_LOG_EVERY)),
             flush,
+            finished: finished.clone(),
             stats: stats.clone(),
         });
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.queue_size);
         let (control_tx, control_rx) = crossbeam_channel::bounded(1);
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (results_tx, results_rx) = crossbeam_channel::unbounded();
+        let spool = spool::open_and_report(&spool::path_beside(&config.dead_letter_file));
+        let recovered = spool.as_ref().map_or(0, |(_, r)| r.len());
+        metrics
+            .webhook_spool_recovered
+            .fetch_add(recovered as u64, Relaxed);
 
+        let writer_metrics = metrics.clone();
         let mut started = spawn("webhook-dead-letter", move || {
-            writer_thread(&dead_letters, writer_rx, flush_rx, &metrics, &stats)
+            writer_thread(
+                &dead_letters,
+                writer_rx,
+                flush_rx,
+                &finished,
+                &writer_metrics,
+                &stats,
+            )
         });
         let mut workers = 0;
         for n in 0..config.workers {
@@ -181,11 +208,38 @@ impl Webhooks {
         }
         drop((jobs_rx, results_tx));
         started &= workers > 0;
+        let (spool, recovered) = match spool {
+            Some((spool, recovered)) => (Some(spool), recovered),
+            None => (None, Vec::new()),
+        };
         if started {
             let outbox = outbox.clone();
+            // Recovered events hold places in the queue until delivered, like accepted ones
+            // (beyond its bound if need be: they were accepted by the last run).
+            outbox.depth.fetch_add(recovered.len(), Relaxed);
+            outbox
+                .metrics
+                .webhook_queue_depth
+                .fetch_add(recovered.len() as u64, Relaxed);
             started = spawn("webhook-dispatch", move || {
-                dispatch::run(outbox, queue_rx, control_rx, jobs_tx, results_rx, workers)
+                dispatch::run(
+                    outbox, recovered, queue_rx, control_rx, jobs_tx, results_rx, workers,
+                )
             });
+        }
+        // With the spool, calls hand events to its writer, which forwards them once synced;
+        // without it (it cannot be opened, or its thread cannot start), straight to the
+        // dispatcher, as before it existed.
+        let (mut queue_tx, mut compact_tx) = (queue_tx, None);
+        if let Some(spool) = spool.filter(|_| started) {
+            let (spool_tx, spool_rx) = crossbeam_channel::bounded(config.queue_size);
+            let (compact, compact_rx) = crossbeam_channel::bounded(1);
+            let (forward, metrics) = (queue_tx.clone(), metrics.clone());
+            if spawn("webhook-spool", move || {
+                spool::run(spool, spool_rx, finished_rx, compact_rx, forward, &metrics)
+            }) {
+                (queue_tx, compact_tx) = (spool_tx, Some(compact));
+            }
         }
         let (queue, control) = if started {
             log::info!(
@@ -212,6 +266,7 @@ impl Webhooks {
                 outbox,
                 queue: RwLock::new(queue),
                 control: Mutex::new(control),
+                spool: Mutex::new(compact_tx),
                 wanted,
                 dtmf: Mutex::new(PerCallLimit::new(DTMF_PER_SECOND, DTMF_BURST)),
             })),
@@ -356,6 +411,16 @@ impl Webhooks {
                 log::error!("The webhook dispatcher did not finish its shutdown in time");
             }
         }
+        // Everything is delivered or dead-lettered now, each one marked done: the spool is
+        // compacted to what is left (nothing, unless the dispatcher ran out of time).
+        if let Some(spool) = lock(&inner.spool).take() {
+            let (done, compacted) = crossbeam_channel::bounded(1);
+            if spool.send(Compact { done }).is_ok()
+                && compacted.recv_timeout(SPOOL_COMPACT_WAIT).is_err()
+            {
+                log::error!("The webhook spool was not compacted in time at shutdown");
+            }
+        }
         let report = inner.outbox.stats.snapshot();
         log::info!(
             "Webhooks shut down: {} delivered, {} written to the dead-letter file, {} lost",
@@ -442,6 +507,7 @@ impl Outbox {
     }
 
     fn delivered(&self, msg: &Message, attempts: u32, status: u16) {
+        let _ = self.finished.send(msg.webhook_id.clone());
         self.metrics.webhook_delivered.fetch_add(1, Relaxed);
         self.stats.delivered.fetch_add(1, Relaxed);
         log::debug!(
@@ -503,6 +569,7 @@ impl Outbox {
     fn write_now(&self, pending: &PendingLetter) {
         let written = self.dead_letters.write(pending, &self.metrics);
         self.stats.count_write(written);
+        let _ = self.finished.send(pending.msg.webhook_id.clone());
     }
 
     /// Waits until the writer has written everything sent to it so far.
@@ -529,11 +596,15 @@ fn writer_thread(
     file: &DeadLetterFile,
     letters: Receiver<PendingLetter>,
     flush: Receiver<Sender<()>>,
+    finished: &Sender<String>,
     metrics: &Metrics,
     stats: &Stats,
 ) {
+    // Marked done once written (or counted lost and logged with its record): the spool
+    // never forgets an event before the dead-letter file has it.
     let write = |pending: PendingLetter| {
         stats.count_write(file.write(&pending, metrics));
+        let _ = finished.send(pending.msg.webhook_id);
     };
     loop {
         crossbeam_channel::select! {
@@ -551,6 +622,18 @@ fn writer_thread(
             },
         }
     }
+}
+
+/// A fresh directory for a test's files (dead letters, spool), named after the test.
+#[cfg(test)]
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "avr-webhook-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Spawns a named thread; a failure is logged and reported as `false`.

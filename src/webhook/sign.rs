@@ -48,16 +48,24 @@ impl Signer {
             Signature::Plain => self.secret.clone(),
             Signature::HmacSha256 => hex_hmac_sha256(self.secret.as_bytes(), body),
         };
-        vec![
-            (self.header.clone(), secret_value),
-            ("webhook-id".into(), webhook_id.to_string()),
-            ("webhook-timestamp".into(), timestamp.to_string()),
-            (
-                "webhook-signature".into(),
-                sign_with(&self.standard_key, webhook_id, timestamp, body),
-            ),
-        ]
+        let mut headers = vec![(self.header.clone(), secret_value)];
+        headers.extend(id_headers(webhook_id, timestamp));
+        headers.push((
+            "webhook-signature".into(),
+            sign_with(&self.standard_key, webhook_id, timestamp, body),
+        ));
+        headers
     }
+}
+
+/// `webhook-id` and `webhook-timestamp`, sent on every request, signed or not: delivery is
+/// at least once (a retry after a timeout, a replay, a resend from the spool after a crash),
+/// and the id is what lets any receiver drop the duplicates (docs/webhooks.md §4).
+pub fn id_headers(webhook_id: &str, timestamp: u64) -> [(String, String); 2] {
+    [
+        ("webhook-id".into(), webhook_id.to_string()),
+        ("webhook-timestamp".into(), timestamp.to_string()),
+    ]
 }
 
 /// Lowercase hex HMAC-SHA256 of `body`: what the upstream receiver example computes with

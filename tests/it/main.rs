@@ -23,6 +23,7 @@ mod shutdown;
 mod sts_support_smoke;
 mod tls;
 mod webhook_files;
+mod webhook_spool;
 mod webhooks;
 mod webhooks_api;
 mod wideband;

@@ -6,6 +6,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// A fresh directory under the system's temporary directory.
+pub fn state_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "avr-state-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a state directory");
+    dir
+}
+
 /// A running avr-core. Killed on drop.
 pub struct Avr {
     child: Child,
@@ -25,6 +36,9 @@ impl Avr {
             .env("BIND_ADDRESS", "127.0.0.1")
             .env("LOG_LEVEL", "debug")
             .env("STS_CONNECT_TIMEOUT", "2000")
+            // A state directory of its own (webhook spool, default dead-letter file), so
+            // concurrent tests never share one; a test that restarts passes its own.
+            .env("STATE_DIRECTORY", state_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
