@@ -242,3 +242,142 @@ fn a_clean_shutdown_with_the_receiver_down_leaves_the_events_dead_lettered_and_t
     );
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// A call as a crash finds it: connects, sends its UUID, reads until avr-core hangs up, closes
+/// or dies (no wait on avr-core's log, which a killed process stops writing).
+fn call_until_closed(addr: std::net::SocketAddr) {
+    use std::io::Read;
+    let (uuid_bytes, _) = crate::support::new_uuid();
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return;
+    };
+    let mut hello = vec![0x01, 0x00, 0x10];
+    hello.extend_from_slice(&uuid_bytes);
+    if stream.write_all(&hello).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// (uuid, type) of every `call_started`/`call_ended` avr-core emitted, from its debug log.
+fn emitted(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| l.split_once("] event ").map(|(_, json)| json))
+        .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("uuid"), text("type"))
+        })
+        .filter(|(_, kind)| kind == "call_started" || kind == "call_ended")
+        .collect()
+}
+
+/// The issue's figure: 20 rounds of `kill -9` at a random moment while 50 calls start and
+/// end (their agent is unreachable, so each emits `call_started` and `call_ended` within
+/// milliseconds) and the receiver is down; then the receiver comes back and avr-core restarts once more. Every
+/// event avr-core emitted is delivered or dead-lettered (none lost), and a duplicate carries
+/// its event's `webhook-id`. About a minute; run by hand for BENCHMARKS.md:
+/// `cargo test --release --test it -- --ignored twenty_kills --nocapture`.
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md, run by hand"]
+fn twenty_kills_lose_no_event() {
+    const ROUNDS: usize = 20;
+    const CALLS_PER_ROUND: usize = 50;
+    let receiver = WebhookReceiver::start();
+    receiver.set_default(Reply::status(503));
+    let state = state_dir();
+    let (url, dir, sts) = (
+        receiver.url(),
+        state.to_str().unwrap().to_string(),
+        format!("ws://127.0.0.1:{}", closed_port()),
+    );
+    let env = [
+        ("STS_URL", sts.as_str()),
+        ("WEBHOOK_URL", url.as_str()),
+        ("WEBHOOK_RETRY", "20"),
+        ("WEBHOOK_EVENTS", "call_started,call_ended"),
+        ("STATE_DIRECTORY", dir.as_str()),
+        ("LOG_LEVEL", "debug"),
+    ];
+    let mut generated = std::collections::HashSet::new();
+    // A fixed seed: the same "random" moments on every run.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..ROUNDS {
+        let mut avr = Avr::start(&env);
+        let addr = avr.addr();
+        // Calls start 8 ms apart over 400 ms, so the kill falls among them.
+        let calls: Vec<_> = (0..CALLS_PER_ROUND)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(8 * i as u64));
+                    call_until_closed(addr)
+                })
+            })
+            .collect();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let moment = Duration::from_millis(rng % 400);
+        std::thread::sleep(moment);
+        avr.signal("KILL");
+        avr.wait_exit(WAIT).expect("killed");
+        for call in calls {
+            let _ = call.join();
+        }
+        let before = generated.len();
+        generated.extend(emitted(&avr.log_text()));
+        eprintln!(
+            "round {round}: killed {} ms into 50 calls spread over 400 ms; {} events emitted",
+            moment.as_millis(),
+            generated.len() - before
+        );
+    }
+    // Requests refused so far (503) do not count as delivered.
+    while receiver.next(Duration::ZERO).is_some() {}
+    receiver.set_default(Reply::ok());
+    let mut avr = Avr::start(&env);
+    let recovered = avr
+        .wait_log(|l| l.contains("undelivered events"), WAIT)
+        .unwrap_or_default();
+    // Delivered: everything the receiver accepts until it has been quiet for 3 s.
+    let mut delivered: Vec<Request> = Vec::new();
+    while let Some(r) = receiver.next(Duration::from_secs(3)) {
+        delivered.push(r);
+    }
+    avr.signal("TERM");
+    assert_eq!(avr.wait_exit(WAIT), Some(0), "{}", avr.log_text());
+    let dead: Vec<(String, String)> =
+        std::fs::read_to_string(state.join("webhook-dead-letter.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|l| {
+                let text = |k: &str| l["event"][k].as_str().unwrap_or_default().to_string();
+                (text("uuid"), text("type"))
+            })
+            .collect();
+    let mut ids: HashMap<(String, String), String> = HashMap::new();
+    let mut duplicates = 0;
+    for r in &delivered {
+        let id = r.header("webhook-id").unwrap_or_default().to_string();
+        if let Some(seen) = ids.insert(key(r), id.clone()) {
+            assert_eq!(seen, id, "a duplicate has its event's webhook-id");
+            duplicates += 1;
+        }
+    }
+    let arrived: std::collections::HashSet<_> =
+        ids.keys().cloned().chain(dead.iter().cloned()).collect();
+    let lost: Vec<_> = generated.difference(&arrived).collect();
+    eprintln!(
+        "{ROUNDS} kills: {} events emitted, {} delivered ({duplicates} duplicates), {} \
+         dead-lettered, {} lost; restart: {recovered}",
+        generated.len(),
+        ids.len(),
+        dead.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    let _ = std::fs::remove_dir_all(state);
+}
