@@ -166,6 +166,31 @@ impl DeadLetterFile {
     /// written.
     pub fn write(&self, pending: &PendingLetter, metrics: &Metrics) -> bool {
         let written = append(&self.path, &pending.record.to_line(), self.max_bytes);
+        self.report(pending, written, metrics)
+    }
+
+    /// [`DeadLetterFile::write`] for a call's thread, which must never wait for the disk's
+    /// `fsync`: `None` (nothing written, nothing logged) when the file's lock is held, i.e. a
+    /// `webhooks replay` is rewriting and syncing the file; the caller then hands the letter
+    /// to the writer thread instead. Otherwise one append (page cache only, no `fsync`), so a
+    /// `kill -9` right after it cannot lose the letter (docs/webhooks.md §5.10).
+    pub fn write_unless_busy(&self, pending: &PendingLetter, metrics: &Metrics) -> Option<bool> {
+        let line = pending.record.to_line();
+        let written = match append_with(&self.path, &line, self.max_bytes, Lock::Try) {
+            Ok(None) => return None,
+            Ok(Some(())) => Ok(()),
+            Err(e) => Err(e),
+        };
+        Some(self.report(pending, written, metrics))
+    }
+
+    /// Logs and counts the outcome of one write; whether it was written.
+    fn report(
+        &self,
+        pending: &PendingLetter,
+        written: Result<(), WriteError>,
+        metrics: &Metrics,
+    ) -> bool {
         match written {
             Ok(()) => {
                 log::log!(pending.level, "{}", pending.note);
@@ -201,6 +226,24 @@ impl DeadLetterFile {
 /// Appends `line` (one JSON line, newline included) atomically with respect to other writers,
 /// on a fresh line even after a torn tail, unless the file would grow past `max_bytes`.
 pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError> {
+    append_with(path, line, max_bytes, Lock::Wait).map(|_| ())
+}
+
+/// Whether a writer waits for the file's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Wait,
+    /// Gives up (`None`) when another holder has it.
+    Try,
+}
+
+/// [`append`], or `Ok(None)` with [`Lock::Try`] when the lock is held elsewhere.
+fn append_with(
+    path: &Path,
+    line: &str,
+    max_bytes: u64,
+    how: Lock,
+) -> Result<Option<()>, WriteError> {
     let wrap = |source| WriteError::Io {
         path: path.to_path_buf(),
         source,
@@ -208,7 +251,9 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(wrap)?;
     }
-    let file = open_locked(path, || open_append(path)).map_err(wrap)?;
+    let Some(file) = open_locked(path, || open_append(path), how).map_err(wrap)? else {
+        return Ok(None);
+    };
     let len = file.metadata().map_err(wrap)?.len();
     let torn = ends_torn(&file, len).map_err(wrap)?;
     let mut bytes = Vec::with_capacity(line.len() + 1);
@@ -222,7 +267,7 @@ pub fn append(path: &Path, line: &str, max_bytes: u64) -> Result<(), WriteError>
             limit: max_bytes,
         });
     }
-    (&file).write_all(&bytes).map_err(wrap)
+    (&file).write_all(&bytes).map_err(wrap).map(Some)
 }
 
 /// Opens `path` for appending, created with mode 0600 if missing (dead letters and the spool
@@ -352,8 +397,8 @@ pub fn read(path: &Path) -> io::Result<Snapshot> {
 /// Replaces the lines of `snapshot` with `keep`, atomically (temporary file + `rename`),
 /// keeping every line appended since the snapshot was read. Returns how many such lines.
 pub fn replace(path: &Path, snapshot: &Snapshot, keep: &[String]) -> io::Result<usize> {
-    let lock = match open_locked(path, || File::open(path)) {
-        Ok(f) => Some(f),
+    let lock = match open_locked(path, || File::open(path), Lock::Wait) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
@@ -382,45 +427,94 @@ pub fn replace(path: &Path, snapshot: &Snapshot, keep: &[String]) -> io::Result<
 
 /// Replaces `path` with `parts`, all or nothing: written to a temporary file beside it (mode
 /// 0600), synced, renamed over it, and the directory synced, so a crash at any point leaves
-/// either the old file or the new one, never a half-written one. Shared by `webhooks replay`
-/// and the spool's compaction.
+/// either the old file or the new one, never a half-written one. `webhooks replay`'s; the
+/// spool's compaction uses the two steps of [`Replacement`] itself.
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        for part in parts {
-            f.write_all(part)?;
+    Replacement::write(path, parts)?.commit(b"")
+}
+
+/// A file being replaced in two steps: the new content written and synced beside it (which
+/// may take a while), then, briefly, a last unsynced tail appended and the rename. The spool's
+/// compaction holds its appenders only for the second step, so they never wait for an
+/// `fsync` (docs/webhooks.md §5.10).
+pub struct Replacement {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+}
+
+impl Replacement {
+    /// Writes `parts` to a temporary file beside `path` (mode 0600) and syncs it.
+    pub fn write(path: &Path, parts: &[&[u8]]) -> io::Result<Replacement> {
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp_name);
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
+            f.sync_all()?;
+            Ok(f)
+        })();
+        match written {
+            Ok(file) => Ok(Replacement {
+                path: path.to_path_buf(),
+                tmp,
+                file,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    written?;
-    // The rename itself is durable only once the directory is; a failure here changes nothing
-    // the caller can act on, the file's content is already synced.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+
+    /// Appends `tail` (not synced: the caller syncs the new file when it must) and renames
+    /// the file over `path`, then syncs the directory.
+    pub fn commit(mut self, tail: &[u8]) -> io::Result<()> {
+        let renamed = self
+            .file
+            .write_all(tail)
+            .and_then(|()| fs::rename(&self.tmp, &self.path));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&self.tmp);
         }
+        renamed?;
+        // The rename itself is durable only once the directory is; a failure here changes
+        // nothing the caller can act on, the file's content is already synced.
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Opens `path` with `open` and takes an exclusive lock, reopening if the path was replaced
 /// (by a replay's `rename`) while this thread waited for the lock.
-fn open_locked(path: &Path, open: impl Fn() -> io::Result<File>) -> io::Result<File> {
+/// With [`Lock::Try`], `None` when another holder has the lock.
+fn open_locked(
+    path: &Path,
+    open: impl Fn() -> io::Result<File>,
+    how: Lock,
+) -> io::Result<Option<File>> {
     loop {
         let file = open()?;
-        flock(&file, FlockOperation::LockExclusive)?;
+        match how {
+            Lock::Wait => flock(&file, FlockOperation::LockExclusive)?,
+            Lock::Try => match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        }
         let same = match fs::metadata(path) {
             Ok(now) => {
                 let held = file.metadata()?;
@@ -430,7 +524,7 @@ fn open_locked(path: &Path, open: impl Fn() -> io::Result<File>) -> io::Result<F
             Err(e) => return Err(e),
         };
         if same {
-            return Ok(file);
+            return Ok(Some(file));
         }
     }
 }
@@ -620,6 +714,31 @@ mod tests {
         assert_eq!(metrics.webhook_lost.load(Relaxed), 1);
         assert_eq!(metrics.webhook_dead_letters.load(Relaxed), 0);
         assert_eq!(fs::metadata(&path).unwrap().len(), max);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_calls_write_steps_aside_while_a_replay_holds_the_file() {
+        let dir = temp_dir("busy-write");
+        let path = dir.join("dead.jsonl");
+        let file = DeadLetterFile::new(path.clone(), MAX_FILE_BYTES);
+        let metrics = Metrics::default();
+        let pending = PendingLetter {
+            msg: message(),
+            record: DeadLetter::new(&message(), "u", 0, "e", UNIX_EPOCH),
+            note: "note".into(),
+            level: log::Level::Warn,
+        };
+        assert_eq!(file.write_unless_busy(&pending, &metrics), Some(true));
+        // A replay's `replace` holds the file's lock while it rewrites and syncs it.
+        let held = open_locked(&path, || File::open(&path), Lock::Wait)
+            .unwrap()
+            .unwrap();
+        assert_eq!(file.write_unless_busy(&pending, &metrics), None);
+        drop(held);
+        assert_eq!(file.write_unless_busy(&pending, &metrics), Some(true));
+        assert_eq!(read(&path).unwrap().lines.len(), 2);
+        assert_eq!(metrics.webhook_dead_letters.load(Relaxed), 2);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -76,6 +76,9 @@ struct Inner {
     control: Mutex<Option<Sender<Drain>>>,
     /// Asks the spool writer to compact at shutdown; `None` without a spool.
     spool: Mutex<Option<Sender<Compact>>>,
+    /// The spool, to which `emit` appends each accepted event before handing it on; `None`
+    /// without one (events then go from memory straight to the dispatcher).
+    spooled: Option<Arc<spool::Spool>>,
     /// `WEBHOOK_EVENTS`: the kinds to send (at most six, so a scan is cheapest).
     wanted: Vec<EventKind>,
     /// The per-call `dtmf_digit` limit; a call's bucket goes with its `call_ended`.
@@ -230,15 +233,24 @@ impl Webhooks {
         // With the spool, calls hand events to its writer, which forwards them once synced;
         // without it (it cannot be opened, or its thread cannot start), straight to the
         // dispatcher, as before it existed.
-        let (mut queue_tx, mut compact_tx) = (queue_tx, None);
+        let (mut queue_tx, mut compact_tx, mut spooled) = (queue_tx, None, None);
         if let Some(spool) = spool.filter(|_| started) {
+            let spool = Arc::new(spool);
             let (spool_tx, spool_rx) = crossbeam_channel::bounded(config.queue_size);
             let (compact, compact_rx) = crossbeam_channel::bounded(1);
             let (forward, metrics) = (queue_tx.clone(), metrics.clone());
+            let writer = spool.clone();
             if spawn("webhook-spool", move || {
-                spool::run(spool, spool_rx, finished_rx, compact_rx, forward, &metrics)
+                spool::run(
+                    &writer,
+                    spool_rx,
+                    finished_rx,
+                    compact_rx,
+                    forward,
+                    &metrics,
+                )
             }) {
-                (queue_tx, compact_tx) = (spool_tx, Some(compact));
+                (queue_tx, compact_tx, spooled) = (spool_tx, Some(compact), Some(spool));
             }
         }
         let (queue, control) = if started {
@@ -267,6 +279,7 @@ impl Webhooks {
                 queue: RwLock::new(queue),
                 control: Mutex::new(control),
                 spool: Mutex::new(compact_tx),
+                spooled,
                 wanted,
                 dtmf: Mutex::new(PerCallLimit::new(DTMF_PER_SECOND, DTMF_BURST)),
             })),
@@ -306,6 +319,10 @@ impl Webhooks {
             // On the call's thread: never wait for the writer.
             outbox.failed_now_or_lost(outbox.unsent(msg, &why, log::Level::Warn));
             return;
+        }
+        // In the kernel's hands before it is in a channel: a `kill -9` cannot lose it now.
+        if let Some(spool) = &inner.spooled {
+            spool.accept(&msg, &outbox.metrics);
         }
         if let Err(e) = queue.try_send(msg) {
             // Cannot happen while `depth` bounds the queue; never lose the event if it does.
@@ -528,10 +545,18 @@ impl Outbox {
         }
     }
 
-    /// [`Outbox::failed`] for a call's thread, which never waits: with the writer's queue
-    /// full, the event is lost, counted and logged (throttled).
+    /// [`Outbox::failed`] for a call's thread, which never waits for the disk's `fsync`: the
+    /// letter is appended here and now (one write, no `fsync`), so a `kill -9` right after
+    /// cannot lose it (docs/webhooks.md §5.10). Only while a `webhooks replay` holds the
+    /// file's lock (it rewrites and syncs the file) is it handed to the writer instead; with
+    /// the writer's queue full too, the event is lost, counted and logged (throttled).
     fn failed_now_or_lost(&self, pending: PendingLetter) {
         self.metrics.webhook_failed.fetch_add(1, Relaxed);
+        if let Some(written) = self.dead_letters.write_unless_busy(&pending, &self.metrics) {
+            self.stats.count_write(written);
+            let _ = self.finished.send(pending.msg.webhook_id);
+            return;
+        }
         match self.writer.try_send(pending) {
             Ok(()) => {}
             Err(TrySendError::Disconnected(pending)) => self.write_now(&pending),
