@@ -570,6 +570,12 @@ fn webhook_rate(url: &str, seen: &AtomicU64, dead_letters: &std::path::Path) -> 
     )
 }
 
+/// Uuids each `/call` client cycles through: the metadata store holds 10,000 entries and no
+/// call follows these requests, so fresh uuids would fill it within seconds and every later
+/// request would be refused with 503 (by design: unexpired entries are never evicted). A
+/// repeated uuid replaces its entry, doing the same work.
+const CALL_UUIDS_PER_CLIENT: usize = 1000;
+
 /// `/call` requests per second: clients each posting one request per connection (avr-core
 /// closes after each answer), every request also delivering its `call_initiated` webhook.
 fn call_requests(http: SocketAddr) -> String {
@@ -579,9 +585,13 @@ fn call_requests(http: SocketAddr) -> String {
         .map(|_| {
             thread::spawn(move || {
                 let (mut ok, mut bad, mut lat) = (0u64, 0u64, Vec::new());
+                let uuids: Vec<uuid::Uuid> = (0..CALL_UUIDS_PER_CLIENT)
+                    .map(|_| uuid::Uuid::new_v4())
+                    .collect();
+                let mut next = uuids.iter().cycle();
                 while Instant::now() < stop {
                     let t = Instant::now();
-                    if post_call(http) {
+                    if post_call(http, next.next().expect("a cycle never ends")) {
                         ok += 1;
                         lat.push(t.elapsed().as_micros() as u32);
                     } else {
@@ -610,15 +620,12 @@ fn call_requests(http: SocketAddr) -> String {
     )
 }
 
-fn post_call(http: SocketAddr) -> bool {
+fn post_call(http: SocketAddr, uuid: &uuid::Uuid) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&http, Duration::from_secs(2)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
-    let body = format!(
-        r#"{{"uuid":"{}","payload":{{"from":"2000","to":"5001"}}}}"#,
-        uuid::Uuid::new_v4()
-    );
+    let body = format!(r#"{{"uuid":"{uuid}","payload":{{"from":"2000","to":"5001"}}}}"#);
     let request = format!(
         "POST /call HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
