@@ -151,8 +151,20 @@ fn two_replays_started_together_deliver_each_event_once() {
 
 #[test]
 fn one_callers_dtmf_flood_with_the_receiver_down_stays_bounded() {
-    /// How long the caller floods, and how fast (frames a second).
-    const FLOOD: Duration = Duration::from_secs(4);
+    dtmf_flood_stays_bounded(Duration::from_secs(4));
+}
+
+/// The issue's figure: a minute of flood. Run by hand for BENCHMARKS.md:
+/// `cargo test --release --test it -- --ignored a_minute_of_dtmf --nocapture`.
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md, run by hand"]
+fn a_minute_of_dtmf_flood_stays_bounded() {
+    dtmf_flood_stays_bounded(Duration::from_secs(60));
+}
+
+/// One caller floods DTMF for `flood` (5,000 digits a second) with the receiver down: the
+/// dead letters, the file and avr-core's memory stay within their bounds.
+fn dtmf_flood_stays_bounded(flood_for: Duration) {
     const BATCH: usize = 100;
     let sts = StsServer::start();
     let dead = temp_file("dead.jsonl");
@@ -183,7 +195,7 @@ fn one_callers_dtmf_flood_with_the_receiver_down_stays_bounded() {
     batch.extend_from_slice(&[0u8; 320]);
     let began = Instant::now();
     let mut sent = 0u64;
-    while began.elapsed() < FLOOD {
+    while began.elapsed() < flood_for {
         caller.write_all(&batch).unwrap();
         sent += BATCH as u64;
         // Paced like a real stream (one audio frame per 20 ms): 5,000 digits a second.
@@ -221,6 +233,11 @@ fn one_callers_dtmf_flood_with_the_receiver_down_stays_bounded() {
         "dead-letter file {size} bytes"
     );
     let peak_kib = peak_rss_kib(&avr);
+    eprintln!(
+        "DTMF flood for {:.0} s: {sent} digits sent, {digits} dead-lettered (allowed \
+         {allowed}), dead-letter file {size} bytes, avr-core peak RSS {peak_kib} KiB",
+        flood.as_secs_f64()
+    );
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
 
     // Counted, and logged once for the call.
