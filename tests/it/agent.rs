@@ -138,6 +138,13 @@ fn agent_close_plays_queued_audio_then_hangs_up() {
     );
     let ended = avr.wait_call_ended(&uuid, WAIT);
     assert!(ended.contains("agent closed"), "{ended}");
+    // The agent ending the conversation normally is no warning.
+    let logs = avr.call_logs(&uuid);
+    let ending = logs
+        .iter()
+        .find(|l| l.contains("Call ending: agent closed"))
+        .expect("the ending line");
+    assert!(ending.contains("[INFO]"), "{ending}");
 }
 
 #[test]
