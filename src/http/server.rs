@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use super::conns::{Admission, Connections, Slot};
 use super::parse::{BodyParser, ParseError};
 use super::read::{ReadError, RequestReader};
 use super::service::{clip, too_large, Response, Service};
-use crate::sys::{StopSignal, Throttle};
+use crate::sys::{lock, StopSignal, Throttle};
 
 /// What the service accepts and for how long; see the [module doc](super).
 #[derive(Debug, Clone)]
@@ -72,6 +72,10 @@ pub fn spawn(
 pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits, stop: &StopSignal) {
     let table = Arc::new(Connections::new(limits.max_connections));
     let limits = Arc::new(limits);
+    let lines = Arc::new(RequestLines {
+        answered: Mutex::new(Throttle::new("HTTP error answers", LOG_EVERY)),
+        refused: Mutex::new(Throttle::new("refused HTTP requests", LOG_EVERY)),
+    });
     let mut evictions = Throttle::new("HTTP connections", LOG_EVERY);
     let mut refusals = Throttle::new("HTTP connections", LOG_EVERY);
     let mut admit_errors = Throttle::new("HTTP connections", LOG_EVERY);
@@ -116,14 +120,25 @@ pub fn serve(listener: TcpListener, service: Arc<Service>, limits: Limits, stop:
         };
         let service = service.clone();
         let limits = limits.clone();
+        let lines = lines.clone();
         let spawned = thread::Builder::new()
             .name("http-conn".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || serve_connection(stream, peer, &slot, &service, &limits));
+            .spawn(move || serve_connection(stream, peer, &slot, &service, &limits, &lines));
         if let Err(e) = spawned {
             log::error!("HTTP: cannot start a thread for the connection from {peer}: {e}");
         }
     }
+}
+
+/// The log lines of requests that went wrong, shared by the connection threads: a client
+/// that sends a thousand bad requests a second gets a line per [`LOG_EVERY`] counting them,
+/// not a thousand lines (an occasional one is logged as it comes).
+struct RequestLines {
+    /// Requests answered with an error status (401, 404, 413, 503…).
+    answered: Mutex<Throttle>,
+    /// Requests that could not be read (malformed, too large, too slow).
+    refused: Mutex<Throttle>,
 }
 
 /// Reads one request, answers it, closes.
@@ -133,6 +148,7 @@ fn serve_connection(
     slot: &Slot,
     service: &Service,
     limits: &Limits,
+    lines: &RequestLines,
 ) {
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(&stream, slot.accepted, limits.request_timeout);
@@ -165,7 +181,12 @@ fn serve_connection(
     let response = match result {
         Ok(response) => {
             if let Some(why) = &response.error {
-                log::warn!("HTTP {request_line} from {peer}: {} {why}", response.status);
+                lock(&lines.answered).note(Instant::now(), |more| {
+                    log::warn!(
+                        "HTTP {request_line} from {peer}: {} {why}{more}",
+                        response.status
+                    )
+                });
             } else if !request_line.starts_with("POST") {
                 log::debug!("HTTP {request_line} from {peer}: {}", response.status);
             }
@@ -179,7 +200,9 @@ fn serve_connection(
             if quiet {
                 log::debug!("HTTP connection from {peer} closed: {e}");
             } else {
-                log::warn!("HTTP request from {peer} refused: {e}");
+                lock(&lines.refused).note(Instant::now(), |more| {
+                    log::warn!("HTTP request from {peer} refused: {e}{more}")
+                });
             }
             match refusal(&e) {
                 Some(r) => r,

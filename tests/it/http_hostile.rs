@@ -269,3 +269,27 @@ fn a_thousand_idle_connections_lock_out_neither_http_nor_calls() {
     unharmed(&mut avr, &call, "1,000 idle connections");
     still_flowing(&call, "after 1,000 idle connections");
 }
+
+#[test]
+fn a_flood_of_bad_requests_is_a_few_log_lines_counting_the_rest() {
+    let sts = StsServer::start();
+    let avr = start(&sts);
+    for _ in 0..50 {
+        assert_eq!(get(avr.http_addr(), "/no-such-page").status, 404);
+    }
+    // The last one is logged once the interval is over; until then, one line says it all.
+    let lines = avr
+        .logs()
+        .iter()
+        .filter(|l| l.contains("HTTP GET /no-such-page"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines for 50 bad requests"
+    );
+    // A request of another kind is not held back by the flood of the first.
+    let refused = send(avr.http_addr(), b"NOT HTTP AT ALL\r\n\r\n");
+    assert_eq!(refused.status, 400);
+    avr.wait_log(|l| l.contains("refused"), WAIT)
+        .expect("the malformed request is logged");
+}
