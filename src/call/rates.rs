@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::audio::Resampler;
 use crate::playout::agent_audio::PREBUFFER_WAIT;
 use crate::playout::TICK;
+use crate::proto::audiosocket::SLIN_HZ;
 
 /// How long agent audio waits for the caller's first audio frame to tell the call's rate.
 /// Asterisk sends audio from the answer on, so the first frame comes within a frame or two;
@@ -29,7 +30,7 @@ pub const RATE_WAIT: Duration = Duration::from_millis(100);
 
 /// The rate playout gets when no caller audio tells it: 8 kHz, what `AudioSocket()` always
 /// sends and what playout starts with.
-pub const SILENT_CALLER_HZ: u32 = 8_000;
+pub const SILENT_CALLER_HZ: u32 = SLIN_HZ;
 
 /// Agent audio kept while the caller's rate is unknown: two minutes, the bound playout
 /// itself keeps.
@@ -102,7 +103,7 @@ impl CallRates {
             self.outbound = Some(Resampler::new(self.agent_hz, rate_hz));
         }
         let pending = std::mem::take(&mut self.pending);
-        self.convert_out(&pending)
+        self.convert_out(pending)
     }
 
     /// Caller audio at `rate_hz` (s16le) as the agent's rate. `true` with it when the caller
@@ -129,7 +130,8 @@ impl CallRates {
     /// Agent audio that arrived at `now`, as the caller's rate, ready to play (possibly
     /// empty: held until the caller's rate is known, or inside the converter). The second
     /// value is how many bytes were refused because [`PENDING_SECONDS`] already wait.
-    pub fn from_agent(&mut self, pcm: &[u8], now: Instant) -> (Vec<u8>, usize) {
+    /// At equal rates the message itself is returned: no copy on the default path.
+    pub fn from_agent(&mut self, pcm: Vec<u8>, now: Instant) -> (Vec<u8>, usize) {
         if self.caller_hz.is_none() {
             self.rate_by.get_or_insert(now + RATE_WAIT);
             let room =
@@ -189,17 +191,16 @@ impl CallRates {
         }
     }
 
-    fn convert_out(&mut self, pcm: &[u8]) -> Vec<u8> {
-        if pcm.is_empty() {
-            return Vec::new();
-        }
+    fn convert_out(&mut self, pcm: Vec<u8>) -> Vec<u8> {
         match self.outbound.as_mut() {
-            Some(resampler) => {
+            // Nothing pushed, nothing out (a converter fed nothing still emits its start).
+            Some(resampler) if !pcm.is_empty() => {
                 let mut out = Vec::new();
-                resampler.push(pcm, &mut out);
+                resampler.push(&pcm, &mut out);
                 out
             }
-            None => pcm.to_vec(),
+            Some(_) => Vec::new(),
+            None => pcm,
         }
     }
 }
@@ -215,7 +216,7 @@ mod tests {
         assert_eq!(r.to_agent(8_000, caller.clone()), (caller.clone(), false));
         assert!(r.fix_caller_rate(8_000).is_empty());
         let t0 = Instant::now();
-        assert_eq!(r.from_agent(&caller, t0), (caller, 0));
+        assert_eq!(r.from_agent(caller.clone(), t0), (caller, 0));
         assert_eq!(r.deadline(), None, "nothing to flush without a converter");
     }
 
@@ -224,7 +225,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = CallRates::new(8_000);
         let tone = vec![1u8; 3_200];
-        assert_eq!(r.from_agent(&tone, t0), (Vec::new(), 0));
+        assert_eq!(r.from_agent(tone.clone(), t0), (Vec::new(), 0));
         assert_eq!(r.deadline(), Some(t0 + RATE_WAIT));
         assert_eq!(r.on_deadline(t0), Due::default());
         let played = r.fix_caller_rate(16_000);
@@ -239,7 +240,7 @@ mod tests {
     fn a_silent_caller_gets_8_khz_after_the_wait() {
         let t0 = Instant::now();
         let mut r = CallRates::new(16_000);
-        r.from_agent(&[0; 640], t0);
+        r.from_agent(vec![0; 640], t0);
         assert_eq!(
             r.on_deadline(t0 + RATE_WAIT),
             Due {
@@ -255,14 +256,14 @@ mod tests {
         let mut r = CallRates::new(8_000);
         r.fix_caller_rate(16_000);
         // 20 ms of agent audio at t0: due again until 20 ms + the jitter allowance.
-        r.from_agent(&[0; 320], t0);
+        r.from_agent(vec![0; 320], t0);
         let by = t0 + Duration::from_millis(20) + PREBUFFER_WAIT;
         assert_eq!(r.deadline(), Some(by));
         assert!(!r.on_deadline(by - Duration::from_millis(1)).flush);
         assert!(r.on_deadline(by).flush);
         r.flush();
         assert_eq!(r.deadline(), None);
-        r.from_agent(&[0; 320], t0);
+        r.from_agent(vec![0; 320], t0);
         r.interrupt();
         assert_eq!(r.deadline(), None, "a barge-in drops the tail too");
     }
@@ -275,16 +276,16 @@ mod tests {
         // Two seconds in 20 ms messages at once, then nothing: each message alone would be
         // due again within 80 ms, but the tail waits until a tick before they have played.
         for _ in 0..100 {
-            r.from_agent(&[0; 320], t0);
+            r.from_agent(vec![0; 320], t0);
         }
         assert_eq!(r.deadline(), Some(t0 + Duration::from_secs(2) - TICK));
         // More a second later extends it.
         for _ in 0..50 {
-            r.from_agent(&[0; 320], t0 + Duration::from_secs(1));
+            r.from_agent(vec![0; 320], t0 + Duration::from_secs(1));
         }
         assert_eq!(r.deadline(), Some(t0 + Duration::from_secs(3) - TICK));
         r.interrupt();
-        r.from_agent(&[0; 320], t0 + Duration::from_secs(4));
+        r.from_agent(vec![0; 320], t0 + Duration::from_secs(4));
         let after = t0 + Duration::from_secs(4) + Duration::from_millis(20) + PREBUFFER_WAIT;
         assert_eq!(
             r.deadline(),
@@ -313,7 +314,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = CallRates::new(8_000);
         let limit = PENDING_SECONDS * 16_000;
-        assert_eq!(r.from_agent(&vec![0; limit + 10], t0).1, 10);
-        assert_eq!(r.from_agent(&[0; 4], t0).1, 4);
+        assert_eq!(r.from_agent(vec![0; limit + 10], t0).1, 10);
+        assert_eq!(r.from_agent(vec![0; 4], t0).1, 4);
     }
 }

@@ -19,7 +19,7 @@ use super::EndReason;
 use crate::agent::{Backlog, LinkEnd, StsError};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop};
-use crate::proto::audiosocket::{self, Frame, FrameError};
+use crate::proto::audiosocket::{self, Frame, FrameError, SLIN_HZ};
 use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
 use crate::sys::Printable;
@@ -167,7 +167,7 @@ impl CallState {
             agent: Agent::Connecting,
             backlog: Backlog::default(),
             codec: CallerCodec::new(uuid, codec),
-            rates: CallRates::new(8_000),
+            rates: CallRates::new(SLIN_HZ),
             decoded: Vec::new(),
             frames_in: 0,
             noted: Noted::default(),
@@ -416,7 +416,7 @@ impl CallState {
         self.last_frame = now;
         let item = match frame {
             Frame::Audio { rate_hz, payload } => {
-                return self.on_caller_audio(rate_hz, payload, now, actions);
+                return self.on_caller_audio(rate_hz, payload, actions);
             }
             Frame::Dtmf(digit) => {
                 log::info!("[{uuid}] DTMF digit: {digit}");
@@ -466,19 +466,12 @@ impl CallState {
 
     /// One audio frame from Asterisk at `rate_hz`: its kind fixes the rate of playout if
     /// nothing has; decoded (`0x10` may be G.711), converted to the agent's rate, forwarded.
-    fn on_caller_audio(
-        &mut self,
-        rate_hz: u32,
-        payload: &[u8],
-        now: Instant,
-        actions: &mut VecDeque<Action>,
-    ) {
-        let _ = now;
+    fn on_caller_audio(&mut self, rate_hz: u32, payload: &[u8], actions: &mut VecDeque<Action>) {
         if self.rates.caller_hz().is_none() {
             self.fix_playout_rate(rate_hz, actions);
         }
         let mut decoded = std::mem::take(&mut self.decoded);
-        if rate_hz == 8_000 {
+        if rate_hz == SLIN_HZ {
             self.codec.decode(&self.uuid, payload, &mut decoded);
         } else {
             // Only slin has a wideband kind; an odd byte is lost, as Asterisk loses it.
@@ -492,7 +485,7 @@ impl CallState {
                      converting it to the agent's rate, playing at the first rate \
                      (logged once per call)",
                     self.uuid,
-                    audiosocket::kind_name(audiosocket::audio_kind(rate_hz).unwrap_or(0))
+                    audiosocket::rate_name(rate_hz)
                 );
             }
             if !pcm.is_empty() {
@@ -505,11 +498,11 @@ impl CallState {
     /// Fixes the rate of playout and plays the agent audio that waited for it.
     fn fix_playout_rate(&mut self, rate_hz: u32, actions: &mut VecDeque<Action>) {
         let agent_hz = self.rates.agent_hz();
-        if rate_hz != 8_000 || agent_hz != 8_000 {
+        if rate_hz != SLIN_HZ || agent_hz != SLIN_HZ {
             log::info!(
                 "[{}] Caller audio is {} ({rate_hz} Hz), the agent's {agent_hz} Hz{}",
                 self.uuid,
-                audiosocket::kind_name(audiosocket::audio_kind(rate_hz).unwrap_or(0)),
+                audiosocket::rate_name(rate_hz),
                 if rate_hz == agent_hz {
                     ": no conversion"
                 } else {
@@ -518,7 +511,7 @@ impl CallState {
             );
         }
         let waited = self.rates.fix_caller_rate(rate_hz);
-        if rate_hz != 8_000 {
+        if rate_hz != SLIN_HZ {
             actions.push_back(Action::SetPlayoutRate(rate_hz));
         }
         play(waited, actions);
@@ -548,7 +541,7 @@ impl CallState {
             // Any length: an odd byte carries over to the next message (in the resampler, or
             // in playout).
             FromAgent::Audio(pcm) => {
-                let (pcm, refused) = self.rates.from_agent(&pcm, now);
+                let (pcm, refused) = self.rates.from_agent(pcm, now);
                 if refused > 0 {
                     self.handle(Event::PlayoutFull, now, actions);
                 }

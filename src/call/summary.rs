@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::EndReason;
 use crate::agent::LinkStats;
 use crate::playout::ClockStats;
-use crate::proto::audiosocket::{audio_kind, kind_name};
+use crate::proto::audiosocket::{rate_name, SLIN_HZ};
 use crate::proto::g711::Codec;
 
 /// Everything the closing log line reports; its `Display` is that line (after the `[uuid]`).
@@ -33,7 +33,7 @@ impl CallSummary {
     /// `SLIN16` and the like for wideband ones, `none` when no audio came.
     fn codec_name(&self) -> String {
         match (self.caller_hz, self.codec) {
-            (Some(hz), _) if hz != 8_000 => kind_name(audio_kind(hz).unwrap_or(0)).to_uppercase(),
+            (Some(hz), _) if hz != SLIN_HZ => rate_name(hz).to_uppercase(),
             (_, Some(codec)) => codec.name().to_string(),
             (_, None) => "none".to_string(),
         }

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::proto::audiosocket::SLIN_HZ;
+
 /// Bytes in one millisecond of 8 kHz s16le mono. Only meaningful at 8 kHz: for a call at
 /// another rate, ask its [`AgentAudio::queued_ms`].
 pub const BYTES_PER_MS: usize = 16;
@@ -31,10 +33,6 @@ pub const PREBUFFER: Duration = Duration::from_millis(60);
 /// A spurt shorter than [`PREBUFFER`] starts playing after waiting this long. It is also
 /// how late a real-time agent's next message may be and still count as due.
 pub const PREBUFFER_WAIT: Duration = Duration::from_millis(60);
-
-/// The rate of [`AgentAudio::default`]: narrowband, what every AudioSocket call had before
-/// wideband kinds.
-const DEFAULT_RATE_HZ: u32 = 8000;
 
 /// What one tick took from the agent's audio.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,7 +71,8 @@ pub struct AgentAudio {
 
 impl Default for AgentAudio {
     fn default() -> Self {
-        AgentAudio::new(DEFAULT_RATE_HZ)
+        // Narrowband: what every AudioSocket call had before wideband kinds.
+        AgentAudio::new(SLIN_HZ)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::audio::resample_all;
 use crate::sys::lock;
 
 /// The rate of `AMBIENT_NOISE_FILE`.
-pub const AMBIENT_RATE: u32 = 8_000;
+pub const AMBIENT_RATE: u32 = crate::proto::audiosocket::SLIN_HZ;
 
 /// Ambient noise, loaded once at startup, pre-scaled by its level and shared by all calls.
 /// Callers at other rates get it converted once per rate, on the first call at that rate,

@@ -28,7 +28,7 @@ pub use agent_audio::{AgentAudio, Fill, BYTES_PER_MS, MAX_QUEUED, MAX_QUEUED_BYT
 pub use ambient::{Ambient, AmbientCursor, AMBIENT_RATE};
 pub use clocks::{next_slot, Clocks, TICK};
 
-use crate::proto::audiosocket::{self, HEADER_LEN, KIND_AUDIO};
+use crate::proto::audiosocket::{self, HEADER_LEN, KIND_AUDIO, SLIN_HZ};
 use crate::sys::{lock, Bell};
 use clocks::Clock;
 
@@ -124,8 +124,8 @@ impl Playout {
             stream,
             clock,
             state: Mutex::new(PlayoutState {
-                audio: AgentAudio::new(AMBIENT_RATE),
-                rate_hz: AMBIENT_RATE,
+                audio: AgentAudio::new(SLIN_HZ),
+                rate_hz: SLIN_HZ,
                 kind: KIND_AUDIO,
                 stop: None,
                 ambient: ambient.as_ref().map(Ambient::cursor),

@@ -233,6 +233,14 @@ const AUDIO_KINDS: [(u8, u32); 9] = [
     (0x18, 192_000),
 ];
 
+/// The rate of kind `0x10`: what `AudioSocket()`, `c(slin)` and every G.711 caller carry.
+pub const SLIN_HZ: u32 = 8_000;
+
+/// The name of the audio kind that carries `rate_hz` (`slin`, `slin16`…), `unknown` if none.
+pub fn rate_name(rate_hz: u32) -> &'static str {
+    audio_kind(rate_hz).map_or("unknown", kind_name)
+}
+
 /// Every rate an audio kind can carry, lowest first.
 pub fn audio_rates() -> impl Iterator<Item = u32> {
     AUDIO_KINDS.iter().map(|&(_, rate)| rate)
@@ -258,15 +266,6 @@ pub fn audio_kind(rate_hz: u32) -> Option<u8> {
 /// at 44.1 kHz): every AudioSocket rate is a multiple of 50 Hz, so a frame is whole samples.
 pub fn frame_bytes(rate_hz: u32) -> usize {
     rate_hz as usize / 50 * 2
-}
-
-/// Builds one outbound slin audio frame (kind 0x10, header+payload in one array, for a single write()).
-pub fn audio_frame(payload: &[u8; SLIN_FRAME_BYTES]) -> [u8; HEADER_LEN + SLIN_FRAME_BYTES] {
-    let mut frame = [0u8; HEADER_LEN + SLIN_FRAME_BYTES];
-    let [hi, lo] = (SLIN_FRAME_BYTES as u16).to_be_bytes();
-    frame[..HEADER_LEN].copy_from_slice(&[KIND_AUDIO, hi, lo]);
-    frame[HEADER_LEN..].copy_from_slice(payload);
-    frame
 }
 
 /// Encodes any message (for the fake-Asterisk simulator and tests). Refuses payloads the
@@ -424,6 +423,11 @@ mod tests {
         assert_eq!(frame_bytes(44_100), 1_764);
         assert_eq!(frame_bytes(48_000), 1_920);
         assert_eq!(audio_rates().count(), 9);
+        assert_eq!(frame_bytes(SLIN_HZ), SLIN_FRAME_BYTES);
+        assert_eq!(
+            (rate_name(16_000), rate_name(22_050)),
+            ("slin16", "unknown")
+        );
     }
 
     #[test]
@@ -660,7 +664,7 @@ mod tests {
     fn memory_stays_small() {
         let mut data = frame(KIND_UUID, &ID);
         for i in 0..500u32 {
-            data.extend(audio_frame(&[i as u8; SLIN_FRAME_BYTES]));
+            data.extend(encode(KIND_AUDIO, &[i as u8; SLIN_FRAME_BYTES]).unwrap());
         }
         let mut src = Chunky {
             data,
@@ -723,14 +727,13 @@ mod tests {
     }
 
     #[test]
-    fn audio_frame_and_encode_round_trip() {
+    fn an_encoded_audio_frame_round_trips() {
         let mut payload = [0u8; SLIN_FRAME_BYTES];
         for (i, b) in payload.iter_mut().enumerate() {
             *b = (i * 7) as u8;
         }
-        let out = audio_frame(&payload);
+        let out = encode(KIND_AUDIO, &payload).unwrap();
         assert_eq!(&out[..3], &[0x10, 0x01, 0x40]);
-        assert_eq!(out.to_vec(), encode(KIND_AUDIO, &payload).unwrap());
         let mut fb = FrameBuffer::new(MAX_PAYLOAD);
         fb.feed(&out);
         assert_eq!(

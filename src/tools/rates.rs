@@ -7,7 +7,7 @@ use crate::proto::audiosocket;
 /// Kind `0x10`'s rate: what `AudioSocket()` and `Dial(AudioSocket/…/c(slin))` send, and what
 /// every upstream STS agent speaks (docs/audiosocket.md §3, docs/sts.md §6). Every tool's
 /// default, so a command line without `--rate` behaves as it did before wideband.
-pub const SLIN_RATE_HZ: u32 = 8_000;
+pub const SLIN_RATE_HZ: u32 = audiosocket::SLIN_HZ;
 
 /// Samples in one 20 ms frame at `rate_hz` (160 at 8 kHz, 320 at 16 kHz, 882 at 44.1 kHz).
 pub fn frame_samples(rate_hz: u32) -> usize {

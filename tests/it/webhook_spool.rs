@@ -41,6 +41,27 @@ fn key(r: &Request) -> (String, String) {
     (text("uuid"), text("type"))
 }
 
+/// A receiver refusing every event (503), a fresh state directory, and the environment of a
+/// server whose calls end at once (their agent's port is closed) and send those two events.
+fn refusing_setup() -> (WebhookReceiver, PathBuf, Vec<(&'static str, String)>) {
+    let receiver = WebhookReceiver::start();
+    receiver.set_default(Reply::status(503));
+    let state = state_dir();
+    let vars = vec![
+        ("STS_URL", format!("ws://127.0.0.1:{}", closed_port())),
+        ("WEBHOOK_URL", receiver.url()),
+        ("WEBHOOK_RETRY", "20".into()),
+        ("WEBHOOK_EVENTS", "call_started,call_ended".into()),
+        ("STATE_DIRECTORY", state.to_str().unwrap().to_string()),
+    ];
+    (receiver, state, vars)
+}
+
+/// `vars` as `Avr::start` takes them.
+fn as_env<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// A call that connects, sends its UUID and is ended by avr-core (its agent is unreachable):
 /// `call_started` then `call_ended`.
 fn short_call(avr: &Avr) -> String {
@@ -55,21 +76,8 @@ fn short_call(avr: &Avr) -> String {
 
 #[test]
 fn events_queued_at_a_kill_9_are_delivered_after_the_restart_with_their_ids() {
-    let receiver = WebhookReceiver::start();
-    receiver.set_default(Reply::status(503));
-    let state = state_dir();
-    let (url, dir, sts) = (
-        receiver.url(),
-        state.to_str().unwrap().to_string(),
-        format!("ws://127.0.0.1:{}", closed_port()),
-    );
-    let env = [
-        ("STS_URL", sts.as_str()),
-        ("WEBHOOK_URL", url.as_str()),
-        ("WEBHOOK_RETRY", "20"),
-        ("WEBHOOK_EVENTS", "call_started,call_ended"),
-        ("STATE_DIRECTORY", dir.as_str()),
-    ];
+    let (receiver, state, vars) = refusing_setup();
+    let env = as_env(&vars);
     let mut avr = Avr::start(&env);
     let uuids: Vec<String> = (0..CALLS).map(|_| short_call(&avr)).collect();
     for uuid in &uuids {
@@ -285,22 +293,9 @@ fn emitted(log: &str) -> Vec<(String, String)> {
 fn twenty_kills_lose_no_event() {
     const ROUNDS: usize = 20;
     const CALLS_PER_ROUND: usize = 50;
-    let receiver = WebhookReceiver::start();
-    receiver.set_default(Reply::status(503));
-    let state = state_dir();
-    let (url, dir, sts) = (
-        receiver.url(),
-        state.to_str().unwrap().to_string(),
-        format!("ws://127.0.0.1:{}", closed_port()),
-    );
-    let env = [
-        ("STS_URL", sts.as_str()),
-        ("WEBHOOK_URL", url.as_str()),
-        ("WEBHOOK_RETRY", "20"),
-        ("WEBHOOK_EVENTS", "call_started,call_ended"),
-        ("STATE_DIRECTORY", dir.as_str()),
-        ("LOG_LEVEL", "debug"),
-    ];
+    let (receiver, state, mut vars) = refusing_setup();
+    vars.push(("LOG_LEVEL", "debug".into()));
+    let env = as_env(&vars);
     let mut generated = std::collections::HashSet::new();
     // A fixed seed: the same "random" moments on every run.
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
