@@ -4,7 +4,9 @@
 //! - [`proto`]: the wire formats, no sockets (AudioSocket frames, G.711, STS messages);
 //! - [`audio`]: signal processing both directions share (sample-rate conversion);
 //! - [`call`]: one call, from the AudioSocket listener to its end;
-//! - [`agent`]: the agent side of a call (the STS WebSocket);
+//! - [`agent`]: the agent side of a call in STS mode (the WebSocket);
+//! - [`pipeline`]: the agent side in pipeline mode (speech-to-text, language model,
+//!   text-to-speech over HTTP);
 //! - [`playout`]: the agent's audio on its way to the caller, and the 20 ms clocks;
 //! - [`http`]: `/health`, `/call`, `/metrics`; [`registry`]: `/call` metadata waiting for
 //!   its call; [`webhook`]: the events;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 pub mod playout;
 pub mod proto;
 pub mod registry;
@@ -49,6 +52,7 @@ mod layering {
         ("registry", &["sys"]),
         ("agent", &["proto", "sys"]),
         ("playout", &["audio", "proto", "sys"]),
+        ("pipeline", &["audio", "config", "proto", "sys"]),
         (
             "webhook",
             &["cli", "config", "metrics", "proto", "sys", "time"],
@@ -57,8 +61,8 @@ mod layering {
         (
             "call",
             &[
-                "agent", "audio", "config", "metrics", "playout", "proto", "registry", "sys",
-                "webhook",
+                "agent", "audio", "config", "metrics", "pipeline", "playout", "proto", "registry",
+                "sys", "webhook",
             ],
         ),
         ("tools", &["audio", "cli", "http", "proto", "sys"]),
