@@ -24,7 +24,8 @@ use super::state::{Action, CallState, Event};
 use super::summary::CallSummary;
 use super::{CallContext, CallSlot};
 use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
-use crate::config::UPSTREAM_SAMPLE_RATE;
+use crate::config::{PipelineConfig, UPSTREAM_SAMPLE_RATE};
+use crate::pipeline::session::{Output, Pipeline, SERVICE_HZ};
 use crate::playout::{Playout, Stop};
 use crate::proto::audiosocket::{self, FrameBuffer};
 use crate::proto::sts::{init_message, ToAgent};
@@ -85,7 +86,11 @@ pub fn run(
     };
     let live = Arc::new(LiveCall::new(bell.clone()));
     ctx.live.add(&live);
-    let connector = Connector::start(ctx, uuid, sts_url, &bell);
+    // Pipeline mode: the services are reached by the pipeline's own threads.
+    let (connector, pipeline) = match &ctx.config.pipeline {
+        None => (Connector::start(ctx, uuid, sts_url, &bell), None),
+        Some(config) => (None, start_pipeline(uuid, config, started)),
+    };
 
     let mut bridge = Bridge {
         uuid,
@@ -96,15 +101,20 @@ pub fn run(
         playout: &playout,
         frames,
         state: CallState::new(uuid, ctx.config.audio_codec, started)
-            .with_agent_rate(ctx.config.sts_sample_rate)
+            .with_agent_rate(match pipeline {
+                Some(_) => SERVICE_HZ,
+                None => ctx.config.sts_sample_rate,
+            })
             .with_idle_timeout(ctx.config.caller_idle_timeout),
         actions: VecDeque::new(),
         link: None,
         init: init_message(uuid, metadata.as_ref()),
         link_stats: LinkStats::default(),
         connector,
+        pipeline,
+        outputs: Vec::new(),
     };
-    if bridge.connector.is_none() {
+    if bridge.connector.is_none() && bridge.pipeline.is_none() {
         // Out of threads (TasksMax, ulimit -u): hang up now rather than bridge half a call.
         bridge.feed(Event::AgentThreadFailed);
     }
@@ -134,6 +144,25 @@ pub fn run(
     };
     log::info!("[{uuid}] {summary}");
     emit(ctx, uuid, EventKind::CallEnded);
+}
+
+/// Starts the call's pipeline; `None` (logged) if it cannot: the call then hangs up.
+fn start_pipeline(
+    uuid: &str,
+    config: &Arc<PipelineConfig>,
+    started: Instant,
+) -> Option<Box<Pipeline>> {
+    log::info!(
+        "[{uuid}] Pipeline mode: speech-to-text {}",
+        crate::config::mask_url(&config.asr_url.url)
+    );
+    match Pipeline::start(uuid, config.clone(), started) {
+        Ok(pipeline) => Some(Box::new(pipeline)),
+        Err(e) => {
+            log::error!("[{uuid}] Cannot start the call's pipeline threads: {e}");
+            None
+        }
+    }
 }
 
 /// Puts the call on a playout clock, with the bell the clock rings when it lets go. If
@@ -188,6 +217,10 @@ struct Bridge<'a> {
     init: String,
     /// What a link that is gone carried.
     link_stats: LinkStats,
+    /// Pipeline mode: the agent side instead of `connector` and `link`.
+    pipeline: Option<Box<Pipeline>>,
+    /// What the pipeline said and the state has not been told yet; kept for its memory.
+    outputs: Vec<Output>,
 }
 
 impl Bridge<'_> {
@@ -195,6 +228,9 @@ impl Bridge<'_> {
     /// left still gets `init`, then a close). Returns the state and what the link carried.
     fn close_agent(self) -> (CallState, LinkStats) {
         let mut link_stats = self.link_stats;
+        if let Some(pipeline) = self.pipeline {
+            pipeline.close();
+        }
         if let Some(link) = self.link {
             link_stats = link.stats;
             link.close();
@@ -246,13 +282,14 @@ impl Bridge<'_> {
     fn wait(&self, timeout: Option<Duration>) -> std::io::Result<[PollFlags; 3]> {
         let caller = PollFd::new(self.stream, PollFlags::IN);
         let bell = PollFd::new(self.bell, PollFlags::IN);
-        Ok(match &self.link {
-            Some(link) => {
-                let mut fds = [
-                    caller,
-                    bell,
-                    PollFd::from_borrowed_fd(link.fd(), link.interest()),
-                ];
+        let agent = match (&self.link, &self.pipeline) {
+            (Some(link), _) => Some(PollFd::from_borrowed_fd(link.fd(), link.interest())),
+            (None, Some(pipeline)) => Some(PollFd::new(&**pipeline, PollFlags::IN)),
+            (None, None) => None,
+        };
+        Ok(match agent {
+            Some(agent) => {
+                let mut fds = [caller, bell, agent];
                 poll(&mut fds, timeout)?;
                 fds.map(|fd| fd.revents())
             }
@@ -306,6 +343,12 @@ impl Bridge<'_> {
 
     /// Sends caller audio or a digit to the agent, if it is still there.
     fn send(&mut self, item: ToAgent) {
+        if let Some(pipeline) = self.pipeline.as_mut() {
+            let mut outputs = std::mem::take(&mut self.outputs);
+            let playing = self.playout.queued_ms() > 0;
+            pipeline.send(item, playing, Instant::now(), &mut outputs);
+            return self.on_outputs(outputs);
+        }
         let Some(link) = self.link.as_mut() else {
             return;
         };
@@ -335,7 +378,7 @@ impl Bridge<'_> {
     fn on_connected(&mut self, result: Result<Ws, StsError>) {
         let ws = match result {
             Ok(ws) => ws,
-            Err(e) => return self.feed(Event::AgentUnreachable(e)),
+            Err(e) => return self.feed(Event::AgentUnreachable(e.to_string())),
         };
         log::info!("[{}] Connected to STS", self.uuid);
         let init = std::mem::take(&mut self.init);
@@ -351,8 +394,31 @@ impl Bridge<'_> {
         }
     }
 
-    /// The agent's socket is ready: flush, then take every message it has.
+    /// What the pipeline said, to the state in order.
+    fn on_outputs(&mut self, mut outputs: Vec<Output>) {
+        for output in outputs.drain(..) {
+            match output {
+                Output::Connected => self.feed(Event::AgentConnected),
+                Output::Unreachable(why) => self.feed(Event::AgentUnreachable(why)),
+                Output::Failed(why) => {
+                    let queued_ms = self.playout.queued_ms();
+                    self.feed(Event::ServiceFailed { why, queued_ms });
+                }
+                Output::Message(msg) => self.feed(Event::AgentMessage(msg)),
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    /// The agent's socket (or the pipeline's bell) is ready: flush, then take every message
+    /// it has.
     fn on_agent_ready(&mut self, revents: PollFlags) {
+        if let Some(pipeline) = self.pipeline.as_mut() {
+            let mut outputs = std::mem::take(&mut self.outputs);
+            let playing = self.playout.queued_ms() > 0;
+            pipeline.on_ready(playing, Instant::now(), &mut outputs);
+            return self.on_outputs(outputs);
+        }
         let Some(link) = self.link.as_mut() else {
             return;
         };

@@ -12,6 +12,9 @@ pub enum EndReason {
     AgentClosed(String),
     /// The agent could not be reached; avr-core hung up at once.
     AgentUnreachable(String),
+    /// Pipeline mode: the speech-to-text stream broke and could not be reopened; what the
+    /// agent had said was played, then avr-core hung up.
+    ServiceFailed(String),
     /// Asterisk sent something that cannot be a call; avr-core hung up.
     Protocol(String),
     /// No frame at all from Asterisk for this long (`CALLER_IDLE_TIMEOUT`); avr-core hung up.
@@ -30,6 +33,7 @@ impl fmt::Display for EndReason {
             EndReason::CallerHangup(why) => write!(f, "caller hung up ({why})"),
             EndReason::AgentClosed(why) => write!(f, "agent closed ({why})"),
             EndReason::AgentUnreachable(why) => write!(f, "agent unreachable ({why})"),
+            EndReason::ServiceFailed(why) => write!(f, "pipeline service failed ({why})"),
             EndReason::Protocol(why) => write!(f, "protocol error ({why})"),
             EndReason::CallerSilent(idle) => write!(
                 f,

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::caller_codec::CallerCodec;
 use super::rates::{CallRates, SILENT_CALLER_HZ};
 use super::EndReason;
-use crate::agent::{Backlog, LinkEnd, StsError};
+use crate::agent::{Backlog, LinkEnd};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop};
 use crate::proto::audiosocket::{self, Frame, FrameError, SLIN_HZ};
@@ -42,8 +42,11 @@ pub enum Event<'a> {
     /// The agent has its `init` and what it sent behind its handshake was handled: caller
     /// audio and digits go to it from now on, those kept meanwhile first.
     AgentConnected,
-    /// The agent could not be reached.
-    AgentUnreachable(StsError),
+    /// The agent (or in pipeline mode, the speech-to-text service) could not be reached or
+    /// refused the call; the text says which and why.
+    AgentUnreachable(String),
+    /// Pipeline mode: the speech-to-text stream broke and could not be reopened.
+    ServiceFailed { why: String, queued_ms: usize },
     /// No thread could be started to reach the agent.
     AgentThreadFailed,
     /// A message from the agent.
@@ -225,7 +228,7 @@ impl CallState {
             }
             Event::AgentUnreachable(e) => {
                 actions.push_back(Action::CountConnectFailure);
-                self.agent_lost(EndReason::AgentUnreachable(e.to_string()), actions);
+                self.agent_lost(EndReason::AgentUnreachable(e), actions);
             }
             Event::AgentThreadFailed => self.agent_lost(
                 EndReason::Internal(
@@ -235,13 +238,6 @@ impl CallState {
             ),
             Event::AgentMessage(msg) => self.on_agent_message(msg, now, actions),
             Event::AgentEnded { end, queued_ms } => {
-                self.agent = Agent::Gone;
-                self.backlog = Backlog::default();
-                // What the agent sent is played in full: the converter's tail too.
-                if self.rates.caller_hz().is_none() {
-                    self.fix_playout_rate(SILENT_CALLER_HZ, actions);
-                }
-                play_last(self.rates.flush(), actions);
                 let (why, normal) = match end {
                     LinkEnd::AgentClosed { why, normal } => (
                         format!("{why}; playing {queued_ms} ms of queued audio, then hanging up"),
@@ -252,10 +248,11 @@ impl CallState {
                     }
                 };
                 // An agent ending the conversation normally is how calls end: not a warning.
-                self.end_as(EndReason::AgentClosed(why), normal);
-                actions.push_back(Action::StopPlayout(Stop::Drain {
-                    until: now + playout::DRAIN_LIMIT,
-                }));
+                self.agent_ended(EndReason::AgentClosed(why), normal, now, actions);
+            }
+            Event::ServiceFailed { why, queued_ms } => {
+                let why = format!("{why}; playing {queued_ms} ms of queued audio, then hanging up");
+                self.agent_ended(EndReason::ServiceFailed(why), false, now, actions);
             }
             Event::AgentNotReading => {
                 if self.noted.first(Oddity::AgentNotReading) {
@@ -400,6 +397,27 @@ impl CallState {
     fn caller_gone(&mut self, why: String) {
         self.end(EndReason::CallerHangup(why));
         self.over = true;
+    }
+
+    /// The agent is gone for good: what it sent is played in full (the converter's tail
+    /// too), then avr-core hangs up.
+    fn agent_ended(
+        &mut self,
+        reason: EndReason,
+        normal: bool,
+        now: Instant,
+        actions: &mut VecDeque<Action>,
+    ) {
+        self.agent = Agent::Gone;
+        self.backlog = Backlog::default();
+        if self.rates.caller_hz().is_none() {
+            self.fix_playout_rate(SILENT_CALLER_HZ, actions);
+        }
+        play_last(self.rates.flush(), actions);
+        self.end_as(reason, normal);
+        actions.push_back(Action::StopPlayout(Stop::Drain {
+            until: now + playout::DRAIN_LIMIT,
+        }));
     }
 
     /// The agent will not be reached: hang up at once.

@@ -5,16 +5,19 @@
 //! what is allowed (docs/configuration.md §1).
 
 mod env;
+mod pipeline;
 pub mod vars;
 mod webhook;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::proto::url_secrets::mask_url;
 use env::Env;
+pub use pipeline::{PipelineConfig, VadConfig};
 pub use vars::usage_section;
 pub use webhook::{Signature, WebhookConfig};
 
@@ -58,7 +61,10 @@ pub struct Config {
     pub http_port: Option<u16>,
     pub http_bind_address: IpAddr,
     pub http_token: Option<String>,
+    /// The speech-to-speech agent; empty in pipeline mode.
     pub sts_url: String,
+    /// Pipeline mode (`STS_URL` unset, `ASR_URL`, `LLM_URL` and `TTS_URL` set).
+    pub pipeline: Option<Arc<PipelineConfig>>,
     pub sts_connect_timeout: Duration,
     /// The rate the agent speaks, both ways (docs/sts.md §6).
     pub sts_sample_rate: u32,
@@ -136,17 +142,6 @@ fn describe_sample_rate(rate: u32) -> String {
     )
 }
 
-/// Variables (or prefixes) of the original's ASR→LLM→TTS pipeline mode, which avr-core does
-/// not support yet: read only to say so when `STS_URL` is missing.
-pub const PIPELINE_VARS: [&str; 6] = [
-    "ASR_URL",
-    "LLM_URL",
-    "TTS_URL",
-    "INTERRUPT_LISTENING",
-    "SYSTEM_MESSAGE",
-    "VAD_",
-];
-
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -157,8 +152,13 @@ impl Config {
     /// Builds a config from `(name, value)` pairs; empty values count as unset.
     pub fn from_vars(vars: &[(String, String)]) -> Result<Config, ConfigError> {
         let env = Env::new(vars);
-        let Some(sts_url) = env.parse_opt("STS_URL", sts_url)? else {
-            return Err(missing_sts_url(&env));
+        // STS_URL set: STS mode, whatever else is set. Unset: pipeline mode, or nothing.
+        let (sts_url, pipeline) = match env.parse_opt("STS_URL", sts_url)? {
+            Some(url) => (url, None),
+            None => match PipelineConfig::read(&env)? {
+                Some(pipeline) => (String::new(), Some(Arc::new(pipeline))),
+                None => return Err(missing_agent()),
+            },
         };
         Ok(Config {
             port: env.parse("PORT", env::port)?,
@@ -167,6 +167,7 @@ impl Config {
             http_bind_address: env.parse("HTTP_BIND_ADDRESS", env::ip_address)?,
             http_token: env.parse_opt("HTTP_TOKEN", env::text)?,
             sts_url,
+            pipeline,
             sts_connect_timeout: env.parse("STS_CONNECT_TIMEOUT", env::duration)?,
             sts_sample_rate: env.parse("STS_SAMPLE_RATE", sample_rate)?,
             max_calls: env.parse("MAX_CALLS", |t| env::whole_number(t, 1, MAX_CALLS_LIMIT))?,
@@ -216,18 +217,13 @@ fn sts_url(t: &str) -> Result<String, String> {
     validate_ws_url(t).map(|()| t.to_string())
 }
 
-/// `STS_URL` is missing: point at the pipeline-mode variable if that is what was meant.
-fn missing_sts_url(env: &Env) -> ConfigError {
-    let why = match env.first_with_prefix(&PIPELINE_VARS) {
-        Some(k) => format!(
-            "{k} is set, but the ASR/LLM/TTS pipeline mode is not supported yet; \
-             set STS_URL to a ws:// or wss:// speech-to-speech agent"
-        ),
-        None => "set it to the ws:// or wss:// URL of the speech-to-speech agent".to_string(),
-    };
+/// Neither mode is configured.
+fn missing_agent() -> ConfigError {
     ConfigError::Missing {
         var: "STS_URL",
-        why,
+        why: "set it to the ws:// or wss:// URL of the speech-to-speech agent, or set ASR_URL, \
+              LLM_URL and TTS_URL for pipeline mode"
+            .to_string(),
     }
 }
 
@@ -430,12 +426,23 @@ mod tests {
     }
 
     #[test]
-    fn missing_sts_url_mentions_pipeline_mode_when_its_vars_are_set() {
+    fn the_mode_is_sts_pipeline_or_a_clear_error() {
         let err = Config::from_vars(&vars(&[("ASR_URL", "http://asr:6010")])).unwrap_err();
-        assert!(err.to_string().contains("ASR_URL"), "{err}");
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(err.to_string().starts_with("LLM_URL is not set"), "{err}");
         let err = Config::from_vars(&vars(&[])).unwrap_err();
         assert!(err.to_string().starts_with("STS_URL is not set"), "{err}");
+        assert!(err.to_string().contains("pipeline mode"), "{err}");
+        let services = [
+            ("ASR_URL", "http://asr:6010/speech-to-text-stream"),
+            ("LLM_URL", "http://llm:6002/prompt-stream"),
+            ("TTS_URL", "http://tts:6012/text-to-speech-stream"),
+        ];
+        let c = Config::from_vars(&vars(&services)).unwrap();
+        assert!(c.pipeline.is_some() && c.sts_url.is_empty());
+        let mut both = services.to_vec();
+        both.push(("STS_URL", "ws://agent:6030"));
+        let c = Config::from_vars(&vars(&both)).unwrap();
+        assert!(c.pipeline.is_none(), "STS_URL wins");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! Not in the table, on purpose: `RUST_LOG` (read when `LOG_LEVEL` is unset, like the
 //! original), `STATE_DIRECTORY` (set by systemd, not by the operator; it places the default
-//! dead-letter file), and the original's pipeline-mode variables ([`super::PIPELINE_VARS`]),
-//! which are only read to explain why avr-core refuses to start without `STS_URL`.
+//! dead-letter file), and the upstream `VAD_*` variables that have no meaning here
+//! (docs/pipeline.md says which and why).
 
 use super::{mask_url, Config};
 use crate::proto::event::EventKind;
@@ -66,12 +66,17 @@ fn ms(d: std::time::Duration) -> Option<String> {
     Some(format!("{}ms", d.as_millis()))
 }
 
+/// A pipeline-mode value, shown only in pipeline mode.
+fn pipeline(c: &Config, show: impl Fn(&super::PipelineConfig) -> String) -> Option<String> {
+    c.pipeline.as_deref().map(show)
+}
+
 fn display(p: &Option<std::path::PathBuf>) -> Option<String> {
     p.as_ref().map(|p| p.display().to_string())
 }
 
 /// Every variable, in `check-config` order.
-pub const VARS: [Var; 28] = [
+pub const VARS: [Var; 40] = [
     Var {
         name: "PORT",
         when_unset: WhenUnset::Value("5001"),
@@ -109,10 +114,12 @@ pub const VARS: [Var; 28] = [
     },
     Var {
         name: "STS_URL",
-        when_unset: WhenUnset::Required,
-        meaning: "ws:// or wss:// URL of the speech-to-speech agent",
+        when_unset: WhenUnset::Derived(
+            "required, unless ASR_URL, LLM_URL and TTS_URL are set (pipeline mode)",
+        ),
+        meaning: "ws:// or wss:// URL of the speech-to-speech agent (STS mode)",
         secret: false,
-        show: |c| Some(mask_url(&c.sts_url)),
+        show: |c| (!c.sts_url.is_empty()).then(|| mask_url(&c.sts_url)),
     },
     Var {
         name: "STS_CONNECT_TIMEOUT",
@@ -128,6 +135,91 @@ pub const VARS: [Var; 28] = [
                   and announced as sample_rate=<Hz> on the agent's URL",
         secret: false,
         show: |c| Some(super::describe_sample_rate(c.sts_sample_rate)),
+    },
+    Var {
+        name: "ASR_URL",
+        when_unset: WhenUnset::Off(""),
+        meaning: "pipeline mode: http:// URL of the speech-to-text stream service",
+        secret: false,
+        show: |c| pipeline(c, |p| mask_url(&p.asr_url.url)),
+    },
+    Var {
+        name: "LLM_URL",
+        when_unset: WhenUnset::Off(""),
+        meaning: "pipeline mode: http:// URL of the language model's prompt stream",
+        secret: false,
+        show: |c| pipeline(c, |p| mask_url(&p.llm_url.url)),
+    },
+    Var {
+        name: "TTS_URL",
+        when_unset: WhenUnset::Off(""),
+        meaning: "pipeline mode: http:// URL of the text-to-speech stream service",
+        secret: false,
+        show: |c| pipeline(c, |p| mask_url(&p.tts_url.url)),
+    },
+    Var {
+        name: "SYSTEM_MESSAGE",
+        when_unset: WhenUnset::Off("the call waits for the caller"),
+        meaning: "pipeline mode: the greeting, spoken as the call starts",
+        secret: false,
+        show: |c| c.pipeline.as_ref()?.system_message.clone(),
+    },
+    Var {
+        name: "INTERRUPT_LISTENING",
+        when_unset: WhenUnset::Value("false"),
+        meaning: "pipeline mode: true turns barge-in off (the caller is not heard while \
+                  the agent speaks)",
+        secret: false,
+        show: |c| pipeline(c, |p| p.interrupt_listening.to_string()),
+    },
+    Var {
+        name: "VAD_POSITIVE_SPEECH_THRESHOLD",
+        when_unset: WhenUnset::Value("0.5"),
+        meaning: "pipeline mode: voice-activity score (0-1) from which a 16 ms frame is speech",
+        secret: false,
+        show: |c| pipeline(c, |p| p.vad.positive_threshold.to_string()),
+    },
+    Var {
+        name: "VAD_NEGATIVE_SPEECH_THRESHOLD",
+        when_unset: WhenUnset::Derived("0.15 below the positive threshold"),
+        meaning: "pipeline mode: score under which a frame counts as silence again",
+        secret: false,
+        show: |c| c.pipeline.as_ref()?.vad.negative_threshold.map(|t| t.to_string()),
+    },
+    Var {
+        name: "VAD_MIN_SPEECH_FRAMES",
+        when_unset: WhenUnset::Value("2"),
+        meaning: "pipeline mode: 16 ms speech frames in a row that make a barge-in",
+        secret: false,
+        show: |c| pipeline(c, |p| p.vad.min_speech_frames.to_string()),
+    },
+    Var {
+        name: "VAD_REDEMPTION_FRAMES",
+        when_unset: WhenUnset::Value("8"),
+        meaning: "pipeline mode: 16 ms silent frames in a row that end the caller's speech",
+        secret: false,
+        show: |c| pipeline(c, |p| p.vad.redemption_frames.to_string()),
+    },
+    Var {
+        name: "PIPELINE_CONNECT_TIMEOUT",
+        when_unset: WhenUnset::Value("3000"),
+        meaning: "pipeline mode: budget to reach a service (name lookup and TCP)",
+        secret: false,
+        show: |c| pipeline(c, |p| format!("{}ms", p.connect_timeout.as_millis())),
+    },
+    Var {
+        name: "PIPELINE_FIRST_BYTE_TIMEOUT",
+        when_unset: WhenUnset::Value("10000"),
+        meaning: "pipeline mode: budget for a model or speech answer to start",
+        secret: false,
+        show: |c| pipeline(c, |p| format!("{}ms", p.first_byte_timeout.as_millis())),
+    },
+    Var {
+        name: "PIPELINE_RESPONSE_TIMEOUT",
+        when_unset: WhenUnset::Value("60000"),
+        meaning: "pipeline mode: budget for a whole model or speech answer",
+        secret: false,
+        show: |c| pipeline(c, |p| format!("{}ms", p.response_timeout.as_millis())),
     },
     Var {
         name: "MAX_CALLS",
@@ -280,7 +372,7 @@ pub fn find(name: &str) -> Option<&'static Var> {
 }
 
 /// Width of the name column of [`usage_section`]: the longest name and two spaces.
-const NAME_COLUMN: usize = 26;
+const NAME_COLUMN: usize = 32;
 
 /// The CONFIGURATION part of `avr-core --help`: one line per variable, in table order.
 pub fn usage_section() -> String {

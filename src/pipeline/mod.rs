@@ -7,5 +7,11 @@
 //! - [`barge_in`]: the voice-activity detector that lets the caller interrupt.
 
 pub mod barge_in;
+pub mod chunked;
+pub mod client;
+pub mod asr;
+pub mod session;
+pub mod shared;
+pub mod turn;
 pub mod llm_stream;
 pub mod speech_text;

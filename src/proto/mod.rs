@@ -4,6 +4,7 @@
 pub mod audiosocket;
 pub mod event;
 pub mod g711;
+pub mod service_url;
 pub mod sts;
 pub mod sts_url;
 pub mod url_secrets;

@@ -287,7 +287,7 @@ fn an_unreachable_agent_hangs_up_at_once_and_is_counted() {
     let mut call = Call::new();
     assert!(call.audio(&SLIN_20MS).is_empty(), "kept for the agent");
     assert_eq!(
-        call.on(Event::AgentUnreachable(refused())),
+        call.on(Event::AgentUnreachable(refused().to_string())),
         ["count connect failure", "hang up"]
     );
     assert!(call
