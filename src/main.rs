@@ -310,6 +310,14 @@ fn serve() -> Result<ExitCode, StartError> {
         })
         .map_err(os("start the AudioSocket listener thread"))?;
 
+    if let Some(p) = &ctx.config.pipeline {
+        log::info!(
+            "Pipeline mode: speech-to-text {}, language model {}, text-to-speech {}",
+            avr_core::config::mask_url(&p.asr_url.url),
+            avr_core::config::mask_url(&p.llm_url.url),
+            avr_core::config::mask_url(&p.tts_url.url)
+        );
+    }
     // Logged once every thread is up: tests and scripts take these lines as "ready".
     if let Some(port) = http_port {
         log::info!("AVR HTTP Server listening on port {port}");

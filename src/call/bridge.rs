@@ -66,6 +66,7 @@ pub fn run(
     };
     // An agent at another rate than the upstream contract's is told it (docs/sts.md §2.3).
     let sts_url = match ctx.config.sts_sample_rate {
+        _ if sts_url.is_empty() => sts_url,
         UPSTREAM_SAMPLE_RATE => sts_url,
         rate => with_sample_rate(&sts_url, rate),
     };
@@ -86,10 +87,11 @@ pub fn run(
     };
     let live = Arc::new(LiveCall::new(bell.clone()));
     ctx.live.add(&live);
-    // Pipeline mode: the services are reached by the pipeline's own threads.
+    // Pipeline mode: the services are reached by the pipeline's own threads. A call that
+    // `call_initiated` routed to an STS agent goes there instead.
     let (connector, pipeline) = match &ctx.config.pipeline {
-        None => (Connector::start(ctx, uuid, sts_url, &bell), None),
-        Some(config) => (None, start_pipeline(uuid, config, started)),
+        Some(config) if sts_url.is_empty() => (None, start_pipeline(uuid, config, started)),
+        _ => (Connector::start(ctx, uuid, sts_url, &bell), None),
     };
 
     let mut bridge = Bridge {

@@ -220,7 +220,7 @@ impl Service {
         // Refused before call_initiated when the local URL already cannot be used or stored,
         // so the receiver hears of no call that cannot happen.
         let local = CallMetadata {
-            sts_url: effective_url(&self.sts_url, &payload),
+            sts_url: sts_url_for(&self.sts_url, &payload),
             payload,
         };
         if local.sts_url.len() > MAX_STS_URL_BYTES {
@@ -241,7 +241,7 @@ impl Service {
         if let Some(note) = &note {
             log::warn!("[{uuid}] {note}; keeping the local STS URL");
         }
-        let url = effective_url(base, &payload);
+        let url = sts_url_for(base, &payload);
         if url.len() > MAX_STS_URL_BYTES {
             return url_too_long(url.len(), overridden);
         }
@@ -270,6 +270,15 @@ impl Service {
         // The password stays out of the answer too: dialplans log it (`NoOp(${JSON_RESPONSE})`).
         Response::json(200, &json!({"sts_url": masked, "override": overridden}))
     }
+}
+
+/// The agent URL a call with `payload` gets from `base`; none (empty) in pipeline mode
+/// unless `call_initiated` routed the call to an STS agent (docs/pipeline.md §8).
+fn sts_url_for(base: &str, payload: &serde_json::Map<String, Value>) -> String {
+    if base.is_empty() {
+        return String::new();
+    }
+    effective_url(base, payload)
 }
 
 /// `503` with `Retry-After`: no unexpired entry is evicted to make room (docs/http.md §3.3).
