@@ -26,7 +26,7 @@ use avr_core::playout::{Ambient, Clocks};
 use avr_core::registry::Registry;
 use avr_core::sys::StopSignal;
 use avr_core::tools::simulate::{self, SimError};
-use avr_core::tools::{demo, echo_sts};
+use avr_core::tools::{demo, echo_pipeline, echo_sts};
 use avr_core::webhook::{self, Event, EventKind, Webhooks};
 use avr_core::{http, time};
 
@@ -40,6 +40,9 @@ USAGE:
     avr-core simulate ...    act as Asterisk: place a call and report what came back
                              (avr-core simulate --help)
     avr-core echo-sts ...    run an STS agent that echoes the caller (avr-core echo-sts --help)
+    avr-core echo-pipeline ...
+                             run fake ASR, LLM and TTS services for pipeline mode
+                             (avr-core echo-pipeline --help)
     avr-core webhooks test|replay [FILE]
                              send a sample event to WEBHOOK_URL, or re-send the dead letters
     avr-core --help | --version
@@ -87,6 +90,8 @@ enum StartError {
     Simulate(SimError),
     /// `echo-sts`: the agent could not start.
     EchoSts(io::Error),
+    /// `echo-pipeline`: the services could not start.
+    EchoPipeline(io::Error),
     /// `demo`: a step was not seen; the text lists which.
     Demo(String),
 }
@@ -133,6 +138,7 @@ impl fmt::Display for StartError {
             StartError::Os { what, source } => write!(f, "avr-core: cannot {what}: {source}"),
             StartError::Simulate(e) => write!(f, "avr-core simulate: {e}"),
             StartError::EchoSts(e) => write!(f, "avr-core echo-sts: {e}"),
+            StartError::EchoPipeline(e) => write!(f, "avr-core echo-pipeline: {e}"),
             StartError::Demo(e) => write!(f, "avr-core demo: FAILED: {e}"),
         }
     }
@@ -187,6 +193,16 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
             echo_sts::run(command).map_err(StartError::EchoSts)?;
             Ok(ExitCode::SUCCESS)
         }
+        "echo-pipeline" => {
+            init_logging(&config::log_level_from_env());
+            let options = echo_pipeline::parse_args(rest);
+            let Some(command) = options_or_help("echo-pipeline", echo_pipeline::USAGE, options)?
+            else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            echo_pipeline::run(command).map_err(StartError::EchoPipeline)?;
+            Ok(ExitCode::SUCCESS)
+        }
         "webhooks" => {
             init_logging(&config::log_level_from_env());
             let options = webhook::cli::parse_args(rest);
@@ -199,7 +215,7 @@ fn run(args: &[String]) -> Result<ExitCode, StartError> {
             command: None,
             error: UsageError::UnknownCommand {
                 word: command.into(),
-                expected: "demo, check-config, simulate, echo-sts or webhooks",
+                expected: "demo, check-config, simulate, echo-sts, echo-pipeline or webhooks",
             },
         }),
     }
