@@ -195,7 +195,7 @@ pub const VARS: [Var; 40] = [
     },
     Var {
         name: "VAD_REDEMPTION_FRAMES",
-        when_unset: WhenUnset::Value("8"),
+        when_unset: WhenUnset::Value("20"),
         meaning: "pipeline mode: 16 ms silent frames in a row that end the caller's speech",
         secret: false,
         show: |c| pipeline(c, |p| p.vad.redemption_frames.to_string()),
