@@ -124,6 +124,9 @@ impl Pipeline {
     /// Caller audio (s16le at 8 kHz) or a digit. `playing`: agent audio waits in playout,
     /// i.e. the agent is speaking.
     pub fn send(&mut self, item: ToAgent, playing: bool, now: Instant, out: &mut Vec<Output>) {
+        // Speaking: audio waits in playout, or a turn that was heard is still streaming (its
+        // next piece may not be there yet).
+        let playing = playing || self.turn.as_ref().is_some_and(|t| t.audible);
         match item {
             ToAgent::Audio(pcm) => {
                 let barged = match self.voice.as_mut().map(|v| v.push(&pcm)) {

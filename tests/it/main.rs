@@ -19,6 +19,7 @@ mod http_hostile;
 mod http_server;
 mod limits;
 mod load;
+mod pipeline;
 mod shutdown;
 mod sts_support_smoke;
 mod tls;

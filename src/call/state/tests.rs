@@ -3,6 +3,7 @@
 use std::sync::{Mutex, Once};
 
 use super::*;
+use crate::agent::StsError;
 use crate::call::rates::RATE_WAIT;
 use crate::proto::audiosocket::CallId;
 use crate::proto::g711::{linear_to_alaw, linear_to_ulaw};
