@@ -25,7 +25,7 @@ use super::summary::CallSummary;
 use super::{CallContext, CallSlot};
 use crate::agent::{Link, LinkEnd, LinkStats, Sent, StsError, Ws};
 use crate::config::{PipelineConfig, UPSTREAM_SAMPLE_RATE};
-use crate::pipeline::session::{Output, Pipeline, SERVICE_HZ};
+use crate::pipeline::session::{Output, Pipeline, PipelineStats, SERVICE_HZ};
 use crate::playout::{Playout, Stop};
 use crate::proto::audiosocket::{self, FrameBuffer};
 use crate::proto::sts::{init_message, ToAgent};
@@ -125,7 +125,7 @@ pub fn run(
     // Teardown: nothing more to Asterisk, then the agent.
     playout.stop(Stop::Quiet);
     let clock = ctx.clocks.remove(&playout);
-    let (state, link) = bridge.close_agent();
+    let (state, link, pipeline) = bridge.close_agent();
     ctx.metrics
         .playout_underruns
         .fetch_add(clock.underruns, Relaxed);
@@ -143,6 +143,7 @@ pub fn run(
         frames_in: state.frames_in(),
         clock,
         link,
+        pipeline,
     };
     log::info!("[{uuid}] {summary}");
     emit(ctx, uuid, EventKind::CallEnded);
@@ -228,11 +229,9 @@ struct Bridge<'a> {
 impl Bridge<'_> {
     /// The call is over: closes the agent's side properly (one reached after the caller
     /// left still gets `init`, then a close). Returns the state and what the link carried.
-    fn close_agent(self) -> (CallState, LinkStats) {
+    fn close_agent(self) -> (CallState, LinkStats, Option<PipelineStats>) {
         let mut link_stats = self.link_stats;
-        if let Some(pipeline) = self.pipeline {
-            pipeline.close();
-        }
+        let pipeline = self.pipeline.map(|p| p.close());
         if let Some(link) = self.link {
             link_stats = link.stats;
             link.close();
@@ -243,7 +242,7 @@ impl Bridge<'_> {
                 }
             }
         }
-        (self.state, link_stats)
+        (self.state, link_stats, pipeline)
     }
 
     fn run(&mut self) {

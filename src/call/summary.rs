@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::EndReason;
 use crate::agent::LinkStats;
+use crate::pipeline::session::PipelineStats;
 use crate::playout::ClockStats;
 use crate::proto::audiosocket::{rate_name, SLIN_HZ};
 use crate::proto::g711::Codec;
@@ -26,6 +27,8 @@ pub struct CallSummary {
     pub clock: ClockStats,
     /// What the agent link carried.
     pub link: LinkStats,
+    /// Pipeline mode: what the pipeline did, reported instead of `link`.
+    pub pipeline: Option<PipelineStats>,
 }
 
 impl CallSummary {
@@ -50,18 +53,36 @@ impl fmt::Display for CallSummary {
         write!(
             f,
             "; codec {}, frames in {}, frames out {} ({} agent, {} underruns, {} late slots \
-             skipped), audio messages to agent {} ({} dropped: agent not reading), messages \
-             from agent {}",
+             skipped)",
             self.codec_name(),
             self.frames_in,
             self.clock.frames_out,
             self.clock.agent_frames,
             self.clock.underruns,
             self.clock.late_slots,
-            self.link.audio_sent,
-            self.link.dropped_for_backpressure,
-            self.link.messages_received,
-        )
+        )?;
+        match &self.pipeline {
+            Some(p) => write!(
+                f,
+                ", pipeline: {} transcripts, {} turns ({} interrupted), {} sentences spoken, \
+                 {} audio chunks to speech-to-text ({} dropped: not reading), {} reconnects",
+                p.transcripts,
+                p.turns,
+                p.interrupted,
+                p.sentences,
+                p.uploaded,
+                p.dropped,
+                p.reconnects
+            ),
+            None => write!(
+                f,
+                ", audio messages to agent {} ({} dropped: agent not reading), messages from \
+                 agent {}",
+                self.link.audio_sent,
+                self.link.dropped_for_backpressure,
+                self.link.messages_received,
+            ),
+        }
     }
 }
 
@@ -91,6 +112,7 @@ mod tests {
                 messages_received: 40,
                 dropped_for_backpressure: 3,
             },
+            pipeline: None,
         };
         assert_eq!(
             summary.to_string(),
@@ -111,6 +133,7 @@ mod tests {
             frames_in: 0,
             clock: ClockStats::default(),
             link: LinkStats::default(),
+            pipeline: None,
         };
         assert_eq!(
             summary.to_string(),
@@ -130,7 +153,34 @@ mod tests {
             frames_in: 50,
             clock: ClockStats::default(),
             link: LinkStats::default(),
+            pipeline: None,
         };
         assert!(summary.to_string().contains("; codec SLIN16, frames in 50"));
+    }
+
+    #[test]
+    fn a_pipeline_call_reports_its_pipeline() {
+        let summary = CallSummary {
+            duration: Duration::from_secs(1),
+            reason: None,
+            codec: None,
+            caller_hz: None,
+            frames_in: 0,
+            clock: ClockStats::default(),
+            link: LinkStats::default(),
+            pipeline: Some(PipelineStats {
+                transcripts: 3,
+                turns: 4,
+                interrupted: 1,
+                sentences: 9,
+                uploaded: 250,
+                dropped: 0,
+                reconnects: 1,
+            }),
+        };
+        assert!(summary.to_string().ends_with(
+            "skipped), pipeline: 3 transcripts, 4 turns (1 interrupted), 9 sentences spoken, \
+             250 audio chunks to speech-to-text (0 dropped: not reading), 1 reconnects"
+        ));
     }
 }

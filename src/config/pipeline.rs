@@ -146,7 +146,10 @@ mod tests {
     fn bad_values_say_what_is_allowed() {
         let mut vars = ALL.to_vec();
         vars.push(("INTERRUPT_LISTENING", "maybe"));
-        assert!(read(&vars).unwrap_err().to_string().contains("true or false"));
+        assert!(read(&vars)
+            .unwrap_err()
+            .to_string()
+            .contains("true or false"));
         let mut vars = ALL.to_vec();
         vars.push(("VAD_POSITIVE_SPEECH_THRESHOLD", "2"));
         assert!(read(&vars).unwrap_err().to_string().contains("0.0 to 1.0"));

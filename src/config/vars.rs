@@ -184,7 +184,13 @@ pub const VARS: [Var; 40] = [
         when_unset: WhenUnset::Derived("0.15 below the positive threshold"),
         meaning: "pipeline mode: score under which a frame counts as silence again",
         secret: false,
-        show: |c| c.pipeline.as_ref()?.vad.negative_threshold.map(|t| t.to_string()),
+        show: |c| {
+            c.pipeline
+                .as_ref()?
+                .vad
+                .negative_threshold
+                .map(|t| t.to_string())
+        },
     },
     Var {
         name: "VAD_MIN_SPEECH_FRAMES",

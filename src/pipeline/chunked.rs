@@ -130,7 +130,9 @@ impl Chunked {
 
     fn take_line(&mut self, part: &[u8]) -> Result<(), String> {
         if self.line.len() + part.len() > MAX_LINE {
-            return Err(format!("a chunk-size or trailer line over {MAX_LINE} bytes"));
+            return Err(format!(
+                "a chunk-size or trailer line over {MAX_LINE} bytes"
+            ));
         }
         self.line.extend_from_slice(part);
         Ok(())
@@ -176,7 +178,11 @@ mod tests {
     fn chunks_and_their_ends_survive_any_cut() {
         let body = b"5\r\nhello\r\n7;ext=1\r\n world\n\r\n0\r\nX-T: 1\r\n\r\nafter";
         for step in 1..body.len() {
-            assert_eq!(decode(body, step).unwrap(), "hello| world\n|$", "step {step}");
+            assert_eq!(
+                decode(body, step).unwrap(),
+                "hello| world\n|$",
+                "step {step}"
+            );
         }
     }
 

@@ -394,7 +394,11 @@ impl<'a> Response<'a> {
             } else {
                 Step::Whole
             };
-            let by = if head.is_empty() { first_byte } else { deadline };
+            let by = if head.is_empty() {
+                first_byte
+            } else {
+                deadline
+            };
             let read = response.read_some(by, step)?;
             if read.is_empty() {
                 return Err(request.broken(if head.is_empty() {
@@ -472,7 +476,9 @@ impl<'a> Response<'a> {
                 chunk_end: false,
             })),
             Framing::Length(left) => {
-                let n = pending.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let n = pending
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 *left -= n as u64;
                 if *left == 0 {
                     self.done = true;

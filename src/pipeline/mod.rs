@@ -6,12 +6,12 @@
 //! - [`llm_stream`]: the model's streamed answer (undelimited JSON objects or plain text);
 //! - [`barge_in`]: the voice-activity detector that lets the caller interrupt.
 
+pub mod asr;
 pub mod barge_in;
 pub mod chunked;
 pub mod client;
-pub mod asr;
+pub mod llm_stream;
 pub mod session;
 pub mod shared;
-pub mod turn;
-pub mod llm_stream;
 pub mod speech_text;
+pub mod turn;

@@ -45,6 +45,21 @@ pub enum Output {
     Message(FromAgent),
 }
 
+/// What a call's pipeline did, for its end-of-call line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub transcripts: u64,
+    /// Agent turns started (the greeting included).
+    pub turns: u64,
+    /// Turns cut off by the caller (barge-in, new words).
+    pub interrupted: u64,
+    pub sentences: u64,
+    /// Caller audio chunks written to the speech-to-text stream, and dropped.
+    pub uploaded: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
 /// The speech-to-text side.
 struct Listening {
     stream: Option<AsrStream>,
@@ -68,8 +83,7 @@ pub struct Pipeline {
     turn: Option<Turn>,
     next_turn: u64,
     voice: Option<VoiceDetector>,
-    /// Upload overflow already logged.
-    noted_dropped: bool,
+    stats: PipelineStats,
 }
 
 impl Pipeline {
@@ -98,7 +112,7 @@ impl Pipeline {
             turn: None,
             next_turn: 0,
             voice,
-            noted_dropped: false,
+            stats: PipelineStats::default(),
         };
         pipeline.listening.stream = Some(AsrStream::start(&pipeline.shared, 0)?);
         if let Some(greeting) = config.system_message.clone() {
@@ -108,6 +122,7 @@ impl Pipeline {
             });
             let id = pipeline.new_turn_id();
             pipeline.turn = Turn::say(&pipeline.shared, id, &greeting);
+            pipeline.stats.turns += 1;
         }
         Ok(pipeline)
     }
@@ -156,8 +171,12 @@ impl Pipeline {
         let Some(upload) = self.listening.upload.as_mut() else {
             return;
         };
-        if upload.send(pcm) == Uploaded::Dropped && !self.noted_dropped {
-            self.noted_dropped = true;
+        if upload.send(pcm) == Uploaded::Sent {
+            self.stats.uploaded += 1;
+            return;
+        }
+        self.stats.dropped += 1;
+        if self.stats.dropped == 1 {
             log::warn!(
                 "[{}] The speech-to-text service is not reading caller audio: dropping it \
                  until it does (logged once per call)",
@@ -175,9 +194,8 @@ impl Pipeline {
     }
 
     fn on_msg(&mut self, msg: Msg, playing: bool, now: Instant, out: &mut Vec<Output>) {
-        let current = |attempt: u32, l: &Listening| {
-            l.stream.as_ref().is_some_and(|s| s.attempt == attempt)
-        };
+        let current =
+            |attempt: u32, l: &Listening| l.stream.as_ref().is_some_and(|s| s.attempt == attempt);
         match msg {
             Msg::AsrUp { attempt, upload } => {
                 if !current(attempt, &self.listening) {
@@ -196,6 +214,7 @@ impl Pipeline {
                     self.listening.heard = true;
                     self.listening.reopened = false;
                 }
+                self.stats.transcripts += 1;
                 out.push(Output::Message(FromAgent::Transcript {
                     role: "user".into(),
                     text: text.clone(),
@@ -210,6 +229,7 @@ impl Pipeline {
             Msg::Spoken { turn, text } => {
                 if let Some(t) = self.turn.as_mut().filter(|t| t.id == turn) {
                     t.spoken.push(text.clone());
+                    self.stats.sentences += 1;
                     out.push(Output::Message(FromAgent::Transcript {
                         role: "agent".into(),
                         text,
@@ -232,7 +252,13 @@ impl Pipeline {
 
     /// The caller said something (a transcript, a digit): whatever the agent was saying
     /// gives way, and the model is asked.
-    fn on_caller_words(&mut self, words: String, playing: bool, _now: Instant, out: &mut Vec<Output>) {
+    fn on_caller_words(
+        &mut self,
+        words: String,
+        playing: bool,
+        _now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         if self.turn.is_some() || playing {
             self.interrupt(playing, out);
         }
@@ -242,10 +268,14 @@ impl Pipeline {
         });
         let id = self.new_turn_id();
         self.turn = Turn::reply(&self.shared, id, &self.history);
+        self.stats.turns += 1;
     }
 
     /// Stops the agent's turn; `audible`: what it was saying is cut off for the caller too.
     fn interrupt(&mut self, audible: bool, out: &mut Vec<Output>) {
+        if self.turn.is_some() {
+            self.stats.interrupted += 1;
+        }
         self.end_turn(true);
         if audible {
             out.push(Output::Message(FromAgent::Interruption));
@@ -273,7 +303,13 @@ impl Pipeline {
         }
     }
 
-    fn on_asr_ended(&mut self, attempt: u32, result: Result<u32, ServiceError>, now: Instant, out: &mut Vec<Output>) {
+    fn on_asr_ended(
+        &mut self,
+        attempt: u32,
+        result: Result<u32, ServiceError>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let l = &mut self.listening;
         if let Some(stream) = l.stream.take() {
             stream.stop();
@@ -305,6 +341,7 @@ impl Pipeline {
             "[{}] Speech-to-text stream lost ({why}); reconnecting once",
             self.shared.uuid
         );
+        self.stats.reconnects += 1;
         match AsrStream::start(&self.shared, attempt + 1) {
             Ok(stream) => {
                 let l = &mut self.listening;
@@ -320,7 +357,8 @@ impl Pipeline {
     }
 
     /// The call is over: every request of the call is cut off and its threads joined.
-    pub fn close(mut self) {
+    /// Returns what the pipeline did.
+    pub fn close(mut self) -> PipelineStats {
         if let Some(mut turn) = self.turn.take() {
             turn.stop();
         }
@@ -330,6 +368,7 @@ impl Pipeline {
         if let Some(stream) = self.listening.stream.take() {
             stream.stop();
         }
+        self.stats
     }
 }
 

@@ -40,7 +40,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(uuid: &str, config: Arc<PipelineConfig>, tx: Sender<Msg>, bell: Arc<Bell>) -> Shared {
+    pub fn new(
+        uuid: &str,
+        config: Arc<PipelineConfig>,
+        tx: Sender<Msg>,
+        bell: Arc<Bell>,
+    ) -> Shared {
         Shared {
             uuid: uuid.to_string(),
             config,

@@ -55,7 +55,10 @@ impl Turn {
             Ok(thread) => turn.threads.push(thread),
             Err(e) => {
                 // The speech thread ends: its sender is gone with the closure.
-                log::error!("[{}] Cannot start the language model thread: {e}", shared.uuid);
+                log::error!(
+                    "[{}] Cannot start the language model thread: {e}",
+                    shared.uuid
+                );
                 turn.stop();
                 return None;
             }
@@ -95,7 +98,10 @@ impl Turn {
         match shared.spawn("tts", move || speak(&shared2, &cancel, id, rx)) {
             Ok(thread) => Some(thread),
             Err(e) => {
-                log::error!("[{}] Cannot start the text-to-speech thread: {e}", shared.uuid);
+                log::error!(
+                    "[{}] Cannot start the text-to-speech thread: {e}",
+                    shared.uuid
+                );
                 None
             }
         }
@@ -203,10 +209,16 @@ impl Answer<'_> {
                     let _ = self.say.send(Say::Audio(pcm));
                 }
                 LlmPiece::Error(message) => {
-                    log::warn!("[{uuid}] The language model reports: {}", Printable(&message));
+                    log::warn!(
+                        "[{uuid}] The language model reports: {}",
+                        Printable(&message)
+                    );
                 }
                 LlmPiece::Other { kind } => {
-                    log::debug!("[{uuid}] Language model message of type {}", Printable(&kind));
+                    log::debug!(
+                        "[{uuid}] Language model message of type {}",
+                        Printable(&kind)
+                    );
                 }
             }
         }

@@ -29,9 +29,11 @@ impl ServiceUrl {
     pub fn parse(url: &str) -> Result<ServiceUrl, String> {
         let lower = url.to_ascii_lowercase();
         if lower.starts_with("https://") {
-            return Err("https:// is not supported for pipeline services: they run beside \
+            return Err(
+                "https:// is not supported for pipeline services: they run beside \
                         avr-core; use http://"
-                .into());
+                    .into(),
+            );
         }
         if !lower.starts_with("http://") {
             return Err("an http:// URL, e.g. http://avr-asr:6010/speech-to-text-stream".into());
@@ -53,7 +55,10 @@ impl ServiceUrl {
         };
         Ok(ServiceUrl {
             url: url.to_string(),
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             target: uri
                 .path_and_query()
@@ -92,8 +97,12 @@ mod tests {
 
     #[test]
     fn other_schemes_are_refused_with_a_reason() {
-        assert!(ServiceUrl::parse("https://asr/x").unwrap_err().contains("use http://"));
-        assert!(ServiceUrl::parse("ws://asr/x").unwrap_err().contains("http://"));
+        assert!(ServiceUrl::parse("https://asr/x")
+            .unwrap_err()
+            .contains("use http://"));
+        assert!(ServiceUrl::parse("ws://asr/x")
+            .unwrap_err()
+            .contains("http://"));
         assert!(ServiceUrl::parse("http://").is_err());
     }
 }

@@ -36,11 +36,19 @@ fn avr_for(p: &EchoPipeline, extra: &[(&str, &str)]) -> Avr {
     Avr::start(&env)
 }
 
-/// A loud 1 kHz tone: the echo ASR hears it (a transcript per second), the voice-activity
-/// detector does not take it for a voice.
+/// A loud 1 kHz tone, faded in and out over 20 ms as a voice would be: the echo ASR hears it
+/// (a transcript per second), the voice-activity detector does not take it for a voice. (Cut
+/// off dead, its last sample is a click the detector may take for the start of speech.)
 fn tone(ms: usize) -> Vec<i16> {
-    (0..ms * 8)
-        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 8000.0).sin() * 8000.0) as i16)
+    let n = ms * 8;
+    let ramp = 160.0;
+    (0..n)
+        .map(|i| {
+            let edge = (i.min(n - 1 - i) as f64 / ramp).min(1.0);
+            let gain = 0.5 - 0.5 * (edge * std::f64::consts::PI).cos();
+            let x = (i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 8000.0).sin();
+            (x * 8000.0 * gain) as i16
+        })
         .collect()
 }
 
@@ -140,8 +148,14 @@ fn transcriptions(avr: &Avr, uuid: &str) -> Vec<(String, String)> {
             let v: Value = serde_json::from_str(body).ok()?;
             (v["type"] == "transcription").then(|| {
                 (
-                    v["payload"]["role"].as_str().unwrap_or_default().to_string(),
-                    v["payload"]["text"].as_str().unwrap_or_default().to_string(),
+                    v["payload"]["role"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    v["payload"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
         })
@@ -159,7 +173,10 @@ fn a_transcript_is_answered_sentence_by_sentence() {
 
     // One speech-to-text stream for the call, under the call's uuid (X-UUID), carrying the
     // caller's audio as it came: 4.5 s of 8 kHz s16le.
-    assert!(matches!(&events[0], PipelineEvent::AsrOpened { .. }), "{events:#?}");
+    assert!(
+        matches!(&events[0], PipelineEvent::AsrOpened { .. }),
+        "{events:#?}"
+    );
     let uploaded = events.iter().find_map(|e| match e {
         PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
         _ => None,
@@ -182,7 +199,9 @@ fn a_transcript_is_answered_sentence_by_sentence() {
             "You said: Transcript 1.",
             "This is the echo pipeline speaking.",
             "Goodbye for now!"
-        ]
+        ],
+        "{events:#?}\n{}",
+        avr.log_text()
     );
     // The caller heard the answer after its first words.
     let heard = loud_frames(&report);
@@ -193,7 +212,10 @@ fn a_transcript_is_answered_sentence_by_sentence() {
     let said = transcriptions(&avr, &uuid);
     assert_eq!(said[0], ("user".into(), "Transcript 1".into()));
     assert_eq!(
-        said[1..].iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        said[1..]
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect::<Vec<_>>(),
         ["agent"; 3]
     );
     let events = avr.events(&uuid);
@@ -268,14 +290,23 @@ fn sentences_keep_their_order_under_tts_latency_jitter() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[]);
-    let (uuid, _) = call(&avr, tone(1100), Duration::from_millis(5000), EndMode::Close);
+    let (uuid, _) = call(
+        &avr,
+        tone(1100),
+        Duration::from_millis(5000),
+        EndMode::Close,
+    );
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
-    assert_eq!(tts_texts(&events), ["One.", "Two!", "Three?", "Four.", "Five."]);
+    assert_eq!(
+        tts_texts(&events),
+        ["One.", "Two!", "Three?", "Four.", "Five."]
+    );
     // One at a time: each sentence is asked for once the one before it is complete.
     let position = |want: &dyn Fn(&PipelineEvent) -> bool| events.iter().position(want);
     for n in 1..5u64 {
         let done = position(&|e| matches!(e, PipelineEvent::TtsDone { n: k, .. } if *k == n));
-        let next = position(&|e| matches!(e, PipelineEvent::TtsRequest { n: k, .. } if *k == n + 1));
+        let next =
+            position(&|e| matches!(e, PipelineEvent::TtsRequest { n: k, .. } if *k == n + 1));
         assert!(done.is_some() && done < next, "sentence {n}: {events:#?}");
     }
 }
@@ -307,11 +338,20 @@ fn barge_in_clears_playout_cancels_speech_and_emits_interruption() {
     // The agent's audio stops within the detector's latency plus 40 ms (docs/pipeline.md §5).
     let last = heard.iter().filter(|&&f| f >= onset).max().copied();
     let after_ms = last.map_or(0, |f| (f + 1 - onset) * 20);
-    assert!(after_ms <= 68 + 40 + 20, "agent audio went on {after_ms} ms into the caller's speech");
+    assert!(
+        after_ms <= 68 + 40 + 20,
+        "agent audio went on {after_ms} ms into the caller's speech"
+    );
 
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::TtsDone { .. }));
     assert!(
-        matches!(events.last(), Some(PipelineEvent::TtsDone { cancelled: true, .. })),
+        matches!(
+            events.last(),
+            Some(PipelineEvent::TtsDone {
+                cancelled: true,
+                ..
+            })
+        ),
         "{events:#?}"
     );
     avr.wait_call_ended(&uuid, WAIT);
@@ -355,7 +395,12 @@ fn a_plain_text_model_answer_is_spoken() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[]);
-    let (uuid, _) = call(&avr, tone(1100), Duration::from_millis(3500), EndMode::Close);
+    let (uuid, _) = call(
+        &avr,
+        tone(1100),
+        Duration::from_millis(3500),
+        EndMode::Close,
+    );
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     assert_eq!(tts_texts(&events), ["Plain words.", "Still spoken."]);
 }
@@ -380,8 +425,17 @@ fn an_unreachable_asr_hangs_up_at_once_naming_the_service() {
         Duration::from_secs(5),
         EndMode::AwaitHangup(Duration::from_secs(5)),
     );
-    assert_eq!(report.ended_by, EndedBy::ServerHangup, "{}", report.summary());
-    assert!(report.duration < Duration::from_secs(2), "{:?}", report.duration);
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
     let end = avr.wait_call_ended(&uuid, WAIT);
     assert!(
         end.contains("agent unreachable (speech-to-text service (ASR_URL) unreachable"),
@@ -402,8 +456,17 @@ fn an_asr_refusing_the_call_hangs_up_at_once_with_its_answer() {
         Duration::from_secs(5),
         EndMode::AwaitHangup(Duration::from_secs(5)),
     );
-    assert_eq!(report.ended_by, EndedBy::ServerHangup, "{}", report.summary());
-    assert!(report.duration < Duration::from_secs(2), "{:?}", report.duration);
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
     let end = avr.wait_call_ended(&uuid, WAIT);
     assert!(end.contains("answered HTTP 503"), "{end}");
 }
@@ -422,7 +485,12 @@ fn an_asr_stream_that_ends_is_reopened_once_then_the_call_ends() {
         EndMode::AwaitHangup(Duration::from_secs(8)),
     );
     // Reopened once after the first end; the reopened stream did not work either: hangup.
-    assert_eq!(report.ended_by, EndedBy::ServerHangup, "{}", report.summary());
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     let more = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     let opened = events
@@ -451,13 +519,21 @@ fn a_working_asr_stream_that_ends_is_reopened_and_the_call_goes_on() {
     });
     let avr = avr_for(&p, &[]);
     // Each stream hears a second of tone: it works, so each end is reopened.
-    let (uuid, report) = call(&avr, tone(5000), Duration::from_millis(5000), EndMode::Close);
+    let (uuid, report) = call(
+        &avr,
+        tone(5000),
+        Duration::from_millis(5000),
+        EndMode::Close,
+    );
     assert_eq!(report.ended_by, EndedBy::Client, "{}", report.summary());
     let mut opened = 0;
     let deadline = Instant::now() + WAIT;
     while opened < 3 && Instant::now() < deadline {
         let e = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrOpened { .. }));
-        opened += e.iter().filter(|e| matches!(e, PipelineEvent::AsrOpened { .. })).count();
+        opened += e
+            .iter()
+            .filter(|e| matches!(e, PipelineEvent::AsrOpened { .. }))
+            .count();
     }
     assert!(opened >= 3, "{opened} streams");
     let end = avr.wait_call_ended(&uuid, WAIT);
@@ -471,7 +547,12 @@ fn a_failing_model_costs_one_turn_not_the_call() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[]);
-    let (uuid, report) = call(&avr, tone(2100), Duration::from_millis(3500), EndMode::Close);
+    let (uuid, report) = call(
+        &avr,
+        tone(2100),
+        Duration::from_millis(3500),
+        EndMode::Close,
+    );
     assert_eq!(report.ended_by, EndedBy::Client, "{}", report.summary());
     let end = avr.wait_call_ended(&uuid, WAIT);
     assert!(end.contains("caller hung up"), "{end}");
@@ -491,15 +572,20 @@ fn a_failing_sentence_is_skipped_and_the_others_spoken() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[]);
-    let (uuid, _) = call(&avr, tone(2100), Duration::from_millis(4000), EndMode::Close);
-    let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
-    assert_eq!(
-        tts_texts(&events)[..3],
-        ["One.", "Two.", "Three."]
+    let (uuid, _) = call(
+        &avr,
+        tone(2100),
+        Duration::from_millis(4000),
+        EndMode::Close,
     );
+    let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
+    assert_eq!(tts_texts(&events)[..3], ["One.", "Two.", "Three."]);
     // The second turn's history holds what the caller heard.
     let bodies = llm_bodies(&events);
-    assert_eq!(bodies[1]["messages"][1], json!({"role": "assistant", "content": "One. Three."}));
+    assert_eq!(
+        bodies[1]["messages"][1],
+        json!({"role": "assistant", "content": "One. Three."})
+    );
     avr.wait_call_ended(&uuid, WAIT);
     assert!(avr
         .call_logs(&uuid)
@@ -520,12 +606,18 @@ fn a_slow_model_is_cut_at_its_first_byte_budget() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[("PIPELINE_FIRST_BYTE_TIMEOUT", "400")]);
-    let (uuid, report) = call(&avr, tone(1100), Duration::from_millis(3000), EndMode::Close);
+    let (uuid, report) = call(
+        &avr,
+        tone(1100),
+        Duration::from_millis(3000),
+        EndMode::Close,
+    );
     assert_eq!(report.ended_by, EndedBy::Client, "{}", report.summary());
     avr.wait_call_ended(&uuid, WAIT);
-    assert!(avr.call_logs(&uuid).iter().any(|l| l.contains(
-        "did not answer in time: 400 ms waiting for the answer to start"
-    )));
+    assert!(avr
+        .call_logs(&uuid)
+        .iter()
+        .any(|l| l.contains("did not answer in time: 400 ms waiting for the answer to start")));
 }
 
 #[test]
@@ -538,10 +630,21 @@ fn a_caller_hanging_up_closes_every_request_and_thread() {
     });
     let avr = avr_for(&p, &[]);
     let threads_before = avr.threads();
-    let (uuid, _) = call(&avr, tone(1100), Duration::from_millis(2500), EndMode::Close);
+    let (uuid, _) = call(
+        &avr,
+        tone(1100),
+        Duration::from_millis(2500),
+        EndMode::Close,
+    );
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::TtsDone { .. }));
     assert!(
-        matches!(events.last(), Some(PipelineEvent::TtsDone { cancelled: true, .. })),
+        matches!(
+            events.last(),
+            Some(PipelineEvent::TtsDone {
+                cancelled: true,
+                ..
+            })
+        ),
         "{events:#?}"
     );
     avr.wait_call_ended(&uuid, WAIT);
