@@ -316,6 +316,18 @@ mod tests {
              STS_URL=ws://localhost:6030\n\
              STS_CONNECT_TIMEOUT=3000ms\n\
              STS_SAMPLE_RATE=8000\n\
+             ASR_URL=(unset)\n\
+             LLM_URL=(unset)\n\
+             TTS_URL=(unset)\n\
+             SYSTEM_MESSAGE=(unset: the call waits for the caller)\n\
+             INTERRUPT_LISTENING=(unset)\n\
+             VAD_POSITIVE_SPEECH_THRESHOLD=(unset)\n\
+             VAD_NEGATIVE_SPEECH_THRESHOLD=(unset)\n\
+             VAD_MIN_SPEECH_FRAMES=(unset)\n\
+             VAD_REDEMPTION_FRAMES=(unset)\n\
+             PIPELINE_CONNECT_TIMEOUT=(unset)\n\
+             PIPELINE_FIRST_BYTE_TIMEOUT=(unset)\n\
+             PIPELINE_RESPONSE_TIMEOUT=(unset)\n\
              MAX_CALLS=500\n\
              MAX_PENDING_CONNECTIONS=64\n\
              CALLER_IDLE_TIMEOUT=10000ms\n\
@@ -341,7 +353,7 @@ mod tests {
 
     /// Each table variable, a value other than its default, and how `check-config` shows it:
     /// proves parsing reads every row under its name and `describe` shows what was read.
-    const EVERY_VARIABLE: [(&str, &str, &str); 28] = [
+    const EVERY_VARIABLE: [(&str, &str, &str); 40] = [
         ("PORT", "5002", "5002"),
         ("BIND_ADDRESS", "[::1]", "::1"),
         ("HTTP_PORT", "6001", "6001"),
@@ -355,6 +367,18 @@ mod tests {
             "16000 (not the upstream 8000: the agent must speak 16000 Hz; it is told so by \
              sample_rate=16000 on its URL)",
         ),
+        ("ASR_URL", "http://u:p@asr/s", "http://u:****@asr/s"),
+        ("LLM_URL", "http://llm:1/p", "http://llm:1/p"),
+        ("TTS_URL", "http://tts:2/t", "http://tts:2/t"),
+        ("SYSTEM_MESSAGE", "Hi.", "Hi."),
+        ("INTERRUPT_LISTENING", "yes", "true"),
+        ("VAD_POSITIVE_SPEECH_THRESHOLD", "0.7", "0.7"),
+        ("VAD_NEGATIVE_SPEECH_THRESHOLD", "0.4", "0.4"),
+        ("VAD_MIN_SPEECH_FRAMES", "3", "3"),
+        ("VAD_REDEMPTION_FRAMES", "9", "9"),
+        ("PIPELINE_CONNECT_TIMEOUT", "1s", "1000ms"),
+        ("PIPELINE_FIRST_BYTE_TIMEOUT", "2s", "2000ms"),
+        ("PIPELINE_RESPONSE_TIMEOUT", "3s", "3000ms"),
         ("MAX_CALLS", "7", "7"),
         ("MAX_PENDING_CONNECTIONS", "9", "9"),
         ("CALLER_IDLE_TIMEOUT", "3s", "3000ms"),
@@ -382,13 +406,25 @@ mod tests {
         let names: Vec<&str> = EVERY_VARIABLE.iter().map(|(n, _, _)| *n).collect();
         let table: Vec<&str> = vars::VARS.iter().map(|v| v.name).collect();
         assert_eq!(names, table);
-        let given: Vec<(&str, &str)> = EVERY_VARIABLE.iter().map(|(n, v, _)| (*n, *v)).collect();
-        let text = Config::from_vars(&vars(&given)).unwrap().describe();
-        let expected: String = EVERY_VARIABLE
-            .iter()
-            .map(|(n, _, shown)| format!("{n}={shown}\n"))
-            .collect();
-        assert_eq!(text, expected);
+        // STS_URL makes STS mode, where the pipeline rows are not read: each mode's rows are
+        // checked in a config of that mode.
+        let pipeline_row =
+            |n: &str| vars::find(n).is_some_and(|v| v.meaning.starts_with("pipeline"));
+        let given = |keep: &dyn Fn(&str) -> bool| {
+            let pairs: Vec<(&str, &str)> = EVERY_VARIABLE
+                .iter()
+                .filter(|(n, _, _)| keep(n))
+                .map(|(n, v, _)| (*n, *v))
+                .collect();
+            Config::from_vars(&vars(&pairs)).unwrap().describe()
+        };
+        let sts = given(&|n| !pipeline_row(n));
+        let pipeline = given(&|n| n != "STS_URL");
+        for (n, _, shown) in EVERY_VARIABLE {
+            let text = if pipeline_row(n) { &pipeline } else { &sts };
+            let line = format!("{n}={shown}");
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

@@ -532,7 +532,7 @@ mod tests {
         assert!(usage.contains("STS_URL"), "{usage}");
         assert!(usage.contains("; default 5001\n"), "{usage}");
         assert!(
-            usage.contains("speech-to-speech agent; required\n"),
+            usage.contains("speech-to-speech agent (STS mode); default required, unless"),
             "{usage}"
         );
         assert!(

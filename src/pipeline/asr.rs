@@ -151,7 +151,7 @@ fn stream(shared: &Shared, request: &Request<'_>, attempt: u32) -> StreamEnd {
     let mut text = Vec::new();
     let mut transcripts = 0;
     loop {
-        match response.next()? {
+        match response.next_piece()? {
             Piece::Data { bytes, chunk_end } => {
                 if text.len() + bytes.len() <= MAX_TRANSCRIPT {
                     text.extend_from_slice(&bytes);

@@ -51,11 +51,6 @@ impl Default for Chunked {
 }
 
 impl Chunked {
-    /// The body is complete.
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decodes `input`, handing what it holds to `on` in order, up to and including the
     /// end of a chunk or of the body; returns how many bytes it used (the rest is the next
     /// call's). The error says what was not HTTP.

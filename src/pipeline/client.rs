@@ -442,7 +442,7 @@ impl<'a> Response<'a> {
     }
 
     /// The next piece of the body, as soon as there is one.
-    pub fn next(&mut self) -> Result<Piece, ServiceError> {
+    pub fn next_piece(&mut self) -> Result<Piece, ServiceError> {
         loop {
             if self.done {
                 return Ok(Piece::End);
@@ -552,7 +552,7 @@ impl<'a> Response<'a> {
         self.deadline = Some(self.deadline.map_or(by, |d| d.min(by)));
         let mut body = Vec::new();
         while body.len() < ERROR_BODY_SHOWN {
-            match self.next() {
+            match self.next_piece() {
                 Ok(Piece::Data { bytes, .. }) => body.extend_from_slice(&bytes),
                 _ => break,
             }

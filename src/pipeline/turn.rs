@@ -165,7 +165,7 @@ impl Answer<'_> {
         let (socket, sent) = request.send("application/json", Some(body))?;
         let mut response = Response::read(request, socket, sent, true)?;
         loop {
-            match response.next()? {
+            match response.next_piece()? {
                 Piece::Data { bytes, .. } => {
                     let parsed = self.stream.push(&bytes, &mut self.pieces);
                     self.take_pieces();
@@ -271,7 +271,7 @@ fn synthesize(shared: &Shared, cancel: &Cancel, turn: u64, text: &str) -> Result
     // Samples stay whole within a sentence; an odd last byte is dropped with it.
     let mut odd: Option<u8> = None;
     loop {
-        match response.next()? {
+        match response.next_piece()? {
             Piece::Data { bytes, .. } => {
                 let mut pcm = Vec::with_capacity(bytes.len() + 1);
                 pcm.extend(odd.take());
