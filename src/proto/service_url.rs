@@ -60,9 +60,12 @@ impl ServiceUrl {
                 .trim_end_matches(']')
                 .to_string(),
             port,
-            target: uri
-                .path_and_query()
-                .map_or("/".to_string(), |p| p.as_str().to_string()),
+            // A request target starts with `/`, even when the URL has only a query.
+            target: match uri.path_and_query().map(|p| p.as_str()) {
+                Some(p) if p.starts_with('/') => p.to_string(),
+                Some(p) => format!("/{p}"),
+                None => "/".to_string(),
+            },
             host_header,
             authorization: basic_auth(url),
         })

@@ -134,9 +134,11 @@ fn a_bad_value_stops_startup_with_one_line_naming_it() {
     let (code, _, err) = avr(&[], &[("STS_URL", "http://127.0.0.1:6030")]);
     assert_eq!(code, 1);
     assert!(err.contains("only WebSocket"), "{err}");
+    // Pipeline mode needs all three services: the missing one is named.
     let (code, _, err) = avr(&[], &[("ASR_URL", "http://asr:6010")]);
     assert_eq!(code, 1);
-    assert!(err.contains("not supported"), "{err}");
+    assert!(err.starts_with("avr-core: LLM_URL is not set") || err.contains("LLM_URL is not set"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 /// `--rate` (and the demo's `--agent-rate`): a rate a tool cannot use is a usage error that
