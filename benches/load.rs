@@ -947,6 +947,8 @@ struct PipelineRun {
     cpu: f64,
     idle: Sample,
     peak: Sample,
+    /// `/proc/loadavg` as the calls began: how busy the shared machine was.
+    load: String,
 }
 
 /// `calls` concurrent pipeline calls against one in-process EchoPipeline answering as fast as
@@ -1003,6 +1005,12 @@ fn pipeline_bench(calls: usize) -> PipelineRun {
         audio.extend(speech(lead, TURN_SPEECH));
     }
     let audio = Arc::new(audio);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     let start = Instant::now();
     let callers: Vec<_> = (0..calls)
         .map(|i| {
@@ -1068,6 +1076,7 @@ fn pipeline_bench(calls: usize) -> PipelineRun {
         cpu,
         idle,
         peak,
+        load,
     };
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u32;
     for report in reports {
@@ -1155,9 +1164,10 @@ fn pipeline_section(r: &PipelineRun) -> String {
     );
     let _ = writeln!(
         md,
-        "- machine: {}, shared with other builds and tests while it ran (busy): the figures are \
-         bounds, not speeds",
-        machine()
+        "- machine: {}, shared with other builds and tests while it ran (load average {} as the \
+         calls began): the figures are bounds, not speeds",
+        machine(),
+        r.load
     );
     let _ = writeln!(
         md,
