@@ -33,6 +33,8 @@ use crate::tools::http_sink::{HttpSink, Reply};
 use crate::tools::rates::{self, khz, SLIN_RATE_HZ};
 use crate::tools::simulate::{self, AudioSource, EndMode, SimOptions};
 
+pub mod pipeline;
+
 /// How long the caller sends the melody (then a short tail, so its echo comes back).
 const MELODY: Duration = Duration::from_millis(3000);
 const CALL_SECONDS: Duration = Duration::from_millis(3600);
@@ -49,13 +51,18 @@ with a built-in melody and a DTMF digit, and print what happened, in order
 
 USAGE:
     avr-core demo [--rate HZ] [--agent-rate HZ]
+    avr-core demo --pipeline
 
     --rate HZ          the caller's rate: 8000 (default), or a wideband AudioSocket rate such
                        as 16000, as Dial(AudioSocket/.../c(slin16)) sends (12000 to 192000)
     --agent-rate HZ    the agent's rate, avr-core's STS_SAMPLE_RATE (default 8000, 8000 to
                        192000); the echo agent speaks it and avr-core resamples between
+    --pipeline         pipeline mode instead: the built-in ASR, LLM and TTS services
+                       (echo-pipeline) and avr-core with ASR_URL, LLM_URL, TTS_URL and a
+                       SYSTEM_MESSAGE greeting; the caller speaks (a tone), then listens. An
+                       8 kHz call: not combined with --rate or --agent-rate
 
-Takes about 5 seconds; nothing is left running. Exit status 0 when every step was seen, 1 (with
+Takes about 5 seconds (--pipeline: 7); nothing is left running. Exit status 0 when every step was seen, 1 (with
 the reason) otherwise.
 ";
 
@@ -66,6 +73,8 @@ pub struct DemoOptions {
     pub caller_rate_hz: u32,
     /// The agent's rate: avr-core's `STS_SAMPLE_RATE` and the echo agent's.
     pub agent_rate_hz: u32,
+    /// Pipeline mode (ASR, LLM, TTS) instead of an STS agent; always 8 kHz.
+    pub pipeline: bool,
 }
 
 impl Default for DemoOptions {
@@ -74,6 +83,7 @@ impl Default for DemoOptions {
         DemoOptions {
             caller_rate_hz: SLIN_RATE_HZ,
             agent_rate_hz: SLIN_RATE_HZ,
+            pipeline: false,
         }
     }
 }
@@ -112,8 +122,22 @@ pub fn parse_args(args: &[String]) -> Result<Parsed<DemoOptions>, UsageError> {
             _ if is_help(flag) => return Ok(Parsed::Help),
             "--rate" => opts.caller_rate_hz = rates::caller_rate(&mut flags)?,
             "--agent-rate" => opts.agent_rate_hz = rates::agent_rate(&mut flags)?,
-            _ => return Err(flags.unknown("the demo takes --rate and --agent-rate")),
+            "--pipeline" => opts.pipeline = true,
+            _ => {
+                return Err(
+                    flags.unknown("the demo takes --rate and --agent-rate, or --pipeline alone")
+                )
+            }
         }
+    }
+    // The pipeline services speak 8 kHz (the upstream connectors' rate): a rate option would
+    // be silently ignored, so it is refused.
+    let rated = opts.caller_rate_hz != SLIN_RATE_HZ || opts.agent_rate_hz != SLIN_RATE_HZ;
+    if opts.pipeline && rated {
+        return Err(UsageError::Unknown {
+            arg: "--pipeline".into(),
+            hint: "the pipeline demo is an 8 kHz call; leave out --rate and --agent-rate",
+        });
     }
     Ok(Parsed::Run(opts))
 }
@@ -129,6 +153,9 @@ struct Seen {
 
 /// Runs the demo and prints its timeline; the error says which steps were not seen.
 pub fn run(opts: DemoOptions) -> Result<(), String> {
+    if opts.pipeline {
+        return pipeline::run();
+    }
     let t0 = Instant::now();
     let (tx, lines) = crossbeam_channel::unbounded();
     let timeline = Timeline(tx);
@@ -168,14 +195,11 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
 
     let dead_letters =
         std::env::temp_dir().join(format!("avr-core-demo-{}.jsonl", std::process::id()));
-    let server = Server::start(
-        &agent.url(),
-        &hooks.url(),
-        agent_rate,
-        &dead_letters,
-        &timeline,
-        &seen,
-    )?;
+    let mut cmd = loopback_command(&this_exe()?, &agent.url(), &hooks.url(), &dead_letters);
+    if agent_rate != SLIN_RATE_HZ {
+        cmd.env("STS_SAMPLE_RATE", agent_rate.to_string());
+    }
+    let server = Server::start(cmd, &timeline, &seen)?;
     let result = call(&server, opts.caller_rate_hz, &timeline, &seen);
     let _ = std::fs::remove_file(&dead_letters);
     drop(server); // kills and reaps avr-core before printing: nothing is left behind
@@ -439,24 +463,21 @@ pub fn loopback_command(
     cmd
 }
 
+/// This executable: the demo runs the very avr-core it is part of.
+fn this_exe() -> Result<std::path::PathBuf, String> {
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable to start avr-core: {e}"))
+}
+
 impl Server {
-    /// avr-core with its agent at `sts_url` speaking `agent_rate` (`STS_SAMPLE_RATE`, left
-    /// unset at the default 8 kHz), webhooks to `webhook_url`.
+    /// Starts avr-core from `cmd` (a [`loopback_command`] with the mode's variables) at log
+    /// level info, its log lines into the timeline, and waits until it listens.
     fn start(
-        sts_url: &str,
-        webhook_url: &str,
-        agent_rate: u32,
-        dead_letters: &std::path::Path,
+        mut cmd: Command,
         timeline: &Timeline,
         seen: &Arc<Mutex<Seen>>,
     ) -> Result<Server, String> {
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find this executable to start avr-core: {e}"))?;
-        let mut cmd = loopback_command(&exe, sts_url, webhook_url, dead_letters);
         cmd.env("LOG_LEVEL", "info");
-        if agent_rate != SLIN_RATE_HZ {
-            cmd.env("STS_SAMPLE_RATE", agent_rate.to_string());
-        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start avr-core: {e}"))?;
@@ -622,21 +643,41 @@ mod tests {
             parse_args(&[]),
             Ok(Parsed::Run(DemoOptions {
                 caller_rate_hz: 8_000,
-                agent_rate_hz: 8_000
+                agent_rate_hz: 8_000,
+                pipeline: false
             }))
         );
         assert_eq!(
             parse_args(&args("--rate 16000 --agent-rate=24000")),
             Ok(Parsed::Run(DemoOptions {
                 caller_rate_hz: 16_000,
-                agent_rate_hz: 24_000
+                agent_rate_hz: 24_000,
+                pipeline: false
             }))
         );
         assert_eq!(parse_args(&args("--rate 16000 -h")), Ok(Parsed::Help));
+        assert_eq!(
+            parse_args(&args("--pipeline")),
+            Ok(Parsed::Run(DemoOptions {
+                pipeline: true,
+                ..DemoOptions::default()
+            }))
+        );
         for (line, needle) in [
             ("--rate 11025", "is not an AudioSocket rate"),
             ("--agent-rate 4000", "from 8000 to 192000"),
-            ("--bogus", "the demo takes --rate and --agent-rate"),
+            (
+                "--bogus",
+                "the demo takes --rate and --agent-rate, or --pipeline alone",
+            ),
+            (
+                "--pipeline --rate 16000",
+                "leave out --rate and --agent-rate",
+            ),
+            (
+                "--agent-rate 16000 --pipeline",
+                "leave out --rate and --agent-rate",
+            ),
         ] {
             let e = parse_args(&args(line)).unwrap_err().to_string();
             assert!(e.contains(needle), "{line}: {e}");
