@@ -137,7 +137,10 @@ fn a_bad_value_stops_startup_with_one_line_naming_it() {
     // Pipeline mode needs all three services: the missing one is named.
     let (code, _, err) = avr(&[], &[("ASR_URL", "http://asr:6010")]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("avr-core: LLM_URL is not set") || err.contains("LLM_URL is not set"), "{err}");
+    assert!(
+        err.starts_with("avr-core: LLM_URL is not set") || err.contains("LLM_URL is not set"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
