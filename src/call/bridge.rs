@@ -347,7 +347,7 @@ impl Bridge<'_> {
         if let Some(pipeline) = self.pipeline.as_mut() {
             let mut outputs = std::mem::take(&mut self.outputs);
             let playing = self.playout.queued_ms() > 0;
-            pipeline.send(item, playing, Instant::now(), &mut outputs);
+            pipeline.send(item, playing, &mut outputs);
             return self.on_outputs(outputs);
         }
         let Some(link) = self.link.as_mut() else {

@@ -138,7 +138,7 @@ impl Pipeline {
 
     /// Caller audio (s16le at 8 kHz) or a digit. `playing`: agent audio waits in playout,
     /// i.e. the agent is speaking.
-    pub fn send(&mut self, item: ToAgent, playing: bool, now: Instant, out: &mut Vec<Output>) {
+    pub fn send(&mut self, item: ToAgent, playing: bool, out: &mut Vec<Output>) {
         // Speaking: audio waits in playout, or a turn that was heard is still streaming (its
         // next piece may not be there yet).
         let playing = playing || self.turn.as_ref().is_some_and(|t| t.audible);
@@ -162,7 +162,7 @@ impl Pipeline {
                 }
             }
             ToAgent::Dtmf(digit) => {
-                self.on_caller_words(format!("DTMF {digit}"), playing, now, out);
+                self.on_caller_words(format!("DTMF {digit}"), playing, out);
             }
         }
     }
@@ -219,7 +219,7 @@ impl Pipeline {
                     role: "user".into(),
                     text: text.clone(),
                 }));
-                self.on_caller_words(text, playing, now, out);
+                self.on_caller_words(text, playing, out);
             }
             Msg::AsrEnded { attempt, result } => {
                 if current(attempt, &self.listening) {
@@ -252,13 +252,7 @@ impl Pipeline {
 
     /// The caller said something (a transcript, a digit): whatever the agent was saying
     /// gives way, and the model is asked.
-    fn on_caller_words(
-        &mut self,
-        words: String,
-        playing: bool,
-        _now: Instant,
-        out: &mut Vec<Output>,
-    ) {
+    fn on_caller_words(&mut self, words: String, playing: bool, out: &mut Vec<Output>) {
         if self.turn.is_some() || playing {
             self.interrupt(playing, out);
         }

@@ -4,7 +4,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use avr_core::audio::quality::speech_like;
 use avr_core::tools::echo_pipeline::{EchoPipeline, PipelineEvent, PipelineOptions};
@@ -328,6 +328,12 @@ fn barge_in_clears_playout_cancels_speech_and_emits_interruption() {
     audio.extend(silence(speak_at_ms - 5000));
     audio.extend(speech_like(8000, 1500, 7));
     let (uuid, report) = call(&avr, audio, Duration::from_millis(9500), EndMode::Close);
+    // The caller's clock as wall-clock time, to set its frames beside avr-core's log lines.
+    let (wall_now, mono_now) = (SystemTime::now(), Instant::now());
+    let wall_ms_of_day = |at: Instant| {
+        let wall = wall_now - mono_now.duration_since(at);
+        wall.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 % 86_400_000
+    };
 
     let onset = speak_at_ms / 20;
     let heard = loud_frames(&report);
@@ -342,6 +348,22 @@ fn barge_in_clears_playout_cancels_speech_and_emits_interruption() {
         after_ms <= 68 + 40 + 20,
         "agent audio went on {after_ms} ms into the caller's speech"
     );
+    // And within 40 ms of the detector's decision (the log line, stamped to the millisecond),
+    // the caller hears no more of it.
+    let decided = avr
+        .wait_log(|l| l.contains(&uuid) && l.contains("Barge-in"), WAIT)
+        .expect("barge-in logged");
+    let decided_ms = log_ms_of_day(&decided);
+    if let Some(last) = last {
+        let last_heard_ms = wall_ms_of_day(report.started + report.arrivals[last]);
+        // (A call across midnight UTC wraps the day.)
+        let after =
+            (last_heard_ms - decided_ms + 86_400_000 + 43_200_000) % 86_400_000 - 43_200_000;
+        assert!(
+            after <= 40,
+            "agent audio heard {after} ms after the barge-in was decided"
+        );
+    }
 
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::TtsDone { .. }));
     assert!(
@@ -403,6 +425,13 @@ fn a_plain_text_model_answer_is_spoken() {
     );
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     assert_eq!(tts_texts(&events), ["Plain words.", "Still spoken."]);
+}
+
+/// The time of day of a log line (`2026-12-03T04:23:12.036Z [INFO]: …`), in milliseconds.
+fn log_ms_of_day(line: &str) -> i64 {
+    let time = &line[11..23];
+    let field = |r: std::ops::Range<usize>| time[r].parse::<i64>().expect("log timestamp");
+    ((field(0..2) * 60 + field(3..5)) * 60 + field(6..8)) * 1000 + field(9..12)
 }
 
 /// A port nothing listens on.
