@@ -40,13 +40,17 @@ fn avr_for(p: &EchoPipeline, extra: &[(&str, &str)]) -> Avr {
 /// (a transcript per second), the voice-activity detector does not take it for a voice. (Cut
 /// off dead, its last sample is a click the detector may take for the start of speech.)
 fn tone(ms: usize) -> Vec<i16> {
-    let n = ms * 8;
+    tone_at(ms, 8000)
+}
+
+fn tone_at(ms: usize, rate_hz: usize) -> Vec<i16> {
+    let n = ms * rate_hz / 1000;
     let ramp = 160.0;
     (0..n)
         .map(|i| {
-            let edge = (i.min(n - 1 - i) as f64 / ramp).min(1.0);
+            let edge = (i.min(n - 1 - i) as f64 / (ramp * rate_hz as f64 / 8000.0)).min(1.0);
             let gain = 0.5 - 0.5 * (edge * std::f64::consts::PI).cos();
-            let x = (i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 8000.0).sin();
+            let x = (i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / rate_hz as f64).sin();
             (x * 8000.0 * gain) as i16
         })
         .collect()
@@ -679,4 +683,34 @@ fn a_caller_hanging_up_closes_every_request_and_thread() {
     avr.wait_call_ended(&uuid, WAIT);
     // The end line is written once every helper thread of the call is joined.
     assert_eq!(avr.threads(), threads_before);
+}
+
+#[test]
+fn a_wideband_caller_is_heard_at_8_khz_and_answered_in_its_own_kind() {
+    let (p, rx) = services(PipelineOptions::default());
+    let avr = avr_for(&p, &[]);
+    let (uuid, mut opts) = call_options(avr.addr(), Duration::from_millis(4000), EndMode::Close);
+    opts.rate_hz = 16_000;
+    opts.audio = AudioSource::Pcm(Arc::new(tone_at(1100, 16_000)));
+    let report = run_call(&opts).expect("call");
+    // The simulator's checker holds every reply to the caller's kind (slin16) and 20 ms.
+    assert!(report.violations.is_empty(), "{}", report.summary());
+    let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
+    // The services speak 8 kHz: 4 s of caller audio is about 64,000 bytes up (the converter
+    // may round by a sample), not 128,000.
+    let uploaded = events.iter().find_map(|e| match e {
+        PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
+        _ => None,
+    });
+    assert!(
+        uploaded.is_some_and(|b| (56_000..=64_320).contains(&b)),
+        "uploaded {uploaded:?}"
+    );
+    assert_eq!(tts_texts(&events)[0], "You said: Transcript 1.");
+    // The answer is heard: 640-byte frames of 16 kHz audio, some of them loud.
+    let loud = to_samples(&report.received)
+        .chunks(320)
+        .filter(|f| f.iter().any(|s| s.unsigned_abs() > 500))
+        .count();
+    assert!(loud >= 20, "{loud} loud 20 ms frames");
 }
