@@ -349,7 +349,7 @@ pub struct Response<'a> {
     done: bool,
 }
 
-/// What [`Response::next`] found.
+/// What [`Response::next_piece`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Piece {
     /// Body bytes; `chunk_end` when a chunk of a chunked body ends with them.
