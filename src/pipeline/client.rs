@@ -198,12 +198,21 @@ impl Cancel {
         if self.is_cancelled() {
             return Err(ServiceError::Cancelled);
         }
-        // Forget sockets of finished requests (a turn speaks many sentences).
-        sockets.retain(|s| s.peer_addr().is_ok());
         if let Ok(clone) = socket.try_clone() {
             sockets.push(clone);
         }
         Ok(())
+    }
+}
+
+impl Cancel {
+    /// Forgets a finished request's socket, so its connection closes now rather than with
+    /// the turn (a turn speaks many sentences). A connection is known by its local address.
+    fn forget(&self, socket: &TcpStream) {
+        let Ok(local) = socket.local_addr() else {
+            return;
+        };
+        lock(&self.sockets).retain(|s| s.local_addr().is_ok_and(|a| a != local));
     }
 }
 
@@ -567,6 +576,12 @@ impl<'a> Response<'a> {
     }
 }
 
+impl Drop for Response<'_> {
+    fn drop(&mut self) {
+        self.request.cancel.forget(&self.stream);
+    }
+}
+
 /// How a body with these headers ends.
 fn framing(headers: &[httparse::Header<'_>]) -> Framing {
     let value = |name: &str| {
@@ -581,5 +596,121 @@ fn framing(headers: &[httparse::Header<'_>]) -> Framing {
     match value("content-length").and_then(|n| n.parse().ok()) {
         Some(n) => Framing::Length(n),
         None => Framing::Close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    use super::*;
+
+    const BUDGETS: Budgets = Budgets {
+        connect: Duration::from_secs(2),
+        first_byte: Duration::from_secs(30),
+        whole: Duration::from_secs(30),
+    };
+
+    /// A service on loopback that answers one request with `answer` (nothing: it never
+    /// answers), and the request's result: the body, or the error.
+    fn exchange(
+        answer: Option<&'static [u8]>,
+        budgets: Budgets,
+        cancel: Arc<Cancel>,
+    ) -> (thread::JoinHandle<Result<Vec<u8>, ServiceError>>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/tts", listener.local_addr().unwrap());
+        let client = thread::spawn(move || {
+            let url = ServiceUrl::parse(&url).unwrap();
+            let request = Request {
+                service: Service::Tts,
+                url: &url,
+                uuid: "u-1",
+                budgets,
+                cancel: &cancel,
+            };
+            let (socket, sent) = request.send("application/json", Some(b"{}"))?;
+            let mut response = Response::read(&request, socket, sent, true)?;
+            let mut body = Vec::new();
+            while let Piece::Data { bytes, .. } = response.next_piece()? {
+                body.extend_from_slice(&bytes);
+            }
+            drop(response);
+            assert!(
+                lock(&cancel.sockets).is_empty(),
+                "a finished request is forgotten"
+            );
+            Ok(body)
+        });
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut head = [0u8; 1024];
+        let n = peer.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("POST /tts HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nX-UUID: u-1\r\n"), "{head}");
+        if let Some(answer) = answer {
+            peer.write_all(answer).unwrap();
+        }
+        (client, peer)
+    }
+
+    #[test]
+    fn a_chunked_answer_streams_and_the_socket_is_forgotten() {
+        let answer =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n";
+        let (client, _peer) = exchange(Some(answer), BUDGETS, Arc::default());
+        assert_eq!(client.join().unwrap().unwrap(), b"abc");
+    }
+
+    #[test]
+    fn an_error_status_comes_back_with_the_start_of_its_body() {
+        let answer = b"HTTP/1.1 503 Busy\r\nContent-Length: 20\r\n\r\n{\"error\":\"overload\"}";
+        let (client, _peer) = exchange(Some(answer), BUDGETS, Arc::default());
+        let err = client.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Status { status: 503, body, .. } if body.contains("overload")),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("text-to-speech service (TTS_URL) at http://127.0.0.1:"));
+    }
+
+    #[test]
+    fn a_silent_service_is_cut_at_the_first_byte_budget() {
+        let budgets = Budgets {
+            first_byte: Duration::from_millis(200),
+            ..BUDGETS
+        };
+        let (client, _peer) = exchange(None, budgets, Arc::default());
+        let err = client.join().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ServiceError::Timeout {
+                    step: Step::FirstByte,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cancel_releases_a_request_waiting_for_its_answer_at_once() {
+        let cancel = Arc::new(Cancel::default());
+        let (client, _peer) = exchange(None, BUDGETS, cancel.clone());
+        let started = Instant::now();
+        cancel.cancel();
+        assert!(matches!(
+            client.join().unwrap(),
+            Err(ServiceError::Cancelled)
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the 30 s budget did not run"
+        );
     }
 }
