@@ -333,6 +333,13 @@ fn serve() -> Result<ExitCode, StartError> {
             avr_core::config::mask_url(&p.llm_url.url),
             avr_core::config::mask_url(&p.tts_url.url)
         );
+        if !p.ignored.is_empty() {
+            log::info!(
+                "Ignoring {}: upstream voice-activity settings with no meaning here \
+                 (docs/pipeline.md §5)",
+                p.ignored.join(", ")
+            );
+        }
     }
     // Logged once every thread is up: tests and scripts take these lines as "ready".
     if let Some(port) = http_port {

@@ -79,6 +79,17 @@ impl<'a> Env<'a> {
             })
     }
 
+    /// Every variable set whose name starts with `prefix`, once each, in order.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<&'a str> {
+        let mut names: Vec<&str> = Vec::new();
+        for (k, v) in self.vars {
+            if k.starts_with(prefix) && !v.trim().is_empty() && !names.contains(&k.as_str()) {
+                names.push(k);
+            }
+        }
+        names
+    }
+
     /// The first variable set whose name starts with one of `prefixes`.
     pub fn first_with_prefix(&self, prefixes: &[&str]) -> Option<&'a str> {
         self.vars

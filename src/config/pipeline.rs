@@ -26,7 +26,17 @@ pub struct PipelineConfig {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub response_timeout: Duration,
+    /// Upstream `VAD_*` variables the operator set that mean nothing here (logged at startup).
+    pub ignored: Vec<String>,
 }
+
+/// The `VAD_*` variables that have a meaning here; any other is the upstream Silero VAD's.
+const VAD_VARS: [&str; 4] = [
+    "VAD_POSITIVE_SPEECH_THRESHOLD",
+    "VAD_NEGATIVE_SPEECH_THRESHOLD",
+    "VAD_MIN_SPEECH_FRAMES",
+    "VAD_REDEMPTION_FRAMES",
+];
 
 /// The upstream `VAD_*` variables that have a meaning here (docs/pipeline.md §5).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +85,12 @@ impl PipelineConfig {
             connect_timeout: env.parse("PIPELINE_CONNECT_TIMEOUT", env::duration)?,
             first_byte_timeout: env.parse("PIPELINE_FIRST_BYTE_TIMEOUT", env::duration)?,
             response_timeout: env.parse("PIPELINE_RESPONSE_TIMEOUT", env::duration)?,
+            ignored: env
+                .names_with_prefix("VAD_")
+                .into_iter()
+                .filter(|n| !VAD_VARS.contains(n))
+                .map(String::from)
+                .collect(),
         }))
     }
 }
@@ -133,6 +149,19 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.first_byte_timeout, Duration::from_secs(10));
         assert_eq!(c.response_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn upstream_vad_variables_without_a_meaning_are_listed() {
+        let mut vars = ALL.to_vec();
+        vars.extend([
+            ("VAD_MODEL", "v5"),
+            ("VAD_MIN_SPEECH_FRAMES", "3"),
+            ("VAD_FRAME_SAMPLES", "512"),
+        ]);
+        let c = read(&vars).unwrap().unwrap();
+        assert_eq!(c.ignored, ["VAD_MODEL", "VAD_FRAME_SAMPLES"]);
+        assert_eq!(c.vad.min_speech_frames, 3);
     }
 
     #[test]
