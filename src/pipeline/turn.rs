@@ -239,7 +239,13 @@ fn speak(shared: &Shared, cancel: &Cancel, turn: u64, said: Receiver<Say>) {
             break;
         }
         match item {
-            Say::Audio(pcm) => shared.send(Msg::Audio { turn, pcm }),
+            // Whole samples only: an odd byte would shift every later sentence's samples.
+            Say::Audio(mut pcm) => {
+                pcm.truncate(pcm.len() & !1);
+                if !pcm.is_empty() {
+                    shared.send(Msg::Audio { turn, pcm });
+                }
+            }
             Say::Sentence(text) => match synthesize(shared, cancel, turn, &text) {
                 Ok(()) | Err(ServiceError::Cancelled) => {}
                 Err(e) => log::warn!(
