@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI's packaging steps (called by .ci/run): static musl binary, unit checks, .deb and .rpm
-# built and inspected, then installed/upgraded/removed in a throwaway root, and the .deb run
-# under a booted systemd. Root, Debian 12.
+# built and inspected, then installed/upgraded/removed in a throwaway root, the .deb run
+# under a booted systemd, and the container image built and its entrypoint run. Root, Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -21,10 +21,10 @@ fail() {
     exit 1
 }
 
-step "tools (apt: musl-tools debootstrap rpm shellcheck systemd-container; cargo: cargo-deb cargo-generate-rpm)"
+step "tools (apt: musl-tools debootstrap rpm shellcheck systemd-container buildah; cargo: cargo-deb cargo-generate-rpm)"
 missing=()
 for tool in musl-gcc:musl-tools debootstrap:debootstrap rpm:rpm shellcheck:shellcheck \
-    systemd-analyze:systemd systemd-nspawn:systemd-container zstd:zstd; do
+    systemd-analyze:systemd systemd-nspawn:systemd-container zstd:zstd buildah:buildah jq:jq; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,7 +39,7 @@ done
 ok "$(cargo deb --version 2>&1 | head -n1), $(cargo generate-rpm --version 2>&1 | head -n1)"
 
 step "shell scripts (bash -n, shellcheck)"
-scripts=(packaging/*.sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm .ci/run)
+scripts=(packaging/*.sh packaging/container/*.sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm .ci/run)
 for f in "${scripts[@]}"; do bash -n "$f"; done
 # The rpm scriptlets have no shebang: rpm runs them with /bin/sh.
 shellcheck -x "${scripts[@]}"
@@ -131,6 +131,11 @@ packaging/test-rpm.sh "$rpm_pkg" "$rpm_up"
 
 step "the .deb under a real systemd (systemd-nspawn boot): start, call, upgrade, stop, purge"
 packaging/test-systemd.sh "$deb" "$deb_up"
+
+step "container image (buildah, FROM scratch): build, inspect, run its entrypoint from its root"
+packaging/container/build.sh "$bin" | tee "$CARGO_TARGET_DIR/container-build.log"
+image=$(tail -n1 "$CARGO_TARGET_DIR/container-build.log")
+packaging/container/test.sh "$image" "$bin"
 
 step "done"
 echo "packaging: all packaging checks passed; packages in $out"
