@@ -263,8 +263,11 @@ fn serve() -> Result<ExitCode, StartError> {
     let metrics = Arc::new(Metrics::default());
     let webhooks = Webhooks::start(&config, metrics.clone());
     let registry = Arc::new(Registry::new(config.call_metadata_ttl));
-    // One stop for both listeners: SIGTERM closes them together.
-    let stop = Arc::new(StopSignal::new().map_err(os("create the shutdown eventfd"))?);
+    let stopping = Stopping {
+        draining: Arc::new(AtomicBool::new(false)),
+        audiosocket: Arc::new(StopSignal::new().map_err(os("create the shutdown eventfd"))?),
+        http: Arc::new(StopSignal::new().map_err(os("create the shutdown eventfd"))?),
+    };
 
     let mut http_port = None;
     if let Some(port) = config.http_port {
@@ -281,9 +284,15 @@ fn serve() -> Result<ExitCode, StartError> {
             .with_call_initiated(move |uuid, payload| {
                 let payload = serde_json::Value::Object(payload.clone());
                 hook.call_initiated(Event::new(uuid, EventKind::CallInitiated, payload))
-            });
-        http::spawn(listener, service, http::Limits::default(), stop.clone())
-            .map_err(os("start the HTTP service thread"))?;
+            })
+            .with_draining(stopping.draining.clone());
+        http::spawn(
+            listener,
+            service,
+            http::Limits::default(),
+            stopping.http.clone(),
+        )
+        .map_err(os("start the HTTP service thread"))?;
     }
 
     let addr = SocketAddr::new(config.bind_address, config.port);
@@ -315,7 +324,11 @@ fn serve() -> Result<ExitCode, StartError> {
     let accept = thread::Builder::new()
         .name("audiosocket".into())
         .spawn({
-            let (ctx, stop, failed) = (ctx.clone(), stop.clone(), listener_failed.clone());
+            let (ctx, stop, failed) = (
+                ctx.clone(),
+                stopping.audiosocket.clone(),
+                listener_failed.clone(),
+            );
             move || {
                 if !listener::serve(listener, ctx, &stop) {
                     // A dead listener is fatal: take the graceful path so live calls finish.
@@ -348,7 +361,7 @@ fn serve() -> Result<ExitCode, StartError> {
     log::info!("AVR AudioSocket Server listening on port {port}");
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    shutdown(signal, &mut signals, &ctx, &stop, accept, &webhooks);
+    shutdown(signal, &mut signals, &ctx, &stopping, accept, &webhooks);
     // The listener logged why it died; the status tells scripts and systemd.
     Ok(if listener_failed.load(Relaxed) {
         ExitCode::FAILURE
@@ -362,13 +375,25 @@ fn os(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Os { what, source }
 }
 
-/// Stopping (docs/configuration.md §6): stop accepting, let live calls run up to `SHUTDOWN_GRACE`, hang up the rest,
-/// drain webhooks (what is left goes to the dead-letter file). A second signal hangs up at once.
+/// What SIGTERM sets in motion. The two listeners stop apart: the AudioSocket one at once,
+/// the HTTP one last, so that `/health` answers `draining` (and `/call` refuses) for as long
+/// as live calls run, which is what moves a load balancer's new calls elsewhere.
+struct Stopping {
+    /// Read by the HTTP service: `/health` and `/call` answer 503 once it is set.
+    draining: Arc<AtomicBool>,
+    audiosocket: Arc<StopSignal>,
+    http: Arc<StopSignal>,
+}
+
+/// Stopping (docs/configuration.md §6, docs/deployment.md): report `draining` on `/health`,
+/// close the AudioSocket listener (new connections are refused), let live calls run up to
+/// `SHUTDOWN_GRACE`, hang up the rest, drain webhooks (what is left goes to the dead-letter
+/// file), then close the HTTP service. A second signal hangs up at once.
 fn shutdown(
     signal: i32,
     signals: &mut Signals,
     ctx: &CallContext,
-    stop: &StopSignal,
+    stopping: &Stopping,
     accept: thread::JoinHandle<()>,
     webhooks: &Webhooks,
 ) {
@@ -385,7 +410,9 @@ fn shutdown(
         active(),
         grace.as_secs_f64()
     );
-    stop.trigger();
+    // Health first: a balancer that checks between the two steps already sees `draining`.
+    stopping.draining.store(true, Relaxed);
+    stopping.audiosocket.trigger();
     let _ = accept.join();
 
     let grace_end = Instant::now() + grace;
@@ -404,6 +431,7 @@ fn shutdown(
     }
     // The last calls' call_ended events get a moment even when the grace is spent.
     let report = webhooks.shutdown(grace_end.max(Instant::now() + Duration::from_secs(3)));
+    stopping.http.trigger();
     log::info!(
         "avr-core stopped: webhooks delivered {}, written to the dead-letter file {}, lost {}",
         report.delivered,

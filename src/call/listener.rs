@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::handshake::{read_uuid, uuid_waiting, NoUuid};
+use super::handshake::{read_uuid, uuid_waiting, NoUuid, UUID_TIMEOUT};
 use crate::call::{self, CallContext, CallSlot};
 use crate::proto::audiosocket::{self, CallId, FrameBuffer};
 use crate::sys::{lock, Admission, StopSignal, Throttle, Ticket, WaitingRoom};
@@ -22,6 +22,16 @@ use crate::sys::{lock, Admission, StopSignal, Throttle, Ticket, WaitingRoom};
 /// How often each kind of refusal may be logged; the lines count what they held back, so a
 /// flood of connections cannot flood the log as well.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// On stopping, at most how many connections already queued in the kernel are still taken:
+/// the listen backlog Rust's `TcpListener::bind` asks for.
+const LATE_ACCEPTS_MAX: usize = 128;
+
+/// On stopping, how often to look whether the connections still waiting for their UUID have
+/// become calls, and how long past [`UUID_TIMEOUT`] they may take to (their threads' own
+/// clocks start a little after the accept).
+const LATE_UUID_POLL: Duration = Duration::from_millis(10);
+const LATE_UUID_MARGIN: Duration = Duration::from_millis(500);
 
 /// What the accept loop and the connections waiting for their UUID share.
 struct Door {
@@ -33,8 +43,10 @@ struct Door {
 }
 
 /// Accepts calls until `stop` is triggered; each connection runs on its own thread. Returns
-/// with the listener closed, so new connections are refused while live calls finish: `true`
-/// when stopped, `false` when the listener failed.
+/// with the listener closed, so new connections are refused (reset: a TCP load balancer
+/// retries them on another instance) while live calls finish, and once every connection
+/// accepted so far has become a call or given up: `true` when stopped, `false` when the
+/// listener failed.
 pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) -> bool {
     let max_pending = ctx.config.max_pending_connections;
     let door = Arc::new(Door {
@@ -54,7 +66,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
             log::warn!("AudioSocket accept failed: {e}{more}")
         })
     };
-    while let Some((stream, peer)) = stop.accept(&listener, &mut on_error) {
+    let mut admit = |stream: TcpStream, peer: SocketAddr| {
         let mut now = Instant::now();
         let mut admission = door.waiting.admit(&stream, peer, now, uuid_waiting);
         // A full room of young connections: the newcomer waits its turn (at most the grace,
@@ -94,7 +106,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
                     )
                 });
                 reject(stream);
-                continue;
+                return;
             }
             Admission::Failed(e) => {
                 ctx.metrics.calls_rejected.fetch_add(1, Relaxed);
@@ -105,7 +117,7 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
                     )
                 });
                 reject(stream);
-                continue;
+                return;
             }
         };
         let call_ctx = ctx.clone();
@@ -117,10 +129,40 @@ pub fn serve(listener: TcpListener, ctx: Arc<CallContext>, stop: &StopSignal) ->
         if let Err(e) = spawned {
             log::error!("Cannot start a thread for the call from {peer}: {e}");
         }
+    };
+    while let Some((stream, peer)) = stop.accept(&listener, &mut on_error) {
+        admit(stream, peer);
+    }
+    // The kernel completed these handshakes before the stop: their peers (Asterisk, or a load
+    // balancer that has already forwarded the UUID) believe they are connected, and closing
+    // the listener would reset them mid-setup. They are served like any other.
+    // Bounded: connections keep arriving until the close, and the close must come.
+    let mut late = 0;
+    for _ in 0..LATE_ACCEPTS_MAX {
+        let Ok((stream, peer)) = listener.accept() else {
+            break;
+        };
+        if stream.set_nonblocking(false).is_ok() {
+            late += 1;
+            admit(stream, peer);
+        }
     }
     // Closed before it is said to be: from this line on, connections are refused.
     drop(listener);
-    log::info!("AudioSocket listener closed: no new calls are accepted");
+    log::info!(
+        "AudioSocket listener closed: no new calls are accepted{}",
+        if late > 0 {
+            format!(" ({late} connections already queued are served)")
+        } else {
+            String::new()
+        }
+    );
+    // Connections still waiting for their UUID become calls (or give up) within
+    // UUID_TIMEOUT; the caller counts live calls to know when to exit, so wait for them.
+    let deadline = Instant::now() + UUID_TIMEOUT + LATE_UUID_MARGIN;
+    while !door.waiting.is_empty() && Instant::now() < deadline {
+        thread::sleep(LATE_UUID_POLL);
+    }
     true
 }
 

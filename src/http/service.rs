@@ -2,6 +2,7 @@
 //! whole request. No socket here: [`Service::respond`] answers a request as the server
 //! would, which is how the unit tests and tools drive it.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +31,9 @@ pub struct Service {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     call_initiated: CallInitiated,
+    /// Set on SIGTERM: the instance finishes its live calls and takes no new ones, so
+    /// `/health` and `/call` answer 503 and a load balancer sends new calls elsewhere.
+    draining: Arc<AtomicBool>,
 }
 
 /// An answer, with the reason for the log line when it is an error.
@@ -88,7 +92,19 @@ impl Service {
             registry,
             metrics,
             call_initiated: Box::new(|_, _| None),
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares the instance's draining state (set on SIGTERM); see [`Service::is_draining`].
+    pub fn with_draining(mut self, draining: Arc<AtomicBool>) -> Service {
+        self.draining = draining;
+        self
+    }
+
+    /// Whether the instance is stopping: it serves its live calls but no new ones.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
     }
 
     /// Sets step 2 of `/call`, e.g. the webhook's `call_initiated`.
@@ -194,7 +210,7 @@ impl Service {
 
     pub(super) fn handle(&self, route: Route, method: &str, body: &[u8]) -> Response {
         let mut response = match route {
-            Route::Health => Response::json(200, &json!({"status": "ok"})),
+            Route::Health => self.health(),
             Route::Metrics => Response {
                 content_type: "text/plain; version=0.0.4",
                 body: self.metrics.render(),
@@ -211,8 +227,28 @@ impl Service {
         response
     }
 
+    /// `GET /health`: 200 `ok`, or 503 `draining` from SIGTERM on, so that a load balancer's
+    /// health check takes the instance out at once while its live calls finish
+    /// (docs/http.md §3.1, docs/deployment.md).
+    fn health(&self) -> Response {
+        if self.is_draining() {
+            let calls = self.metrics.active_calls.load(Relaxed);
+            Response::json(503, &json!({"status": "draining", "active_calls": calls}))
+        } else {
+            Response::json(200, &json!({"status": "ok"}))
+        }
+    }
+
     /// `POST /call`, steps 1–4 of docs/http.md §3.
     fn call(&self, body: &[u8]) -> Response {
+        if self.is_draining() {
+            // Before call_initiated: the receiver hears of no call this instance will not take.
+            return Response::error(
+                503,
+                "this avr-core instance is shutting down (SIGTERM) and takes no new calls; \
+                 send /call and the AudioSocket connection to another instance",
+            );
+        }
         let (uuid, payload) = match parse_call(body) {
             Ok(parsed) => parsed,
             Err(why) => return Response::error(400, why),
@@ -750,5 +786,58 @@ mod tests {
         assert!(!bearer_matches(Some("Bearer abcd"), "abc"));
         assert!(!bearer_matches(Some("Bearer"), "abc"));
         assert!(!bearer_matches(Some("Bearer "), ""));
+    }
+
+    #[test]
+    fn draining_turns_health_and_call_into_503_with_a_reason() {
+        let draining = Arc::new(AtomicBool::new(false));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = asked.clone();
+        let s = service(None)
+            .with_draining(draining.clone())
+            .with_call_initiated(move |_, _| {
+                seen.fetch_add(1, Relaxed);
+                None
+            });
+        s.metrics.active_calls.store(3, Relaxed);
+        let body = call_body(UUID, &json!({}));
+        assert_eq!(s.respond("GET", "/health", None, b"").status, 200);
+        assert_eq!(
+            s.respond("POST", "/call", None, body.as_bytes()).status,
+            200
+        );
+
+        draining.store(true, Relaxed);
+        let r = s.respond("GET", "/health", None, b"");
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            body_json(&r),
+            json!({"status": "draining", "active_calls": 3})
+        );
+        let r = s.respond("HEAD", "/health", None, b"");
+        assert_eq!((r.status, r.body.as_str()), (503, ""));
+        let uuid = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(uuid, &json!({})).as_bytes(),
+        );
+        assert_eq!(r.status, 503);
+        let why = r.error.unwrap_or_default();
+        assert!(
+            why.contains("shutting down") && why.contains("another instance"),
+            "{why}"
+        );
+        assert_eq!(asked.load(Relaxed), 1, "no call_initiated while draining");
+        assert!(
+            s.registry.take(uuid, Instant::now()).is_none(),
+            "nothing stored"
+        );
+        assert_eq!(
+            s.respond("GET", "/metrics", None, b"").status,
+            200,
+            "metrics stay"
+        );
     }
 }

@@ -6,6 +6,7 @@
 mod support;
 
 mod agent;
+mod balancer;
 mod budgets;
 mod call_flow;
 mod call_limits;

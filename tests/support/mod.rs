@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the real avr-core process, a scriptable agent.
 
 pub mod avr;
+pub mod haproxy;
 pub mod http;
 pub mod sts;
 pub mod webhook;
