@@ -2,6 +2,7 @@
 //! whole request. No socket here: [`Service::respond`] answers a request as the server
 //! would, which is how the unit tests and tools drive it.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::proto::audiosocket;
 use crate::proto::sts_url::effective_url;
-use crate::registry::{CallMetadata, Full, Registry};
+use crate::registry::{CallMetadata, Full, Health, Refused, Registry};
 
 /// The longest effective STS URL `/call` accepts. The payload travels in the URL's query
 /// (docs/sts.md §2.2), and common servers refuse a request line over 8 KiB (nginx's and
@@ -194,7 +195,7 @@ impl Service {
 
     pub(super) fn handle(&self, route: Route, method: &str, body: &[u8]) -> Response {
         let mut response = match route {
-            Route::Health => Response::json(200, &json!({"status": "ok"})),
+            Route::Health => self.health(),
             Route::Metrics => Response {
                 content_type: "text/plain; version=0.0.4",
                 body: self.metrics.render(),
@@ -209,6 +210,19 @@ impl Service {
             response.headers.push(("Content-Length", len.to_string()));
         }
         response
+    }
+
+    /// `GET /health`: today's body with the in-memory registry; with a shared one, whether it
+    /// answers, so a load balancer takes an instance that cannot reach it out (docs/http.md).
+    fn health(&self) -> Response {
+        match self.registry.health() {
+            Health::Memory => Response::json(200, &json!({"status": "ok"})),
+            Health::Up => Response::json(200, &json!({"status": "ok", "registry": "ok"})),
+            Health::Down(why) => Response::json(
+                503,
+                &json!({"status": "error", "registry": why.to_string()}),
+            ),
+        }
     }
 
     /// `POST /call`, steps 1–4 of docs/http.md §3.
@@ -256,7 +270,11 @@ impl Service {
         );
         let inserted = match inserted {
             Ok(inserted) => inserted,
-            Err(full) => return store_full(&full),
+            Err(Refused::Full(full)) => return store_full(&full),
+            Err(Refused::Unavailable(why)) => {
+                self.metrics.registry_errors_call.fetch_add(1, Relaxed);
+                return Response::error(503, why.to_string());
+            }
         };
         log::info!(
             "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",
@@ -486,6 +504,7 @@ mod tests {
         let entry = s
             .registry
             .take(UUID, Instant::now())
+            .expect("registry answers")
             .expect("stored canonical");
         assert_eq!(entry.payload["from"], "2000");
     }
@@ -503,6 +522,7 @@ mod tests {
         assert!(s
             .registry
             .take(UUID, Instant::now())
+            .unwrap()
             .unwrap()
             .payload
             .is_empty());
@@ -522,7 +542,11 @@ mod tests {
                    "override": true})
         );
         assert_eq!(
-            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            s.registry
+                .take(UUID, Instant::now())
+                .unwrap()
+                .unwrap()
+                .sts_url,
             format!("wss://u:secret@other:443/a?uuid={UUID}&to=5001"),
             "the call itself gets the password"
         );
@@ -540,7 +564,11 @@ mod tests {
             "wss://other/a?api_key=****&region=eu&to=5001&token=****"
         );
         assert_eq!(
-            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            s.registry
+                .take(UUID, Instant::now())
+                .unwrap()
+                .unwrap()
+                .sts_url,
             "wss://other/a?api_key=k1&region=eu&to=5001&token=t2",
             "the call itself gets the secrets"
         );
@@ -739,8 +767,59 @@ mod tests {
             "no webhook"
         );
         for uuid in &uuids[..2] {
-            assert!(registry.take(uuid, Instant::now()).is_some(), "{uuid} kept");
+            assert!(
+                registry.take(uuid, Instant::now()).unwrap().is_some(),
+                "{uuid} kept"
+            );
         }
+    }
+
+    #[test]
+    fn an_unreachable_shared_registry_refuses_call_and_fails_health() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config::from_vars(&[("STS_URL".into(), "ws://agent:6030".into())]).unwrap();
+        let registry = Registry::shared(
+            &format!("redis://:pw@127.0.0.1:{port}"),
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            None,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let s = Service::new(&config, Arc::new(registry), metrics.clone());
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(UUID, &json!({})).as_bytes(),
+        );
+        assert_eq!(r.status, 503, "{r:?}");
+        let why = body_json(&r)["error"].as_str().unwrap().to_string();
+        assert!(
+            why.contains("REGISTRY_URL") && why.contains(&port.to_string()),
+            "{why}"
+        );
+        assert!(!why.contains("pw"), "{why}");
+        assert!(s
+            .respond("GET", "/metrics", None, b"")
+            .body
+            .contains("avr_registry_errors_total{side=\"call\"} 1"),);
+        let r = s.respond("GET", "/health", None, b"");
+        assert_eq!(r.status, 503);
+        let body = body_json(&r);
+        assert_eq!(body["status"], "error");
+        assert!(
+            body["registry"]
+                .as_str()
+                .unwrap()
+                .contains("cannot connect"),
+            "{body}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod avr;
 pub mod http;
+pub mod redis;
 pub mod sts;
 pub mod webhook;
 
