@@ -248,6 +248,45 @@ fn check_config() -> Result<ExitCode, StartError> {
 }
 
 /// The server: runs until SIGTERM/SIGINT; exit 1 if the AudioSocket listener died.
+/// The `/call` registry `REGISTRY_URL` asks for: this process's memory, or a shared Redis
+/// (not connected yet: instances and Redis may start in any order; `/health` tells).
+fn registry(config: &Config) -> Result<Registry, StartError> {
+    let Some(url) = &config.registry_url else {
+        return Ok(Registry::new(config.call_metadata_ttl));
+    };
+    // rediss:// to a Redis signed by a private CA: the same SSL_CERT_FILE as wss://.
+    let private_ca = match &config.ssl_cert_file {
+        Some(path) if avr_core::registry::shared::is_tls(url) => {
+            Some(std::fs::read(path).map_err(|e| {
+                StartError::Tls(format!(
+                    "cannot read SSL_CERT_FILE {} for REGISTRY_URL: {e}",
+                    path.display()
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let registry = Registry::shared(
+        url,
+        config.call_metadata_ttl,
+        config.registry_timeout,
+        private_ca.as_deref(),
+    )
+    .map_err(|allowed| {
+        StartError::Config(ConfigError::Invalid {
+            var: "REGISTRY_URL",
+            value: url.clone(),
+            allowed,
+        })
+    })?;
+    log::info!(
+        "Shared call registry: {} (REGISTRY_TIMEOUT {} ms)",
+        config::mask_url(url),
+        config.registry_timeout.as_millis()
+    );
+    Ok(registry)
+}
+
 fn serve() -> Result<ExitCode, StartError> {
     let config = Arc::new(Config::from_env().map_err(StartError::Config)?);
     init_logging(&config.log_level);
@@ -262,7 +301,7 @@ fn serve() -> Result<ExitCode, StartError> {
 
     let metrics = Arc::new(Metrics::default());
     let webhooks = Webhooks::start(&config, metrics.clone());
-    let registry = Arc::new(Registry::new(config.call_metadata_ttl));
+    let registry = Arc::new(registry(&config)?);
     let stopping = Stopping {
         draining: Arc::new(AtomicBool::new(false)),
         audiosocket: Arc::new(StopSignal::new().map_err(os("create the shutdown eventfd"))?),

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub webhook_spool_errors: AtomicU64,
     /// Undelivered events read back from the spool at startup and sent again.
     pub webhook_spool_recovered: AtomicU64,
+    /// `/call`s refused because the shared registry (`REGISTRY_URL`) did not answer.
+    pub registry_errors_call: AtomicU64,
+    /// AudioSocket calls that could not ask the shared registry for their `/call` metadata
+    /// and went ahead on the default agent.
+    pub registry_errors_audiosocket: AtomicU64,
 }
 
 impl Metrics {
@@ -143,6 +148,17 @@ impl Metrics {
             "counter",
             "Undelivered webhook events read back from the spool at startup and sent again.",
             self.webhook_spool_recovered.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP avr_registry_errors_total Shared registry (REGISTRY_URL) operations that \
+             failed, by side: a /call refused, or an AudioSocket call started without its \
+             metadata.\n\
+             # TYPE avr_registry_errors_total counter\n\
+             avr_registry_errors_total{{side=\"call\"}} {}\n\
+             avr_registry_errors_total{{side=\"audiosocket\"}} {}",
+            self.registry_errors_call.load(Relaxed),
+            self.registry_errors_audiosocket.load(Relaxed),
         );
         out
     }

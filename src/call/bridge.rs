@@ -60,7 +60,16 @@ pub fn run(
     }
     ctx.metrics.calls_total.fetch_add(1, Relaxed);
     // A `/call` for this uuid chose the agent URL and the metadata for `init`.
-    let (sts_url, metadata) = match ctx.registry.take(uuid, started) {
+    // A shared registry that cannot be asked must not cost the caller the call: it goes ahead
+    // on the default agent, said once and counted.
+    let entry = ctx.registry.take(uuid, started).unwrap_or_else(|why| {
+        ctx.metrics
+            .registry_errors_audiosocket
+            .fetch_add(1, Relaxed);
+        log::warn!("[{uuid}] No /call metadata: {why}; the call goes ahead on the default agent");
+        None
+    });
+    let (sts_url, metadata) = match entry {
         Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
         None => (ctx.config.sts_url.clone(), None),
     };

@@ -79,6 +79,10 @@ pub struct Config {
     pub ambient_noise_level: f32,
     pub webhook: WebhookConfig,
     pub call_metadata_ttl: Duration,
+    /// The shared registry (Redis or Valkey); `None`: this process's memory.
+    pub registry_url: Option<String>,
+    /// The budget of each shared registry operation.
+    pub registry_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log_level: String,
     /// Extra CA certificates (PEM) for `wss://` agents behind a private CA.
@@ -142,6 +146,34 @@ fn describe_sample_rate(rate: u32) -> String {
     )
 }
 
+/// `REGISTRY_URL`: checked by the Redis client's own parser, so a URL that starts is one the
+/// client can use; only the two schemes a shared registry over TCP means are accepted.
+fn registry_url(t: &str) -> Result<String, String> {
+    const ALLOWED: &str = "a redis:// or rediss:// URL: redis://[user:password@]host:port[/db]";
+    let scheme = t.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("redis" | "rediss")) {
+        return Err(ALLOWED.to_string());
+    }
+    match redis::Client::open(t) {
+        Ok(_) => Ok(t.to_string()),
+        Err(e) => Err(format!("{ALLOWED} ({})", mask_url(&e.to_string()))),
+    }
+}
+
+/// Longest `REGISTRY_TIMEOUT`: the budget holds up a call's thread and `/call`, so a value
+/// that would let a dead Redis stall calls for longer than a caller waits is refused.
+const MAX_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn registry_timeout(t: &str) -> Result<Duration, String> {
+    match env::duration(t) {
+        Ok(d) if !d.is_zero() && d <= MAX_REGISTRY_TIMEOUT => Ok(d),
+        _ => Err(format!(
+            "a duration from 1ms to {} s, e.g. 500ms",
+            MAX_REGISTRY_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -180,6 +212,8 @@ impl Config {
             ambient_noise_level: env.parse("AMBIENT_NOISE_LEVEL", gain)?,
             webhook: WebhookConfig::read(&env)?,
             call_metadata_ttl: env.parse("CALL_METADATA_TTL", env::duration)?,
+            registry_url: env.parse_opt("REGISTRY_URL", registry_url)?,
+            registry_timeout: env.parse("REGISTRY_TIMEOUT", registry_timeout)?,
             shutdown_grace: env.parse("SHUTDOWN_GRACE", env::duration)?,
             log_level: log_level(&env),
             ssl_cert_file: env.parse_opt("SSL_CERT_FILE", env::path)?,
@@ -345,6 +379,8 @@ mod tests {
              WEBHOOK_WORKERS=4\n\
              WEBHOOK_DEAD_LETTER_FILE=./webhook-dead-letter.jsonl\n\
              CALL_METADATA_TTL=60000ms\n\
+             REGISTRY_URL=(unset: /call metadata kept in this process's memory)\n\
+             REGISTRY_TIMEOUT=500ms\n\
              SHUTDOWN_GRACE=30000ms\n\
              LOG_LEVEL=info\n\
              SSL_CERT_FILE=(unset)\n"
@@ -353,7 +389,7 @@ mod tests {
 
     /// Each table variable, a value other than its default, and how `check-config` shows it:
     /// proves parsing reads every row under its name and `describe` shows what was read.
-    const EVERY_VARIABLE: [(&str, &str, &str); 40] = [
+    const EVERY_VARIABLE: [(&str, &str, &str); 42] = [
         ("PORT", "5002", "5002"),
         ("BIND_ADDRESS", "[::1]", "::1"),
         ("HTTP_PORT", "6001", "6001"),
@@ -396,6 +432,12 @@ mod tests {
         ("WEBHOOK_WORKERS", "3", "3"),
         ("WEBHOOK_DEAD_LETTER_FILE", "/d.jsonl", "/d.jsonl"),
         ("CALL_METADATA_TTL", "5s", "5000ms"),
+        (
+            "REGISTRY_URL",
+            "redis://avr:s3cret@redis:6380/2",
+            "redis://avr:****@redis:6380/2",
+        ),
+        ("REGISTRY_TIMEOUT", "1s", "1000ms"),
         ("SHUTDOWN_GRACE", "500ms", "500ms"),
         ("LOG_LEVEL", "debug", "debug"),
         ("SSL_CERT_FILE", "/ca.pem", "/ca.pem"),

@@ -76,7 +76,7 @@ fn display(p: &Option<std::path::PathBuf>) -> Option<String> {
 }
 
 /// Every variable, in `check-config` order.
-pub const VARS: [Var; 40] = [
+pub const VARS: [Var; 42] = [
     Var {
         name: "PORT",
         when_unset: WhenUnset::Value("5001"),
@@ -348,6 +348,21 @@ pub const VARS: [Var; 40] = [
         meaning: "how long /call metadata waits for its AudioSocket call",
         secret: false,
         show: |c| ms(c.call_metadata_ttl),
+    },
+    Var {
+        name: "REGISTRY_URL",
+        when_unset: WhenUnset::Off("/call metadata kept in this process's memory"),
+        meaning: "redis:// or rediss:// URL of a Redis or Valkey shared by several instances \
+                  for /call metadata (redis://[user:password@]host:port[/db])",
+        secret: false,
+        show: |c| c.registry_url.as_deref().map(mask_url),
+    },
+    Var {
+        name: "REGISTRY_TIMEOUT",
+        when_unset: WhenUnset::Value("500ms"),
+        meaning: "budget of each REGISTRY_URL operation: connecting, the command and its answer",
+        secret: false,
+        show: |c| ms(c.registry_timeout),
     },
     Var {
         name: "SHUTDOWN_GRACE",

@@ -12,7 +12,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::proto::audiosocket;
 use crate::proto::sts_url::effective_url;
-use crate::registry::{CallMetadata, Full, Registry};
+use crate::registry::{CallMetadata, Full, Health, Refused, Registry};
 
 /// The longest effective STS URL `/call` accepts. The payload travels in the URL's query
 /// (docs/sts.md §2.2), and common servers refuse a request line over 8 KiB (nginx's and
@@ -227,15 +227,22 @@ impl Service {
         response
     }
 
-    /// `GET /health`: 200 `ok`, or 503 `draining` from SIGTERM on, so that a load balancer's
-    /// health check takes the instance out at once while its live calls finish
-    /// (docs/http.md §3.1, docs/deployment.md).
+    /// `GET /health`: 503 `draining` from SIGTERM on, so that a load balancer's health check
+    /// takes the instance out at once while its live calls finish (docs/http.md §3.1,
+    /// docs/deployment.md); else today's body with the in-memory registry, and with a shared
+    /// one whether it answers, so a balancer takes out an instance that cannot reach it.
     fn health(&self) -> Response {
         if self.is_draining() {
             let calls = self.metrics.active_calls.load(Relaxed);
-            Response::json(503, &json!({"status": "draining", "active_calls": calls}))
-        } else {
-            Response::json(200, &json!({"status": "ok"}))
+            return Response::json(503, &json!({"status": "draining", "active_calls": calls}));
+        }
+        match self.registry.health() {
+            Health::Memory => Response::json(200, &json!({"status": "ok"})),
+            Health::Up => Response::json(200, &json!({"status": "ok", "registry": "ok"})),
+            Health::Down(why) => Response::json(
+                503,
+                &json!({"status": "error", "registry": why.to_string()}),
+            ),
         }
     }
 
@@ -292,7 +299,11 @@ impl Service {
         );
         let inserted = match inserted {
             Ok(inserted) => inserted,
-            Err(full) => return store_full(&full),
+            Err(Refused::Full(full)) => return store_full(&full),
+            Err(Refused::Unavailable(why)) => {
+                self.metrics.registry_errors_call.fetch_add(1, Relaxed);
+                return Response::error(503, why.to_string());
+            }
         };
         log::info!(
             "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",
@@ -522,6 +533,7 @@ mod tests {
         let entry = s
             .registry
             .take(UUID, Instant::now())
+            .expect("registry answers")
             .expect("stored canonical");
         assert_eq!(entry.payload["from"], "2000");
     }
@@ -539,6 +551,7 @@ mod tests {
         assert!(s
             .registry
             .take(UUID, Instant::now())
+            .unwrap()
             .unwrap()
             .payload
             .is_empty());
@@ -558,7 +571,11 @@ mod tests {
                    "override": true})
         );
         assert_eq!(
-            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            s.registry
+                .take(UUID, Instant::now())
+                .unwrap()
+                .unwrap()
+                .sts_url,
             format!("wss://u:secret@other:443/a?uuid={UUID}&to=5001"),
             "the call itself gets the password"
         );
@@ -576,7 +593,11 @@ mod tests {
             "wss://other/a?api_key=****&region=eu&to=5001&token=****"
         );
         assert_eq!(
-            s.registry.take(UUID, Instant::now()).unwrap().sts_url,
+            s.registry
+                .take(UUID, Instant::now())
+                .unwrap()
+                .unwrap()
+                .sts_url,
             "wss://other/a?api_key=k1&region=eu&to=5001&token=t2",
             "the call itself gets the secrets"
         );
@@ -775,8 +796,59 @@ mod tests {
             "no webhook"
         );
         for uuid in &uuids[..2] {
-            assert!(registry.take(uuid, Instant::now()).is_some(), "{uuid} kept");
+            assert!(
+                registry.take(uuid, Instant::now()).unwrap().is_some(),
+                "{uuid} kept"
+            );
         }
+    }
+
+    #[test]
+    fn an_unreachable_shared_registry_refuses_call_and_fails_health() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config::from_vars(&[("STS_URL".into(), "ws://agent:6030".into())]).unwrap();
+        let registry = Registry::shared(
+            &format!("redis://:pw@127.0.0.1:{port}"),
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            None,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let s = Service::new(&config, Arc::new(registry), metrics.clone());
+        let r = s.respond(
+            "POST",
+            "/call",
+            None,
+            call_body(UUID, &json!({})).as_bytes(),
+        );
+        assert_eq!(r.status, 503, "{r:?}");
+        let why = body_json(&r)["error"].as_str().unwrap().to_string();
+        assert!(
+            why.contains("REGISTRY_URL") && why.contains(&port.to_string()),
+            "{why}"
+        );
+        assert!(!why.contains("pw"), "{why}");
+        assert!(s
+            .respond("GET", "/metrics", None, b"")
+            .body
+            .contains("avr_registry_errors_total{side=\"call\"} 1"),);
+        let r = s.respond("GET", "/health", None, b"");
+        assert_eq!(r.status, 503);
+        let body = body_json(&r);
+        assert_eq!(body["status"], "error");
+        assert!(
+            body["registry"]
+                .as_str()
+                .unwrap()
+                .contains("cannot connect"),
+            "{body}"
+        );
     }
 
     #[test]
@@ -831,7 +903,7 @@ mod tests {
         );
         assert_eq!(asked.load(Relaxed), 1, "no call_initiated while draining");
         assert!(
-            s.registry.take(uuid, Instant::now()).is_none(),
+            s.registry.take(uuid, Instant::now()).unwrap().is_none(),
             "nothing stored"
         );
         assert_eq!(

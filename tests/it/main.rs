@@ -21,6 +21,7 @@ mod http_server;
 mod limits;
 mod load;
 mod pipeline;
+mod registry;
 mod shutdown;
 mod sts_support_smoke;
 mod tls;

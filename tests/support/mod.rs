@@ -3,6 +3,7 @@
 pub mod avr;
 pub mod haproxy;
 pub mod http;
+pub mod redis;
 pub mod sts;
 pub mod webhook;
 
