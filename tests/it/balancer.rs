@@ -2,17 +2,24 @@
 //! instances share the calls; SIGTERM one of them during calls and no live call is cut, no
 //! new call is refused, and every new call lands on the other instance.
 //!
-//! Not here yet: `/call` metadata through the balancer, which needs the shared registry
-//! (`REGISTRY_URL`, issue #14 item 1).
+//!
+//! And the dialplan's `/call` through the balancer's HTTP frontend with the shared registry
+//! (`REGISTRY_URL`): whichever instance takes the `/call` and whichever takes the AudioSocket
+//! call, every call's agent gets that call's own metadata.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use crate::support::avr::Avr;
 use crate::support::haproxy::{health, Haproxy};
+use crate::support::http::post;
+use crate::support::redis::RedisServer;
 use crate::support::{call_options, WAIT};
-use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
+use avr_core::tools::echo_sts::{EchoEvent, EchoOptions, EchoServer};
 use avr_core::tools::simulate::{run_call, EndMode, EndedBy, SimReport};
+use serde_json::{json, Value};
 
 /// Calls up when instance A is told to stop: each lasts well past the SIGTERM.
 const LIVE_CALLS: usize = 20;
@@ -148,4 +155,90 @@ fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
         "A hung up no call: {}",
         a.log_text()
     );
+}
+
+/// Calls placed with `/call` first, all through the balancer.
+const ROUTED_CALLS: usize = 40;
+
+#[test]
+fn every_call_through_haproxy_gets_its_own_metadata_from_the_shared_registry() {
+    let redis = RedisServer::start();
+    let agent = EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default())
+        .expect("echo agent");
+    let events = agent.events();
+    let instance = || {
+        Avr::start(&[
+            ("STS_URL", &agent.url()),
+            ("HTTP_PORT", "0"),
+            ("REGISTRY_URL", &redis.url()),
+        ])
+    };
+    let (a, b) = (instance(), instance());
+    let proxy = Haproxy::start(&a, &b);
+
+    // As the dialplan does: `/call` (CURL) through the balancer, then the AudioSocket dial
+    // through it, each call on its own thread.
+    let calls: Vec<_> = (0..ROUTED_CALLS)
+        .map(|n| {
+            let (uuid, opts) = call_options(
+                proxy.audiosocket,
+                Duration::from_millis(800),
+                EndMode::Close,
+            );
+            let (http, id) = (proxy.http, uuid.clone());
+            let handle = thread::spawn(move || {
+                let body = json!({"uuid": id, "payload": {"from": format!("3{n:03}")}});
+                // As curl does once done: the balancer keeps an HTTP/1.1 connection open.
+                let r = post(http, "/call", &body.to_string(), &["Connection: close"]);
+                assert_eq!(r.status, 200, "/call {n}: {}", r.body);
+                run_call(&opts).expect("call placed through haproxy")
+            });
+            (uuid, n, handle)
+        })
+        .collect();
+    let mut wanted = HashMap::new();
+    for (uuid, n, handle) in calls {
+        let report = handle.join().expect("call thread");
+        assert!(report.violations.is_empty(), "{}", report.summary());
+        wanted.insert(uuid, format!("3{n:03}"));
+    }
+
+    // Each call's `init` carried its own `/call` payload.
+    let mut seen = HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < ROUTED_CALLS && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(EchoEvent::Received { text, .. }) = events.recv_timeout(left) {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["type"] == "init" {
+                let uuid = v["uuid"].as_str().unwrap_or_default().to_string();
+                seen.insert(uuid, v["payload"]["from"].as_str().map(String::from));
+            }
+        }
+    }
+    for (uuid, from) in &wanted {
+        assert_eq!(seen.get(uuid), Some(&Some(from.clone())), "call {uuid}");
+    }
+    // Both instances took calls, and some `/call`s were taken by the other instance than the
+    // AudioSocket call: the shared registry, not luck, carried the metadata.
+    let posted_on = |avr: &Avr, uuid: &str| {
+        avr.logs()
+            .iter()
+            .any(|l| l.contains(&format!("POST /call [{uuid}]")))
+    };
+    let started_on = |avr: &Avr, uuid: &str| {
+        avr.logs()
+            .iter()
+            .any(|l| l.contains(&format!("[{uuid}] Call started")))
+    };
+    let crossed = wanted
+        .keys()
+        .filter(|u| posted_on(&a, u) != started_on(&a, u))
+        .count();
+    let on_a = wanted.keys().filter(|u| started_on(&a, u)).count();
+    assert!(
+        on_a > 0 && on_a < ROUTED_CALLS,
+        "A took {on_a} of {ROUTED_CALLS}"
+    );
+    assert!(crossed > 0, "no call crossed instances");
 }
