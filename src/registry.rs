@@ -27,6 +27,9 @@ pub struct CallMetadata {
     pub sts_url: String,
     /// The `/call` payload, sent to the agent in `init`.
     pub payload: Map<String, Value>,
+    /// `call_initiated` chose the URL (the `/call` answer's `override`): the instance that
+    /// takes the call says so in its start line, wherever `/call` was answered.
+    pub overridden: bool,
 }
 
 /// What [`Registry::insert`] did besides storing, for the caller's log line.

@@ -69,9 +69,13 @@ pub fn run(
         log::warn!("[{uuid}] No /call metadata: {why}; the call goes ahead on the default agent");
         None
     });
-    let (sts_url, metadata) = match entry {
-        Some(entry) => (entry.sts_url, Some(Value::Object(entry.payload))),
-        None => (ctx.config.sts_url.clone(), None),
+    let (sts_url, metadata, routed) = match entry {
+        Some(entry) => (
+            entry.sts_url,
+            Some(Value::Object(entry.payload)),
+            entry.overridden,
+        ),
+        None => (ctx.config.sts_url.clone(), None, false),
     };
     // An agent at another rate than the upstream contract's is told it (docs/sts.md §2.3).
     let sts_url = match ctx.config.sts_sample_rate {
@@ -81,10 +85,10 @@ pub fn run(
     };
     log::info!(
         "[{uuid}] Call started from {peer}{}",
-        if metadata.is_some() {
-            " (with /call metadata)"
-        } else {
-            ""
+        match (metadata.is_some(), routed) {
+            (true, true) => " (with /call metadata, routed by call_initiated)",
+            (true, false) => " (with /call metadata)",
+            _ => "",
         }
     );
     emit(ctx, uuid, EventKind::CallStarted);

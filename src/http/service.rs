@@ -265,6 +265,7 @@ impl Service {
         let local = CallMetadata {
             sts_url: sts_url_for(&self.sts_url, &payload),
             payload,
+            overridden: false,
         };
         if local.sts_url.len() > MAX_STS_URL_BYTES {
             return url_too_long(local.sts_url.len(), false);
@@ -294,6 +295,7 @@ impl Service {
             CallMetadata {
                 sts_url: url,
                 payload,
+                overridden,
             },
             Instant::now(),
         );

@@ -243,6 +243,7 @@ mod tests {
         CallMetadata {
             sts_url: url.into(),
             payload,
+            overridden: false,
         }
     }
 

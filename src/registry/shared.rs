@@ -38,7 +38,8 @@ pub fn key(uuid: &str) -> String {
 
 /// The stored form of `metadata`: JSON, readable with `redis-cli GET` while debugging.
 pub fn encode(metadata: &CallMetadata) -> String {
-    json!({"sts_url": metadata.sts_url, "payload": metadata.payload}).to_string()
+    json!({"sts_url": metadata.sts_url, "payload": metadata.payload, "override": metadata.overridden})
+        .to_string()
 }
 
 /// The metadata from its stored form, or what is wrong with it (written by something else).
@@ -54,7 +55,16 @@ pub fn decode(stored: &str) -> Result<CallMetadata, String> {
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err("the stored entry's \"payload\" is not an object".to_string()),
     };
-    Ok(CallMetadata { sts_url, payload })
+    // Written by an avr-core before the flag was stored: not overridden.
+    let overridden = value
+        .get("override")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(CallMetadata {
+        sts_url,
+        payload,
+        overridden,
+    })
 }
 
 /// The shared registry could not be used; the text says where and why, for the `/call`
@@ -322,6 +332,7 @@ mod tests {
         CallMetadata {
             sts_url: "ws://agent/sts?to=100".into(),
             payload,
+            overridden: true,
         }
     }
 
@@ -349,10 +360,8 @@ mod tests {
         assert!(decode(r#"{"sts_url":"ws://a","payload":[1]}"#)
             .unwrap_err()
             .contains("payload"));
-        assert_eq!(
-            decode(r#"{"sts_url":"ws://a"}"#).unwrap().payload,
-            Map::new()
-        );
+        let bare = decode(r#"{"sts_url":"ws://a"}"#).unwrap();
+        assert_eq!((bare.payload, bare.overridden), (Map::new(), false));
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn started_with_metadata(avr: &Avr, uuid: &str) -> bool {
     let line = avr
         .wait_log(|l| l.contains(&format!("[{uuid}] Call started from")), WAIT)
         .expect("call started");
-    line.contains("(with /call metadata)")
+    line.contains("(with /call metadata")
 }
 
 fn metric(avr: &Avr, line_start: &str) -> String {
@@ -118,6 +118,12 @@ fn call_on_one_instance_audiosocket_on_another_and_each_uuid_is_taken_once() {
     assert!(path.starts_with("/tenant-a?from=2001&to=5001"), "{path}");
     assert_eq!(init["payload"], metadata(1));
     assert!(started_with_metadata(&b, &uuid));
+    // B says the route was call_initiated's, though A answered the /call.
+    assert!(b
+        .logs()
+        .iter()
+        .any(|l| l.contains(&format!("[{uuid}] Call started"))
+            && l.contains("routed by call_initiated")));
     assert!(
         local_events.try_recv().is_err(),
         "the local agent saw nothing"
