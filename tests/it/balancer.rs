@@ -1,6 +1,7 @@
 //! A rolling restart behind a real HAProxy (docs/deployment.md, packaging/haproxy/): two
-//! instances share the calls; SIGTERM one of them during calls and no live call is cut, no
-//! new call is refused, and every new call lands on the other instance.
+//! instances share the calls and one Redis; SIGTERM one of them during calls and no live call
+//! is cut, no new call is refused, every new call lands on the other instance, and every call
+//! (`/call` first, as a dialplan does) reaches its agent with its own metadata.
 //!
 //!
 //! And the dialplan's `/call` through the balancer's HTTP frontend with the shared registry
@@ -33,21 +34,59 @@ const NEW_CALL_LENGTH: Duration = Duration::from_millis(1500);
 /// How long to look at one instance's log before looking at the other's.
 const LOOK: Duration = Duration::from_millis(20);
 
-fn start_instance(agent: &EchoServer) -> Avr {
+fn start_instance(agent: &EchoServer, redis: &RedisServer) -> Avr {
     Avr::start(&[
         ("STS_URL", &agent.url()),
         ("HTTP_PORT", "0"),
+        ("REGISTRY_URL", &redis.url()),
         // Longer than any call here: a call cut before its end would be the balancer's or
         // the draining's doing, not the grace's.
         ("SHUTDOWN_GRACE", "60s"),
     ])
 }
 
-/// Places one call of `length` through the balancer on its own thread.
-fn place(addr: std::net::SocketAddr, length: Duration) -> (String, thread::JoinHandle<SimReport>) {
-    let (uuid, opts) = call_options(addr, length, EndMode::Close);
-    let handle = thread::spawn(move || run_call(&opts).expect("call placed through haproxy"));
+/// Places one call of `length` through the balancer on its own thread, as a dialplan does:
+/// `/call` with `payload` (through the HTTP frontend), then the AudioSocket dial.
+fn place(
+    proxy: &Haproxy,
+    length: Duration,
+    payload: impl Fn(&str) -> Value,
+) -> (String, thread::JoinHandle<SimReport>) {
+    let (uuid, opts) = call_options(proxy.audiosocket, length, EndMode::Close);
+    let body = json!({"uuid": uuid, "payload": payload(&uuid)}).to_string();
+    let http = proxy.http;
+    let handle = thread::spawn(move || {
+        // As curl does once done: the balancer keeps an HTTP/1.1 connection open.
+        let r = post(http, "/call", &body, &["Connection: close"]);
+        assert_eq!(r.status, 200, "/call through haproxy: {}", r.body);
+        run_call(&opts).expect("call placed through haproxy")
+    });
     (uuid, handle)
+}
+
+/// Each call's `init` as the agent saw it: uuid → the payload's `from`, for `calls` calls.
+fn inits(
+    events: &crossbeam_channel::Receiver<EchoEvent>,
+    calls: usize,
+) -> HashMap<String, Option<String>> {
+    let mut seen = HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < calls && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(EchoEvent::Received { text, .. }) = events.recv_timeout(left) {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["type"] == "init" {
+                let uuid = v["uuid"].as_str().unwrap_or_default().to_string();
+                seen.insert(uuid, v["payload"]["from"].as_str().map(String::from));
+            }
+        }
+    }
+    seen
+}
+
+/// The payload every call of the rolling-restart test sends: its own uuid.
+fn own_uuid(uuid: &str) -> Value {
+    json!({ "from": uuid })
 }
 
 fn assert_whole(uuid: &str, report: &SimReport, what: &str, logs: &dyn Fn() -> String) {
@@ -67,15 +106,17 @@ fn assert_whole(uuid: &str, report: &SimReport, what: &str, logs: &dyn Fn() -> S
 
 #[test]
 fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
+    let redis = RedisServer::start();
     let agent = EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoOptions::default())
         .expect("echo agent");
-    let mut a = start_instance(&agent);
-    let b = start_instance(&agent);
+    let events = agent.events();
+    let mut a = start_instance(&agent, &redis);
+    let b = start_instance(&agent, &redis);
     let proxy = Haproxy::start(&a, &b);
 
     let started = Instant::now();
     let live: Vec<_> = (0..LIVE_CALLS)
-        .map(|_| place(proxy.audiosocket, LIVE_CALL_LENGTH))
+        .map(|_| place(&proxy, LIVE_CALL_LENGTH, own_uuid))
         .collect();
     let on_a = |uuid: &str| !a.call_logs(uuid).is_empty();
     for (uuid, _) in &live {
@@ -110,7 +151,7 @@ fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
     );
     let mut new = Vec::new();
     while signalled.elapsed() < NEW_CALLS_FOR {
-        new.push(place(proxy.audiosocket, NEW_CALL_LENGTH));
+        new.push(place(&proxy, NEW_CALL_LENGTH, own_uuid));
         thread::sleep(NEW_CALL_EVERY);
     }
     // Through the HTTP frontend, /health is B's answer now: A is out of the backend.
@@ -124,9 +165,11 @@ fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
             proxy.log_text()
         )
     };
+    let mut uuids: Vec<String> = Vec::new();
     for (uuid, handle) in live {
         let report = handle.join().expect("live call thread");
         assert_whole(&uuid, &report, "live", &logs);
+        uuids.push(uuid);
     }
     let placed = new.len();
     assert!(
@@ -142,6 +185,18 @@ fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
             logs()
         );
         b.wait_call_ended(&uuid, WAIT);
+        uuids.push(uuid);
+    }
+    // Every call, before and during the drain, reached its agent with its own `/call`
+    // metadata, wherever the balancer sent its `/call` (a draining A answers 503: retried on B).
+    let seen = inits(&events, uuids.len());
+    for uuid in &uuids {
+        assert_eq!(
+            seen.get(uuid),
+            Some(&Some(uuid.clone())),
+            "call {uuid}\n{}",
+            logs()
+        );
     }
     // A leaves with its last call, long before its 60 s grace.
     assert_eq!(a.wait_exit(WAIT), Some(0), "{}", a.log_text());
@@ -178,44 +233,26 @@ fn every_call_through_haproxy_gets_its_own_metadata_from_the_shared_registry() {
 
     // As the dialplan does: `/call` (CURL) through the balancer, then the AudioSocket dial
     // through it, each call on its own thread.
+    let mut wanted = HashMap::new();
     let calls: Vec<_> = (0..ROUTED_CALLS)
         .map(|n| {
-            let (uuid, opts) = call_options(
-                proxy.audiosocket,
+            let from = format!("3{n:03}");
+            let call = place(
+                &proxy,
                 Duration::from_millis(800),
-                EndMode::Close,
+                |_| json!({ "from": from }),
             );
-            let (http, id) = (proxy.http, uuid.clone());
-            let handle = thread::spawn(move || {
-                let body = json!({"uuid": id, "payload": {"from": format!("3{n:03}")}});
-                // As curl does once done: the balancer keeps an HTTP/1.1 connection open.
-                let r = post(http, "/call", &body.to_string(), &["Connection: close"]);
-                assert_eq!(r.status, 200, "/call {n}: {}", r.body);
-                run_call(&opts).expect("call placed through haproxy")
-            });
-            (uuid, n, handle)
+            wanted.insert(call.0.clone(), from);
+            call
         })
         .collect();
-    let mut wanted = HashMap::new();
-    for (uuid, n, handle) in calls {
+    for (_, handle) in calls {
         let report = handle.join().expect("call thread");
         assert!(report.violations.is_empty(), "{}", report.summary());
-        wanted.insert(uuid, format!("3{n:03}"));
     }
 
     // Each call's `init` carried its own `/call` payload.
-    let mut seen = HashMap::new();
-    let deadline = Instant::now() + WAIT;
-    while seen.len() < ROUTED_CALLS && Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(EchoEvent::Received { text, .. }) = events.recv_timeout(left) {
-            let v: Value = serde_json::from_str(&text).unwrap_or_default();
-            if v["type"] == "init" {
-                let uuid = v["uuid"].as_str().unwrap_or_default().to_string();
-                seen.insert(uuid, v["payload"]["from"].as_str().map(String::from));
-            }
-        }
-    }
+    let seen = inits(&events, ROUTED_CALLS);
     for (uuid, from) in &wanted {
         assert_eq!(seen.get(uuid), Some(&Some(from.clone())), "call {uuid}");
     }
