@@ -149,6 +149,10 @@ fn a_rolling_restart_behind_haproxy_cuts_no_call_and_refuses_none() {
         !stopping.contains("stopping. 0 calls"),
         "A had no call left to drain (the live calls took too long to start): {stopping}"
     );
+    // A call that reached A's queue before its listener closed is A's to serve (it is); from
+    // the closing line on, every new connection is refused there and goes to B.
+    a.wait_log(|l| l.contains("AudioSocket listener closed"), WAIT)
+        .expect("A closed its listener");
     let mut new = Vec::new();
     while signalled.elapsed() < NEW_CALLS_FOR {
         new.push(place(&proxy, NEW_CALL_LENGTH, own_uuid));
