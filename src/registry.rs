@@ -103,11 +103,12 @@ impl Registry {
     /// Whether `metadata` for `uuid` would be stored at `now`: `/call` asks before it sends
     /// `call_initiated`, so a refused call costs the receiver nothing. [`Registry::insert`]
     /// still decides. The shared registry has no bounds of its own (Redis's `maxmemory` is the
-    /// operator's), so it always says yes here.
-    pub fn check(&self, uuid: &str, metadata: &CallMetadata, now: Instant) -> Result<(), Full> {
+    /// operator's); it is asked whether it answers (`PING`, one loopback round trip), so a
+    /// Redis that is down refuses the `/call` before the webhook, as a full store does.
+    pub fn check(&self, uuid: &str, metadata: &CallMetadata, now: Instant) -> Result<(), Refused> {
         match self {
-            Registry::Memory(memory) => memory.check(uuid, metadata, now),
-            Registry::Shared(_) => Ok(()),
+            Registry::Memory(memory) => memory.check(uuid, metadata, now).map_err(Refused::Full),
+            Registry::Shared(shared) => shared.ping().map_err(Refused::Unavailable),
         }
     }
 

@@ -246,6 +246,18 @@ impl Service {
         }
     }
 
+    /// `503`: the registry cannot take the entry (full, or the shared one not answering:
+    /// counted, `avr_registry_errors_total{side="call"}`).
+    fn refused(&self, refused: Refused) -> Response {
+        match refused {
+            Refused::Full(full) => store_full(&full),
+            Refused::Unavailable(why) => {
+                self.metrics.registry_errors_call.fetch_add(1, Relaxed);
+                Response::error(503, why.to_string())
+            }
+        }
+    }
+
     /// `POST /call`, steps 1–4 of docs/http.md §3.
     fn call(&self, body: &[u8]) -> Response {
         if self.is_draining() {
@@ -270,8 +282,8 @@ impl Service {
         if local.sts_url.len() > MAX_STS_URL_BYTES {
             return url_too_long(local.sts_url.len(), false);
         }
-        if let Err(full) = self.registry.check(&uuid, &local, Instant::now()) {
-            return store_full(&full);
+        if let Err(refused) = self.registry.check(&uuid, &local, Instant::now()) {
+            return self.refused(refused);
         }
         let payload = local.payload;
         let answer = (self.call_initiated)(&uuid, &payload);
@@ -301,11 +313,7 @@ impl Service {
         );
         let inserted = match inserted {
             Ok(inserted) => inserted,
-            Err(Refused::Full(full)) => return store_full(&full),
-            Err(Refused::Unavailable(why)) => {
-                self.metrics.registry_errors_call.fetch_add(1, Relaxed);
-                return Response::error(503, why.to_string());
-            }
+            Err(refused) => return self.refused(refused),
         };
         log::info!(
             "POST /call [{uuid}] → sts_url {} (override: {overridden}){}",

@@ -156,12 +156,16 @@ fn call_on_one_instance_audiosocket_on_another_and_each_uuid_is_taken_once() {
 fn redis_down_refuses_call_keeps_calls_and_recovers_without_restart() {
     let mut redis = RedisServer::start();
     let (local, local_events) = echo();
+    let receiver = WebhookReceiver::start();
+    receiver.set_default(Reply::ok());
     let avr = Avr::start(&[
         ("STS_URL", &local.url()),
         ("HTTP_PORT", "0"),
         ("HTTP_BIND_ADDRESS", "127.0.0.1"),
         ("REGISTRY_URL", &redis.url()),
         ("REGISTRY_TIMEOUT", "300ms"),
+        ("WEBHOOK_URL", &receiver.url()),
+        ("WEBHOOK_EVENTS", "call_initiated"),
     ]);
     let (uuid_bytes, uuid) = new_uuid();
     assert_eq!(call(&avr, &uuid, &metadata(1)).status, 200);
@@ -180,6 +184,12 @@ fn redis_down_refuses_call_keeps_calls_and_recovers_without_restart() {
         why.contains("REGISTRY_URL") && why.contains(&redis.port().to_string()),
         "{why}"
     );
+    // Refused before call_initiated: the receiver heard of no call that cannot happen.
+    let mut initiated = Vec::new();
+    while let Some(r) = receiver.next(Duration::from_millis(300)) {
+        initiated.push(r.json()["uuid"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(!initiated.contains(&uuid), "{initiated:?}");
     // `/health` says why, so a balancer takes this instance out.
     let r = get(avr.http_addr(), "/health");
     assert_eq!(r.status, 503);
