@@ -1383,8 +1383,9 @@ fn registry_section() -> String {
         drop(avr);
     }
     let _ = std::fs::remove_file(&dead_letters);
-    md += "\nThe difference between the rows is what the shared registry adds: one `SET … PX … \
-           GET` round trip per `/call` and one `GETDEL` per call, over pooled connections.\n";
+    md += "\nThe difference between the rows is what the shared registry adds: two round trips \
+           per `/call` (`PING` before the webhook, then `SET … PX … GET`) and one `GETDEL` per \
+           call, over pooled connections.\n";
     md
 }
 
