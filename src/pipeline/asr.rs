@@ -3,86 +3,20 @@
 //! transcript per chunk (docs/pipeline.md §2).
 //!
 //! A helper thread connects, sends the head, then reads the answer for as long as it lasts;
-//! the call's thread writes the audio chunks itself, without blocking ([`Upload`]), so a
-//! slow service costs dropped audio, never a late frame to the caller.
+//! the call's thread writes the audio chunks itself, without blocking
+//! ([`super::upload::Upload`]), so a slow service costs dropped audio, never a late frame to
+//! the caller.
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::net::SendFlags;
-
-use super::chunked::{encode_chunk, LAST_CHUNK};
 use super::client::{Cancel, Piece, Request, Response, Service, ServiceError};
-use super::shared::{Msg, Shared};
-
-/// Caller audio waiting for the service's socket, at most: 2 s of 8 kHz audio. More means
-/// the service is not reading; newer audio is dropped until it does.
-pub const MAX_UPLOAD_PENDING: usize = 32 * 1024;
+use super::shared::{Msg, Shared, StreamEnd};
+use super::upload::Upload;
 
 /// Longest transcript taken from one chunk: a chunk is a sentence or two.
 const MAX_TRANSCRIPT: usize = 16 * 1024;
-
-/// The audio on its way up, written by the call's thread with `MSG_DONTWAIT`.
-pub struct Upload {
-    socket: TcpStream,
-    /// Encoded chunks not yet taken by the socket.
-    pending: Vec<u8>,
-}
-
-/// What [`Upload::send`] did with the audio.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Uploaded {
-    Sent,
-    /// The service is not reading: [`MAX_UPLOAD_PENDING`] waits already.
-    Dropped,
-}
-
-impl Upload {
-    pub fn new(socket: TcpStream) -> Upload {
-        Upload {
-            socket,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Sends `pcm` as one chunk (whatever did not fit waits for the next call).
-    pub fn send(&mut self, pcm: &[u8]) -> Uploaded {
-        self.flush();
-        if self.pending.len() >= MAX_UPLOAD_PENDING {
-            return Uploaded::Dropped;
-        }
-        encode_chunk(pcm, &mut self.pending);
-        self.flush();
-        Uploaded::Sent
-    }
-
-    /// Writes what waits, as far as the socket takes it now. A broken socket is left to the
-    /// reading thread, which sees the end and reports it.
-    fn flush(&mut self) {
-        while !self.pending.is_empty() {
-            match rustix::net::send(
-                &self.socket,
-                &self.pending,
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-            ) {
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Ends the body properly (the service may answer its last transcript), best effort.
-    pub fn finish(mut self) {
-        self.pending.extend_from_slice(LAST_CHUNK);
-        self.flush();
-        let _ = self.socket.shutdown(Shutdown::Write);
-    }
-}
 
 /// One connection to the service, from its thread's start to its join.
 pub struct AsrStream {
@@ -132,9 +66,6 @@ fn run(shared: &Shared, attempt: u32, cancel: &Cancel) {
         shared.send(Msg::AsrEnded { attempt, result });
     }
 }
-
-/// What a stream that ended without an error reports: how many transcripts it gave.
-pub type StreamEnd = Result<u32, ServiceError>;
 
 fn stream(shared: &Shared, request: &Request<'_>, attempt: u32) -> StreamEnd {
     let (socket, sent) = request.send("audio/l16", None)?;

@@ -9,7 +9,8 @@
 //! ```
 //! - [`session`]: the call's thread side ([`session::Pipeline`]): turns, history, greeting,
 //!   barge-in, the speech-to-text reconnect rule; never blocks;
-//! - [`asr`]: the call-long speech-to-text stream; [`turn`]: one answer of the agent, spoken
+//! - [`asr`]: the call-long speech-to-text stream, its audio written by [`upload`]; [`turn`]:
+//!   one answer of the agent, spoken
 //!   sentence by sentence; [`shared`]: what their helper threads share and report;
 //! - [`client`]: the HTTP/1.1 client they use (full duplex, budgets, cancel);
 //!   [`chunked`]: its transfer coding;
@@ -25,3 +26,4 @@ pub mod session;
 pub mod shared;
 pub mod speech_text;
 pub mod turn;
+pub mod upload;

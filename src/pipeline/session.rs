@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::asr::{AsrStream, Upload, Uploaded};
+use super::asr::AsrStream;
 use super::barge_in::{VadParams, Voice, VoiceDetector};
 use super::client::ServiceError;
 use super::llm_stream::{Message, Role};
 use super::shared::{Msg, Shared};
 use super::turn::Turn;
+use super::upload::{Upload, Uploaded};
 use crate::config::PipelineConfig;
 use crate::proto::audiosocket::SLIN_HZ;
 use crate::proto::sts::{FromAgent, ToAgent};

@@ -7,13 +7,16 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Sender;
 
-use super::asr::{StreamEnd, Upload};
-use super::client::Budgets;
+use super::client::{Budgets, ServiceError};
+use super::upload::Upload;
 use crate::config::PipelineConfig;
 use crate::sys::Bell;
 
 /// Stack of each helper thread: they parse HTTP and JSON, nothing deep.
 const HELPER_STACK: usize = 128 * 1024;
+
+/// How a speech-to-text stream ended: the transcripts it gave, or why it failed.
+pub type StreamEnd = Result<u32, ServiceError>;
 
 /// What a helper thread tells the call's thread.
 pub enum Msg {
