@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
+use rustix::net::sockopt::socket_error;
+use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
 };
@@ -478,6 +480,8 @@ impl Outbox {
 enum Phase {
     /// Not placed yet.
     Waiting,
+    /// Connecting (non-blocking), given up at this deadline.
+    Connecting(Instant),
     /// Sending frames and reading.
     Live,
     /// Ended; reading until the server's EOF or this deadline.
@@ -724,6 +728,10 @@ impl Harness<'_> {
                 }
                 let i = key as usize;
                 let flags = ev.flags;
+                if matches!(self.calls[i].phase, Phase::Connecting(_)) {
+                    self.connected(i);
+                    continue;
+                }
                 let closing =
                     epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
                 if flags.intersects(epoll::EventFlags::IN | closing) {
@@ -758,6 +766,18 @@ impl Harness<'_> {
     fn service(&mut self, i: usize) {
         match self.calls[i].phase {
             Phase::Waiting => self.place(i),
+            Phase::Connecting(deadline) => {
+                if Instant::now() >= deadline {
+                    let why = format!(
+                        "cannot connect to {}: no answer in {} ms",
+                        self.opts.addr,
+                        self.opts.connect_timeout.as_millis()
+                    );
+                    self.not_placed(i, why);
+                } else {
+                    self.schedule(i, deadline);
+                }
+            }
             Phase::Live => self.send_due(i),
             Phase::Draining(deadline) => {
                 if Instant::now() >= deadline {
@@ -770,14 +790,58 @@ impl Harness<'_> {
         }
     }
 
-    /// Places call `i`: connect (blocking, bounded by `connect_timeout`), UUID, then
-    /// non-blocking and watched. Its first frame is due at the next slot of the grid.
+    /// Places call `i`: a non-blocking connect, watched by the loop, so a server slow to
+    /// accept (a full backlog costs a 1 s SYN retry) delays that call, not every call's frames.
     fn place(&mut self, i: usize) {
-        let placed = match &self.refused {
-            Some(why) => Err(why.clone()),
-            None => self.connect(i),
+        if let Some(why) = self.refused.clone() {
+            return self.not_placed(i, why);
+        }
+        match self.start_connect(i) {
+            Ok(stream) => {
+                let deadline = Instant::now() + self.opts.connect_timeout;
+                let call = &mut self.calls[i];
+                call.stream = Some(stream);
+                call.phase = Phase::Connecting(deadline);
+                self.schedule(i, deadline);
+            }
+            Err(e) => self.not_placed(i, format!("cannot connect to {}: {e}", self.opts.addr)),
+        }
+    }
+
+    fn start_connect(&self, i: usize) -> io::Result<TcpStream> {
+        let family = match self.opts.addr {
+            SocketAddr::V4(_) => AddressFamily::INET,
+            SocketAddr::V6(_) => AddressFamily::INET6,
         };
-        match placed {
+        let fd = socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &self.opts.addr) {
+            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Edge-triggered: a socket is reported when something new happens on it (here: the
+        // connect completing), so the loop reads each until it is empty and writes only when
+        // it has something pending.
+        epoll::add(
+            &self.epoll,
+            &fd,
+            epoll::EventData::new_u64(i as u64),
+            epoll::EventFlags::IN
+                | epoll::EventFlags::OUT
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::ET,
+        )?;
+        Ok(TcpStream::from(fd))
+    }
+
+    /// Call `i`'s socket reported while connecting: connected (write the UUID; its first
+    /// frame is due at the next slot of the grid) or refused.
+    fn connected(&mut self, i: usize) {
+        match self.hello(i) {
             Ok(()) => {
                 let call = &mut self.calls[i];
                 call.phase = Phase::Live;
@@ -785,53 +849,50 @@ impl Harness<'_> {
                 let first = call.first_due;
                 self.schedule(i, first);
             }
-            Err(e) => {
-                let call = &mut self.calls[i];
-                call.error = Some(e);
-                call.stream = None;
-                call.phase = Phase::Done;
-                call.result = Some(LoadCall::default());
-                self.open -= 1;
-            }
+            Err(e) => self.not_placed(i, e),
         }
     }
 
-    fn connect(&mut self, i: usize) -> Result<(), String> {
+    fn hello(&mut self, i: usize) -> Result<(), String> {
         let opts = self.opts;
-        let stream = TcpStream::connect_timeout(&opts.addr, opts.connect_timeout)
-            .map_err(|e| format!("cannot connect to {}: {e}", opts.addr))?;
+        let call = &mut self.calls[i];
+        let Some(stream) = call.stream.as_ref() else {
+            return Err("the socket is gone".into());
+        };
+        match socket_error(stream) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", opts.addr)),
+            Err(e) => return Err(format!("socket setup: {e}")),
+        }
         stream
             .set_nodelay(true)
             .map_err(|e| format!("socket setup: {e}"))?;
-        let call = &mut self.calls[i];
         let hello = audiosocket::encode(KIND_UUID, &call.uuid).expect("16 bytes always fit");
-        (&stream)
-            .write_all(&hello)
-            .map_err(|e| format!("sending the UUID: {e}"))?;
+        // A socket that has just connected has room for 19 bytes: anything short is an error.
+        match (&*stream).write(&hello) {
+            Ok(n) if n == hello.len() => {}
+            Ok(n) => return Err(format!("sending the UUID: only {n} bytes were taken")),
+            Err(e) => return Err(format!("sending the UUID: {e}")),
+        }
         call.t0 = Instant::now();
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("socket setup: {e}"))?;
-        // Edge-triggered: a socket is reported when something new happens on it, so the
-        // loop reads each until it is empty and writes only when it has something pending.
-        epoll::add(
-            &self.epoll,
-            &stream,
-            epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN
-                | epoll::EventFlags::OUT
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ET,
-        )
-        .map_err(|e| format!("cannot watch the socket (epoll): {e}"))?;
         // The received audio is scanned and dropped after every read: room for one read.
         call.rx = Some(Checker::with_capacity(
             opts.rate_hz,
             self.total_frames as usize + 64,
             READ_BUF,
         ));
-        call.stream = Some(stream);
         Ok(())
+    }
+
+    /// Call `i` could not be placed: it fails with `why` and never started.
+    fn not_placed(&mut self, i: usize, why: String) {
+        let call = &mut self.calls[i];
+        call.error = Some(why);
+        call.stream = None;
+        call.wake = None;
+        call.phase = Phase::Done;
+        call.result = Some(LoadCall::default());
+        self.open -= 1;
     }
 
     /// Writes what waits, then every frame due by now; ends the call after its last frame.
@@ -1167,6 +1228,24 @@ mod tests {
         assert_eq!(on_grid(begin, begin + us(1)), begin + us(1000));
         assert_eq!(on_grid(begin, begin + us(1000)), begin + us(1000));
         assert_eq!(on_grid(begin, begin + us(20_999)), begin + us(21_000));
+    }
+
+    #[test]
+    fn refused_calls_fail_without_starting() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut opts = LoadOptions::new(addr, 2, Duration::from_millis(100));
+        opts.ramp = Duration::ZERO;
+        let report = run_load(&opts);
+        let s = report.summary();
+        assert_eq!((s.calls, s.connected, s.failed, s.errors), (2, 0, 2, 2));
+        for c in &report.calls {
+            let e = c.error.as_deref().unwrap_or("");
+            assert!(e.starts_with(&format!("cannot connect to {addr}")), "{e}");
+            assert!(c.started.is_none() && c.sent.is_empty());
+        }
     }
 
     #[test]
