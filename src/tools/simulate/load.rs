@@ -973,8 +973,19 @@ impl Harness<'_> {
         self.fail(i, why);
     }
 
+    /// A write failed. A peer that is gone (EPIPE, reset) closed the call, which the read
+    /// side reports (its EOF or reset may not have been read yet); anything else is ours.
     fn send_failed(&mut self, i: usize, e: &io::Error) {
-        self.fail(i, format!("sending audio: {e}"));
+        if !is_disconnect(e) {
+            return self.fail(i, format!("sending audio: {e}"));
+        }
+        self.read_ready(i, true);
+        let call = &mut self.calls[i];
+        if call.phase == Phase::Live {
+            let at = call.t0.elapsed();
+            call.end(EndedBy::ServerClose, at);
+            self.drain(i);
+        }
     }
 
     /// A local failure: the call ends here, as today's blocking caller's did.
