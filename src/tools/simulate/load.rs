@@ -1,9 +1,11 @@
 //! Load mode: `avr-core simulate --calls N`, many fake-Asterisk calls at once.
 //!
-//! Threads: one receiver per call (it must timestamp frames the moment they arrive, so it
-//! sleeps in `read()` on its own socket) and ONE pacing thread for all senders, which also
-//! places the calls. A sender per call would add 50 wake-ups per second per call to a machine
-//! that is also running the server under test.
+//! One thread runs every call on an epoll event loop: non-blocking sockets, read as soon as
+//! they are readable (each read stamped when it is taken, as the per-call receiver threads
+//! this replaced did), and one timerfd for a shared 1 ms grid on which every call's frames are
+//! due every 20 ms. A thread per call cost the harness more CPU than the server it measures
+//! (issue #15): at 1,000 calls it fell behind and its calls "failed". The run reports the
+//! harness's own send lateness, so a run shows when the harness, not the server, was late.
 //!
 //! Every caller frame is marked: all samples of frame `k` (160 at 8 kHz, 320 at 16 kHz, …) hold
 //! `k + 1`, a quiet DC level that no bridge changes (a resampler keeps a DC level too) and no
@@ -14,14 +16,21 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::thread;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, Timespec};
+use rustix::net::sockopt::socket_error;
+use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+};
+
 use super::checker::Checker;
-use super::runner::{frame_kind, receive, sleep_until, Shared};
+use super::runner::frame_kind;
 use super::stats::{gaps, ms, nearest_rank, window_max};
 use super::{EndedBy, SimCodec, FRAME};
 use crate::proto::audiosocket::{self, KIND_AUDIO, KIND_UUID};
@@ -32,10 +41,8 @@ pub const MAX_MARKED: Duration = Duration::from_secs(600);
 /// After the marked audio, silence is sent this long beyond the echo delay, so the last
 /// marked frames' echoes come back before the caller hangs up.
 const ECHO_TAIL: Duration = Duration::from_millis(1000);
-/// A caller write that blocks this long means the server stopped reading.
+/// A caller write that makes no progress this long means the server stopped reading.
 const WRITE_STALL: Duration = Duration::from_millis(200);
-/// Receiver threads do little: a read, a timestamp, a scan.
-const RECEIVER_STACK: usize = 128 * 1024;
 
 /// The sequence number marked in frame `k`'s samples.
 pub fn marker(seq: u32) -> i16 {
@@ -195,9 +202,13 @@ impl LoadCall {
 pub struct LoadReport {
     pub opts: LoadOptions,
     pub calls: Vec<LoadCall>,
-    /// Threads this process used for the calls: receivers + the pacing thread.
+    /// Threads this process used for the calls: the one event loop.
     pub threads: usize,
     pub elapsed: Duration,
+    /// The harness's own lateness per frame, µs, ascending: from the frame's slot on the send
+    /// grid to its write. Frames queued behind bytes the server had not taken are left out
+    /// (that delay is the server's).
+    pub send_lateness_us: Vec<u32>,
 }
 
 /// The aggregate, in numbers (the benchmark tabulates these).
@@ -223,6 +234,10 @@ pub struct LoadSummary {
     pub unexpected_hangups: usize,
     pub violations: usize,
     pub errors: usize,
+    /// The harness's own send lateness (slot → write), over all frames.
+    pub send_lateness_p50: Duration,
+    pub send_lateness_p99: Duration,
+    pub send_lateness_max: Duration,
 }
 
 impl LoadSummary {
@@ -272,6 +287,10 @@ impl LoadReport {
         s.round_trip_p50 = pick(&rts, 50.0);
         s.round_trip_p99 = pick(&rts, 99.0);
         s.round_trip_max = rts.last().copied().map_or(Duration::ZERO, us);
+        let late = &self.send_lateness_us;
+        s.send_lateness_p50 = pick(late, 50.0);
+        s.send_lateness_p99 = pick(late, 99.0);
+        s.send_lateness_max = late.last().copied().map_or(Duration::ZERO, us);
         s
     }
 
@@ -323,13 +342,13 @@ impl LoadReport {
         let s = self.summary();
         let _ = writeln!(
             out,
-            "\n{} calls ({} connected, {} failed) for {:.1} s each, {} receiver threads + 1 pacing \
-             thread, run took {:.1} s",
+            "\n{} calls ({} connected, {} failed) for {:.1} s each on {} event-loop thread, \
+             run took {:.1} s",
             s.calls,
             s.connected,
             s.failed,
             self.opts.total().as_secs_f64(),
-            self.threads.saturating_sub(1),
+            self.threads,
             self.elapsed.as_secs_f64()
         );
         let _ = writeln!(
@@ -367,6 +386,14 @@ impl LoadReport {
             "  problems:    {} unexpected hangups, {} protocol violations, {} local errors",
             s.unexpected_hangups, s.violations, s.errors
         );
+        let _ = writeln!(
+            out,
+            "  harness send lateness p99 {}, p50 {}, max {} (slot -> write: the harness's own \
+             delay, not the server's)",
+            ms(s.send_lateness_p99),
+            ms(s.send_lateness_p50),
+            ms(s.send_lateness_max)
+        );
         out
     }
 }
@@ -376,138 +403,249 @@ fn percentile_us(sorted: &[u32], pct: f64) -> Duration {
     nearest_rank(sorted, pct).map_or(Duration::ZERO, us)
 }
 
-/// A call as the pacing thread sees it.
-struct Slot {
-    uuid: [u8; 16],
-    stream: Option<TcpStream>,
-    shared: Option<Arc<Shared>>,
-    next: u32,
-    sent: Vec<Duration>,
-    receiver: Option<thread::JoinHandle<LoadCall>>,
-    error: Option<String>,
-    done: bool,
+/// Send times sit on a grid of this step from the start of the run: the event loop then wakes
+/// once per step for every call whose frame falls in it (at 1,000 calls, 50 frames a wake-up,
+/// 1,000 wake-ups a second) instead of once per frame (50,000), and a frame's lateness is
+/// measured from its slot. The server sees each call paced exactly every 20 ms all the same.
+const SEND_SLOT: Duration = Duration::from_millis(1);
+/// After the call ends, how long we keep reading for the server's EOF (and stray bytes); as
+/// the single-call receiver does.
+const DRAIN: Duration = Duration::from_secs(1);
+/// Read buffer, shared by all calls (one thread): large enough that a burst rarely cuts a
+/// frame at the buffer's end.
+const READ_BUF: usize = 64 * 1024;
+/// Readiness events taken per `epoll_wait`; more simply wait for the next call.
+const EVENTS: usize = 1024;
+/// The epoll key of the timer; calls use their index.
+const TIMER_KEY: u64 = u64::MAX;
+
+/// The first slot of the send grid that starts at `begin`, at or after `at`.
+fn on_grid(begin: Instant, at: Instant) -> Instant {
+    let since = at.saturating_duration_since(begin).as_nanos();
+    let slots = since.div_ceil(SEND_SLOT.as_nanos());
+    begin + Duration::from_nanos((slots * SEND_SLOT.as_nanos()) as u64)
 }
 
-/// Runs the calls and returns once every call has ended and its receiver has reported.
-pub fn run_load(opts: &LoadOptions) -> LoadReport {
-    let begin = Instant::now();
-    let marked = opts.marked_frames();
-    let total_frames = (opts.total().as_micros() / FRAME.as_micros()) as u32;
-    let mut slots: Vec<Slot> = (0..opts.calls)
-        .map(|_| Slot {
-            uuid: *uuid::Uuid::new_v4().as_bytes(),
-            stream: None,
-            shared: None,
-            next: 0,
-            sent: Vec::with_capacity(total_frames as usize),
-            receiver: None,
-            error: None,
-            done: false,
-        })
-        .collect();
-    // Due events: (when, call). Before a call is connected its event is the connect.
-    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = (0..opts.calls)
-        .map(|i| {
-            let offset = opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64);
-            Reverse((begin + offset, i))
-        })
-        .collect();
-    // A rate no kind carries fails every call, as a refused connection would.
-    let (kind, refused) = match frame_kind(SimCodec::Slin, opts.rate_hz) {
-        Ok(kind) => (kind, None),
-        Err(e) => (KIND_AUDIO, Some(e.to_string())),
-    };
-    let samples = frame_samples(opts.rate_hz);
-    let mut frame = Vec::with_capacity(3 + 2 * samples);
-    let stop_at = FRAME * total_frames;
-    while let Some(Reverse((at, i))) = due.pop() {
-        sleep_until(at);
-        let slot = &mut slots[i];
-        let Some(shared) = slot.shared.clone() else {
-            let placed = match &refused {
-                Some(why) => Err(why.clone()),
-                None => connect(opts, slot, total_frames),
-            };
-            match placed {
-                Ok(t0) => due.push(Reverse((t0, i))),
-                Err(e) => {
-                    slot.error = Some(e);
-                    slot.done = true;
+/// A caller's bytes not yet taken by the kernel. A frame is written whole when the socket has
+/// room (nearly always); what a short write leaves waits here and goes first when the socket
+/// is writable again, so frames are never interleaved or reordered.
+#[derive(Default)]
+struct Outbox {
+    pending: Vec<u8>,
+    /// Since when the writes have made no progress (`None`: nothing pending).
+    stalled_since: Option<Instant>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Writes what is pending; `Ok(true)` once all of it is out, `Ok(false)` if the socket is
+    /// full.
+    fn flush(&mut self, w: &mut impl Write, now: Instant) -> io::Result<bool> {
+        while !self.pending.is_empty() {
+            match w.write(&self.pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.stalled_since = Some(now);
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stalled_since.get_or_insert(now);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
             }
-            continue;
-        };
-        let Some(stream) = slot.stream.as_ref() else {
-            continue;
-        };
-        if !shared.is_live() {
-            slot.done = true; // the server hung up or closed: Asterisk stops sending at once
-            continue;
         }
-        let offset = FRAME * slot.next;
-        if offset >= stop_at {
-            if shared.end(EndedBy::Client, shared.t0.elapsed()) {
-                let _ = stream.shutdown(Shutdown::Write);
-            }
-            slot.done = true;
-            continue;
+        self.stalled_since = None;
+        Ok(true)
+    }
+
+    /// Writes `frame` after anything pending; `Ok(false)` if part of it had to wait.
+    fn send(&mut self, w: &mut impl Write, frame: &[u8], now: Instant) -> io::Result<bool> {
+        self.pending.extend_from_slice(frame);
+        self.flush(w, now)
+    }
+
+    /// When the writes that wait will have made no progress for [`WRITE_STALL`].
+    fn stall_deadline(&self) -> Option<Instant> {
+        self.stalled_since.map(|since| since + WRITE_STALL)
+    }
+}
+
+/// Where a call is.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Phase {
+    /// Not placed yet.
+    Waiting,
+    /// Connecting (non-blocking), given up at this deadline.
+    Connecting(Instant),
+    /// Sending frames and reading.
+    Live,
+    /// Ended; reading until the server's EOF or this deadline.
+    Draining(Instant),
+    /// Its [`LoadCall`] is made.
+    Done,
+}
+
+/// One call as the event loop keeps it.
+struct Call {
+    uuid: [u8; 16],
+    phase: Phase,
+    stream: Option<TcpStream>,
+    /// When the UUID was written: every time in the call is an offset from here.
+    t0: Instant,
+    /// Frame 0's slot on the send grid; frame `k` is due `k` × 20 ms later.
+    first_due: Instant,
+    next: u32,
+    sent: Vec<Duration>,
+    out: Outbox,
+    rx: Option<Checker>,
+    scan: EchoScan,
+    end: Option<(EndedBy, Duration)>,
+    /// Placing or sending failed.
+    error: Option<String>,
+    /// Reading failed (not a disconnect).
+    recv_error: Option<String>,
+    /// The one live entry of this call in the due queue; others there are stale.
+    wake: Option<Instant>,
+    result: Option<LoadCall>,
+}
+
+impl Call {
+    /// Records the end if nobody has yet; true if this call did.
+    fn end(&mut self, by: EndedBy, at: Duration) -> bool {
+        if self.end.is_some() {
+            return false;
         }
-        let sample = if slot.next < marked {
-            marker(slot.next)
-        } else {
-            0
-        };
-        frame.clear();
-        frame.push(kind);
-        frame.extend_from_slice(&(2 * samples as u16).to_be_bytes());
-        for _ in 0..samples {
-            frame.extend_from_slice(&sample.to_le_bytes());
-        }
-        // Stamped before the write: the server may read, forward and the agent stamp the frame
-        // before this thread is scheduled again after `write` returns.
-        let now = shared.t0.elapsed();
-        let written = (&mut &*stream).write_all(&frame);
-        match written {
-            Ok(()) => {
-                slot.sent.push(now);
-                slot.next += 1;
-                due.push(Reverse((shared.t0 + FRAME * slot.next, i)));
-            }
-            Err(_) if !shared.is_live() => slot.done = true,
-            Err(e) => {
-                let why = if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) {
-                    format!(
-                        "the caller could not write a frame for {} ms: the server stopped reading",
-                        WRITE_STALL.as_millis()
-                    )
-                } else {
-                    format!("sending audio: {e}")
-                };
-                slot.error = Some(why);
-                shared.end(EndedBy::ServerClose, now);
-                let _ = stream.shutdown(Shutdown::Both);
-                slot.done = true;
-            }
+        self.end = Some((by, at));
+        true
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.shutdown(how);
         }
     }
-    let threads = 1 + slots.iter().filter(|s| s.receiver.is_some()).count();
-    let calls = slots
-        .into_iter()
-        .map(|mut slot| {
-            let mut call = match slot.receiver.take() {
-                Some(handle) => handle.join().unwrap_or_else(|_| LoadCall {
-                    error: Some("the receiver thread panicked".into()),
-                    ..LoadCall::default()
-                }),
-                None => LoadCall::default(),
+}
+
+/// The whole run on one thread: epoll for the sockets, one timerfd for the send grid.
+struct Harness<'a> {
+    opts: &'a LoadOptions,
+    begin: Instant,
+    epoll: OwnedFd,
+    timer: OwnedFd,
+    /// The deadline the timer is set for.
+    armed: Option<Instant>,
+    calls: Vec<Call>,
+    /// Due events: (when, call); an entry counts only if it is still the call's `wake`.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Calls not yet done.
+    open: usize,
+    kind: u8,
+    /// Why no call can be placed (a rate no kind carries).
+    refused: Option<String>,
+    samples: usize,
+    marked: u32,
+    total_frames: u32,
+    frame: Vec<u8>,
+    buf: Vec<u8>,
+    /// Per frame not held back by the server: slot → write, µs.
+    lateness_us: Vec<u32>,
+}
+
+/// Runs the calls on one thread and returns once every call has ended.
+pub fn run_load(opts: &LoadOptions) -> LoadReport {
+    let begin = Instant::now();
+    let setup = || -> io::Result<(OwnedFd, OwnedFd)> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let timer = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )?;
+        // Edge-triggered and never read: each expiry is one wake-up, and the loop looks at
+        // the clock, not at the timer's count.
+        epoll::add(
+            &epoll,
+            &timer,
+            epoll::EventData::new_u64(TIMER_KEY),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok((epoll, timer))
+    };
+    let total_frames = (opts.total().as_micros() / FRAME.as_micros()) as u32;
+    let calls = (0..opts.calls)
+        .map(|_| Call {
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            phase: Phase::Waiting,
+            stream: None,
+            t0: begin,
+            first_due: begin,
+            next: 0,
+            sent: Vec::with_capacity(total_frames as usize),
+            out: Outbox::default(),
+            rx: None,
+            scan: EchoScan::default(),
+            end: None,
+            error: None,
+            recv_error: None,
+            wake: None,
+            result: None,
+        })
+        .collect::<Vec<_>>();
+    let (calls, send_lateness_us) = match setup() {
+        Ok((epoll, timer)) => {
+            // A rate no kind carries fails every call, as a refused connection would.
+            let (kind, refused) = match frame_kind(SimCodec::Slin, opts.rate_hz) {
+                Ok(kind) => (kind, None),
+                Err(e) => (KIND_AUDIO, Some(e.to_string())),
             };
-            call.uuid = audiosocket::CallId::from_bytes(slot.uuid).to_string();
-            call.sent = std::mem::take(&mut slot.sent);
+            let samples = frame_samples(opts.rate_hz);
+            let mut h = Harness {
+                opts,
+                begin,
+                epoll,
+                timer,
+                armed: None,
+                open: calls.len(),
+                calls,
+                due: BinaryHeap::new(),
+                kind,
+                refused,
+                samples,
+                marked: opts.marked_frames(),
+                total_frames,
+                frame: Vec::with_capacity(3 + 2 * samples),
+                buf: vec![0u8; READ_BUF],
+                lateness_us: Vec::with_capacity(opts.calls * total_frames as usize),
+            };
+            for i in 0..h.calls.len() {
+                let offset = opts.ramp.mul_f64(i as f64 / opts.calls.max(1) as f64);
+                h.schedule(i, begin + offset);
+            }
+            h.run();
+            let mut lateness = std::mem::take(&mut h.lateness_us);
+            lateness.sort_unstable();
+            (h.calls, lateness)
+        }
+        Err(e) => {
+            let mut calls = calls;
+            for c in &mut calls {
+                c.error = Some(format!("cannot start the event loop (epoll, timerfd): {e}"));
+            }
+            (calls, Vec::new())
+        }
+    };
+    let calls = calls
+        .into_iter()
+        .map(|mut c| {
+            let mut call = c.result.take().unwrap_or_default();
+            call.uuid = audiosocket::CallId::from_bytes(c.uuid).to_string();
+            call.sent = std::mem::take(&mut c.sent);
             if call.error.is_none() {
-                call.error = slot.error.take();
+                call.error = c.error.take();
             }
             call
         })
@@ -515,77 +653,474 @@ pub fn run_load(opts: &LoadOptions) -> LoadReport {
     LoadReport {
         opts: opts.clone(),
         calls,
-        threads,
+        threads: 1,
         elapsed: begin.elapsed(),
+        send_lateness_us,
     }
 }
 
-/// Places one call: connect, UUID, receiver thread. Returns when its first frame is due.
-fn connect(opts: &LoadOptions, slot: &mut Slot, total_frames: u32) -> Result<Instant, String> {
-    let stream = TcpStream::connect_timeout(&opts.addr, opts.connect_timeout)
-        .map_err(|e| format!("cannot connect to {}: {e}", opts.addr))?;
-    let setup = |s: &TcpStream| -> io::Result<TcpStream> {
-        s.set_nodelay(true)?;
-        s.set_write_timeout(Some(WRITE_STALL))?;
-        s.try_clone()
-    };
-    let recv_stream = setup(&stream).map_err(|e| format!("socket setup: {e}"))?;
-    let hello = audiosocket::encode(KIND_UUID, &slot.uuid).expect("16 bytes always fit");
-    (&stream)
-        .write_all(&hello)
-        .map_err(|e| format!("sending the UUID: {e}"))?;
-    let shared = Arc::new(Shared::new());
-    // The received audio is scanned and dropped after every read: room for one read.
-    let rx = Checker::with_capacity(opts.rate_hz, total_frames as usize + 64, 64 * 1024);
-    let handle = thread::Builder::new()
-        .name("sim-load-recv".into())
-        .stack_size(RECEIVER_STACK)
-        .spawn({
-            let shared = shared.clone();
-            move || collect(recv_stream, &shared, rx)
-        })
-        .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
-    let t0 = shared.t0;
-    slot.stream = Some(stream);
-    slot.shared = Some(shared);
-    slot.receiver = Some(handle);
-    Ok(t0)
-}
+impl Harness<'_> {
+    fn schedule(&mut self, i: usize, at: Instant) {
+        self.calls[i].wake = Some(at);
+        self.due.push(Reverse((at, i)));
+    }
 
-/// The receiver thread: reads until the call is over, then boils the frames down.
-fn collect(stream: TcpStream, shared: &Shared, rx: Checker) -> LoadCall {
-    let mut scan = EchoScan::default();
-    let scanned = receive(stream, shared, rx, |rx, now| {
-        rx.drain_audio(|audio| scan.audio(audio, now))
-    });
-    let rx = match scanned {
-        Ok(rx) => rx.into_checked(),
-        Err(e) => {
-            shared.end(EndedBy::ServerClose, shared.t0.elapsed());
-            return LoadCall {
-                started: Some(shared.t0),
-                error: Some(format!("receiving: {e}")),
-                ended_by: shared.ended().map(|(by, _)| by),
-                ..LoadCall::default()
-            };
+    /// The earliest live entry of the due queue (stale ones are dropped on the way).
+    fn next_due(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, i))) = self.due.peek() {
+            if self.calls[i].wake == Some(at) {
+                return Some(at);
+            }
+            self.due.pop();
         }
-    };
-    let mut gaps_us: Vec<u32> = gaps(&rx.arrivals)
-        .iter()
-        .map(|g| g.as_micros().min(u128::from(u32::MAX)) as u32)
-        .collect();
-    gaps_us.sort_unstable();
-    LoadCall {
-        started: Some(shared.t0),
-        frames_received: rx.arrivals.len() as u64,
-        max_frames_in_100ms: window_max(&rx.arrivals, Duration::from_millis(100)),
-        gaps_us,
-        echoes: scan.echoes,
-        echo_samples: scan.samples,
-        violations: rx.violations,
-        ended_by: shared.ended().map(|(by, _)| by),
-        ..LoadCall::default()
+        None
     }
+
+    /// Sets the timer for `at` (in the future) unless it already is.
+    fn arm(&mut self, at: Instant, now: Instant) -> io::Result<()> {
+        if self.armed == Some(at) {
+            return Ok(());
+        }
+        let wait = Timespec::try_from(at - now).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        timerfd_settime(
+            &self.timer,
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: zero,
+                it_value: wait,
+            },
+        )?;
+        self.armed = Some(at);
+        Ok(())
+    }
+
+    fn run(&mut self) {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while self.open > 0 {
+            let now = Instant::now();
+            // Work already due: look at the sockets without sleeping, then do it.
+            let timeout = match self.next_due() {
+                Some(at) if at <= now => Some(&zero),
+                Some(at) => match self.arm(at, now) {
+                    Ok(()) => None,
+                    Err(e) => return self.abort(&format!("setting the timer: {e}")),
+                },
+                None => None,
+            };
+            events.clear();
+            match epoll::wait(&self.epoll, spare_capacity(&mut events), timeout) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return self.abort(&format!("epoll_wait: {e}")),
+            }
+            for ev in &events {
+                let key = ev.data.u64();
+                if key == TIMER_KEY {
+                    continue;
+                }
+                let i = key as usize;
+                let flags = ev.flags;
+                if matches!(self.calls[i].phase, Phase::Connecting(_)) {
+                    self.connected(i);
+                    continue;
+                }
+                let closing =
+                    epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+                if flags.intersects(epoll::EventFlags::IN | closing) {
+                    self.read_ready(i, flags.intersects(closing));
+                }
+                if flags.contains(epoll::EventFlags::OUT) && !self.calls[i].out.is_empty() {
+                    self.service(i);
+                }
+            }
+            let now = Instant::now();
+            while self.next_due().is_some_and(|at| at <= now) {
+                let Some(Reverse((_, i))) = self.due.pop() else {
+                    break;
+                };
+                self.calls[i].wake = None;
+                self.service(i);
+            }
+        }
+    }
+
+    /// The loop itself failed: every call still open fails with `why`.
+    fn abort(&mut self, why: &str) {
+        for i in 0..self.calls.len() {
+            if self.calls[i].phase != Phase::Done {
+                self.calls[i].error = Some(format!("the event loop failed: {why}"));
+                self.finish(i);
+            }
+        }
+    }
+
+    /// Does what is due for call `i`: place it, send its due frames, or end its drain.
+    fn service(&mut self, i: usize) {
+        match self.calls[i].phase {
+            Phase::Waiting => self.place(i),
+            Phase::Connecting(deadline) => {
+                if Instant::now() >= deadline {
+                    let why = format!(
+                        "cannot connect to {}: no answer in {} ms",
+                        self.opts.addr,
+                        self.opts.connect_timeout.as_millis()
+                    );
+                    self.not_placed(i, why);
+                } else {
+                    self.schedule(i, deadline);
+                }
+            }
+            Phase::Live => self.send_due(i),
+            Phase::Draining(deadline) => {
+                if Instant::now() >= deadline {
+                    self.finish(i);
+                } else {
+                    self.schedule(i, deadline);
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// Places call `i`: a non-blocking connect, watched by the loop, so a server slow to
+    /// accept (a full backlog costs a 1 s SYN retry) delays that call, not every call's frames.
+    fn place(&mut self, i: usize) {
+        if let Some(why) = self.refused.clone() {
+            return self.not_placed(i, why);
+        }
+        match self.start_connect(i) {
+            Ok(stream) => {
+                let deadline = Instant::now() + self.opts.connect_timeout;
+                let call = &mut self.calls[i];
+                call.stream = Some(stream);
+                call.phase = Phase::Connecting(deadline);
+                self.schedule(i, deadline);
+            }
+            Err(e) => self.not_placed(i, format!("cannot connect to {}: {e}", self.opts.addr)),
+        }
+    }
+
+    fn start_connect(&self, i: usize) -> io::Result<TcpStream> {
+        let family = match self.opts.addr {
+            SocketAddr::V4(_) => AddressFamily::INET,
+            SocketAddr::V6(_) => AddressFamily::INET6,
+        };
+        let fd = socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &self.opts.addr) {
+            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Edge-triggered: a socket is reported when something new happens on it (here: the
+        // connect completing), so the loop reads each until it is empty and writes only when
+        // it has something pending.
+        epoll::add(
+            &self.epoll,
+            &fd,
+            epoll::EventData::new_u64(i as u64),
+            epoll::EventFlags::IN
+                | epoll::EventFlags::OUT
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::ET,
+        )?;
+        Ok(TcpStream::from(fd))
+    }
+
+    /// Call `i`'s socket reported while connecting: connected (write the UUID; its first
+    /// frame is due at the next slot of the grid) or refused.
+    fn connected(&mut self, i: usize) {
+        match self.hello(i) {
+            Ok(()) => {
+                let call = &mut self.calls[i];
+                call.phase = Phase::Live;
+                call.first_due = on_grid(self.begin, call.t0);
+                let first = call.first_due;
+                self.schedule(i, first);
+            }
+            Err(e) => self.not_placed(i, e),
+        }
+    }
+
+    fn hello(&mut self, i: usize) -> Result<(), String> {
+        let opts = self.opts;
+        let call = &mut self.calls[i];
+        let Some(stream) = call.stream.as_ref() else {
+            return Err("the socket is gone".into());
+        };
+        match socket_error(stream) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", opts.addr)),
+            Err(e) => return Err(format!("socket setup: {e}")),
+        }
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("socket setup: {e}"))?;
+        let hello = audiosocket::encode(KIND_UUID, &call.uuid).expect("16 bytes always fit");
+        // A socket that has just connected has room for 19 bytes: anything short is an error.
+        match (&*stream).write(&hello) {
+            Ok(n) if n == hello.len() => {}
+            Ok(n) => return Err(format!("sending the UUID: only {n} bytes were taken")),
+            Err(e) => return Err(format!("sending the UUID: {e}")),
+        }
+        call.t0 = Instant::now();
+        // The received audio is scanned and dropped after every read: room for one read.
+        call.rx = Some(Checker::with_capacity(
+            opts.rate_hz,
+            self.total_frames as usize + 64,
+            READ_BUF,
+        ));
+        Ok(())
+    }
+
+    /// Call `i` could not be placed: it fails with `why` and never started.
+    fn not_placed(&mut self, i: usize, why: String) {
+        let call = &mut self.calls[i];
+        call.error = Some(why);
+        call.stream = None;
+        call.wake = None;
+        call.phase = Phase::Done;
+        call.result = Some(LoadCall::default());
+        self.open -= 1;
+    }
+
+    /// Writes what waits, then every frame due by now; ends the call after its last frame.
+    fn send_due(&mut self, i: usize) {
+        let stop_at = FRAME * self.total_frames;
+        let call = &mut self.calls[i];
+        let Some(stream) = call.stream.as_ref() else {
+            return;
+        };
+        // Frames behind bytes the server has not taken are late by the server, not by us.
+        let held_back = !call.out.is_empty();
+        match call.out.flush(&mut &*stream, Instant::now()) {
+            Ok(true) => {}
+            Ok(false) => return self.wait_or_stall(i),
+            Err(e) => return self.send_failed(i, &e),
+        }
+        loop {
+            let call = &mut self.calls[i];
+            let Some(stream) = call.stream.as_ref() else {
+                return;
+            };
+            if FRAME * call.next >= stop_at {
+                let at = call.t0.elapsed();
+                if call.end(EndedBy::Client, at) {
+                    call.shutdown(Shutdown::Write);
+                }
+                return self.drain(i);
+            }
+            let due = call.first_due + FRAME * call.next;
+            // Stamped before the write: the server may read, forward and the agent stamp the
+            // frame before this thread runs again after `write` returns.
+            let now = Instant::now();
+            if due > now {
+                return self.schedule(i, due);
+            }
+            let sample = if call.next < self.marked {
+                marker(call.next)
+            } else {
+                0
+            };
+            self.frame.clear();
+            self.frame.push(self.kind);
+            self.frame
+                .extend_from_slice(&(2 * self.samples as u16).to_be_bytes());
+            for _ in 0..self.samples {
+                self.frame.extend_from_slice(&sample.to_le_bytes());
+            }
+            match call.out.send(&mut &*stream, &self.frame, now) {
+                Ok(whole) => {
+                    call.sent.push(now - call.t0);
+                    call.next += 1;
+                    if !held_back {
+                        let late = (now - due).as_micros().min(u128::from(u32::MAX));
+                        self.lateness_us.push(late as u32);
+                    }
+                    if !whole {
+                        return self.wait_or_stall(i);
+                    }
+                }
+                Err(e) => return self.send_failed(i, &e),
+            }
+        }
+    }
+
+    /// Call `i` has bytes the socket would not take: wait for room (the socket reports it),
+    /// failing the call once nothing has moved for [`WRITE_STALL`].
+    fn wait_or_stall(&mut self, i: usize) {
+        let Some(deadline) = self.calls[i].out.stall_deadline() else {
+            return;
+        };
+        if Instant::now() < deadline {
+            return self.schedule(i, deadline);
+        }
+        let why = format!(
+            "the caller could not write a frame for {} ms: the server stopped reading",
+            WRITE_STALL.as_millis()
+        );
+        self.fail(i, why);
+    }
+
+    /// A write failed. A peer that is gone (EPIPE, reset) closed the call, which the read
+    /// side reports (its EOF or reset may not have been read yet); anything else is ours.
+    fn send_failed(&mut self, i: usize, e: &io::Error) {
+        if !is_disconnect(e) {
+            return self.fail(i, format!("sending audio: {e}"));
+        }
+        self.read_ready(i, true);
+        let call = &mut self.calls[i];
+        if call.phase == Phase::Live {
+            let at = call.t0.elapsed();
+            call.end(EndedBy::ServerClose, at);
+            self.drain(i);
+        }
+    }
+
+    /// A local failure: the call ends here, as today's blocking caller's did.
+    fn fail(&mut self, i: usize, why: String) {
+        let call = &mut self.calls[i];
+        call.error = Some(why);
+        let at = call.t0.elapsed();
+        call.end(EndedBy::ServerClose, at);
+        call.shutdown(Shutdown::Both);
+        self.drain(i);
+        self.read_ready(i, true);
+    }
+
+    /// The call has ended: keep reading for the server's EOF, up to [`DRAIN`].
+    fn drain(&mut self, i: usize) {
+        let call = &mut self.calls[i];
+        let ended = call.end.map_or(Duration::ZERO, |(_, at)| at);
+        let deadline = call.t0 + ended + DRAIN;
+        call.phase = Phase::Draining(deadline);
+        self.schedule(i, deadline);
+    }
+
+    /// Reads call `i` until its socket is empty, stamping each read as it is taken. A short
+    /// read means empty (edge-triggered epoll reports data that comes later), unless the
+    /// socket reported a hang-up too, whose EOF may sit behind the data: then until EAGAIN.
+    fn read_ready(&mut self, i: usize, to_eagain: bool) {
+        loop {
+            let call = &mut self.calls[i];
+            if !matches!(call.phase, Phase::Live | Phase::Draining(_)) {
+                return;
+            }
+            let (Some(stream), Some(rx)) = (call.stream.as_ref(), call.rx.as_mut()) else {
+                return;
+            };
+            let result = (&*stream).read(&mut self.buf);
+            let now = call.t0.elapsed();
+            let live = call.end.is_none();
+            match result {
+                Ok(0) => {
+                    rx.closed(now, "closed");
+                    if call.end(EndedBy::ServerClose, now) {
+                        call.shutdown(Shutdown::Write);
+                    }
+                    return self.finish(i);
+                }
+                Ok(n) => {
+                    let had_hangup = rx.hangup_received();
+                    rx.feed(&self.buf[..n], now, live);
+                    if n == self.buf.len() {
+                        rx.more_queued();
+                    }
+                    let scan = &mut call.scan;
+                    rx.drain_audio(|audio| scan.audio(audio, now));
+                    // Asterisk stops at once: shutting our side also stops our next write.
+                    if !had_hangup && rx.hangup_received() && call.end(EndedBy::ServerHangup, now) {
+                        call.shutdown(Shutdown::Write);
+                        self.drain(i);
+                    }
+                    if n < self.buf.len() && !to_eagain {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_disconnect(&e) => {
+                    rx.closed(now, "reset");
+                    call.end(EndedBy::ServerClose, now);
+                    return self.finish(i);
+                }
+                Err(e) => {
+                    call.recv_error = Some(format!("receiving: {e}"));
+                    call.end(EndedBy::ServerClose, now);
+                    return self.finish(i);
+                }
+            }
+        }
+    }
+
+    /// Call `i` is over: close its socket (which leaves epoll) and boil its frames down.
+    fn finish(&mut self, i: usize) {
+        let call = &mut self.calls[i];
+        if call.phase == Phase::Done {
+            return;
+        }
+        call.phase = Phase::Done;
+        call.wake = None;
+        call.stream = None;
+        self.open -= 1;
+        let ended_by = call.end.map(|(by, _)| by);
+        let started = call.rx.is_some().then_some(call.t0);
+        if let Some(e) = call.recv_error.take() {
+            call.rx = None;
+            call.result = Some(LoadCall {
+                started,
+                error: Some(e),
+                ended_by,
+                ..LoadCall::default()
+            });
+            return;
+        }
+        let Some(mut rx) = call.rx.take() else {
+            call.result = Some(LoadCall::default());
+            return;
+        };
+        rx.end_of_stream();
+        let rx = rx.into_checked();
+        let mut gaps_us: Vec<u32> = gaps(&rx.arrivals)
+            .iter()
+            .map(|g| g.as_micros().min(u128::from(u32::MAX)) as u32)
+            .collect();
+        gaps_us.sort_unstable();
+        let scan = std::mem::take(&mut call.scan);
+        call.result = Some(LoadCall {
+            started,
+            frames_received: rx.arrivals.len() as u64,
+            max_frames_in_100ms: window_max(&rx.arrivals, Duration::from_millis(100)),
+            gaps_us,
+            echoes: scan.echoes,
+            echo_samples: scan.samples,
+            violations: rx.violations,
+            ended_by,
+            ..LoadCall::default()
+        });
+    }
+}
+
+/// The peer is gone: EOF-like errors end the call rather than fail it.
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+    )
 }
 
 #[cfg(test)]
@@ -651,6 +1186,79 @@ mod tests {
         assert!(call.failed(5) && !call.failed(1) && !call.unexpected_end());
     }
 
+    /// Takes `room` bytes, then would block until given more room.
+    struct Tight {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Tight {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_short_write_keeps_the_rest_in_order_and_stalls_only_without_progress() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = Tight {
+            taken: Vec::new(),
+            room: 5,
+        };
+        let mut out = Outbox::default();
+        assert!(!out.send(&mut w, &[1, 2, 3, 4, 5, 6, 7, 8], t).unwrap());
+        assert_eq!(out.stall_deadline(), Some(t + WRITE_STALL));
+        // Nothing moves: the stall clock keeps its start.
+        assert!(!out.flush(&mut w, t + ms(50)).unwrap());
+        assert_eq!(out.stall_deadline(), Some(t + WRITE_STALL));
+        // Some progress restarts it; the next frame queues behind the rest of the first.
+        w.room = 2;
+        assert!(!out.send(&mut w, &[9, 10], t + ms(100)).unwrap());
+        assert_eq!(out.stall_deadline(), Some(t + ms(100) + WRITE_STALL));
+        w.room = 100;
+        assert!(out.flush(&mut w, t + ms(120)).unwrap());
+        assert!(out.is_empty() && out.stall_deadline().is_none());
+        assert_eq!(w.taken, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn send_slots_are_on_the_grid_at_or_after_the_connect() {
+        let begin = Instant::now();
+        let us = Duration::from_micros;
+        assert_eq!(on_grid(begin, begin), begin);
+        assert_eq!(on_grid(begin, begin + us(1)), begin + us(1000));
+        assert_eq!(on_grid(begin, begin + us(1000)), begin + us(1000));
+        assert_eq!(on_grid(begin, begin + us(20_999)), begin + us(21_000));
+    }
+
+    #[test]
+    fn refused_calls_fail_without_starting() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut opts = LoadOptions::new(addr, 2, Duration::from_millis(100));
+        opts.ramp = Duration::ZERO;
+        let report = run_load(&opts);
+        let s = report.summary();
+        assert_eq!((s.calls, s.connected, s.failed, s.errors), (2, 0, 2, 2));
+        for c in &report.calls {
+            let e = c.error.as_deref().unwrap_or("");
+            assert!(e.starts_with(&format!("cannot connect to {addr}")), "{e}");
+            assert!(c.started.is_none() && c.sent.is_empty());
+        }
+    }
+
     #[test]
     fn wideband_callers_send_marked_frames_of_their_kind() {
         use crate::tools::simulate::fake_server::{echo_frames, fake_server, read_hello};
@@ -676,5 +1284,9 @@ mod tests {
         );
         assert_eq!(report.calls[0].echoes.len(), 10, "{text}");
         assert_eq!(report.calls[0].echo_samples, 10 * 320, "{text}");
+        // Every frame's lateness was measured, and the report says it.
+        assert_eq!(report.send_lateness_us.len(), 60, "{text}");
+        assert!(s.send_lateness_p99 <= s.send_lateness_max, "{text}");
+        assert!(text.contains("harness send lateness p99"), "{text}");
     }
 }
