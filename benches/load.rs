@@ -812,12 +812,10 @@ fn report(
          frame. round trip = caller → agent → caller minus the agent's {} ms, so it includes \
          the 20 ms playout grid. frames lost = caller frames whose echo never came back plus \
          agent audio dropped. bench CPU = the benchmark process (callers, agent, receiver) \
-         sharing the same 2 cores. The simulated callers use {} threads per call (a receiver \
-         each, plus one pacing thread for all).\n",
+         sharing the same 2 cores. The simulated callers run on {} thread(s) in all (one \
+         event loop).\n",
         ECHO_DELAY.as_millis(),
-        rows.last()
-            .map_or(0.0, |r| r.sim_threads as f64 / r.calls as f64)
-            .round()
+        rows.last().map_or(0, |r| r.sim_threads)
     );
     let _ = writeln!(md, "- webhooks: {hooks}");
     let _ = writeln!(md, "- `/call`: {call_rate}\n");
