@@ -10,27 +10,27 @@
 //! avr-core run with the same `STS_SAMPLE_RATE`): the second of audio and the chunk sizes
 //! follow it. The echo itself is byte for byte at any rate.
 //!
-//! One thread per connection, blocking sockets, no polling: the thread sleeps in `read()` with
-//! a read timeout equal to the time until the next chunk is due, or with no timeout at all
-//! when nothing is pending. tungstenite 0.30 reports the timeout as `Error::Io` (WouldBlock on
-//! Unix, TimedOut on Windows) and keeps any partly read frame for the next `read()`.
+//! One thread serves the listener and every connection ([`event_loop`]): an epoll loop over
+//! non-blocking sockets, sleeping in `epoll_wait` until a socket is ready or the next chunk
+//! is due, so 1,000 echo connections cost the benchmark little beside the server it measures.
+//! tungstenite 0.30 reports a socket with nothing to read as `Error::Io(WouldBlock)` and keeps
+//! any partly read frame for the next `read()`.
+
+mod event_loop;
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::cli::{is_help, Flags, Parsed, UsageError};
 use crate::proto::sts::{audio_message, parse_to_agent, transcript_message, ToAgentMessage};
-use crate::sys::StopSignal;
+use crate::sys::Bell;
 use crate::tools::rates::{self, khz, SLIN_RATE_HZ};
 
 /// Sizes, in bytes at 8 kHz, of the audio chunks sent back, cycled in order. All even (whole
@@ -61,16 +61,13 @@ fn bytes_per_second(rate_hz: u32) -> u64 {
 /// so the tail of an utterance is not held back until the caller speaks again.
 const IDLE_FLUSH: Duration = Duration::from_millis(60);
 
-/// Per-connection stack: the benchmark runs 1,000 connections on a small machine.
-const CONN_STACK: usize = 128 * 1024;
-
 /// tungstenite's default is 128 KiB per connection; caller audio messages are ~0.5 KiB.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// A client that connects but never sends its upgrade request must not hold a thread forever.
+/// A client that connects but never sends its upgrade request must not hold a socket forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client that stops reading must not wedge its connection thread forever.
+/// A client that stops reading must not hold its connection (and its unsent echo) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Buffered events; when nobody drains them the newest are dropped, never the server.
@@ -102,7 +99,7 @@ pub enum EchoEvent {
     Connected { conn: u64, path: String },
     /// A text message other than `audio` (init, dtmf_digit, unknown types, non-JSON).
     Received { conn: u64, text: String },
-    /// The connection's thread has finished.
+    /// The connection has ended (the client closed it, left, or failed).
     Closed { conn: u64 },
 }
 
@@ -116,13 +113,15 @@ pub type AudioTap = Arc<dyn Fn(&str, &[u8], Instant) + Send + Sync>;
 pub struct EchoServer {
     addr: SocketAddr,
     events: Arc<Events>,
-    stop: Arc<StopSignal>,
-    /// `None` once joined (by [`run`], or on drop).
+    stop: Arc<Bell>,
+    /// Told once the loop has closed the listener after `stop`.
+    listener_closed: Receiver<()>,
+    /// The event loop's thread; `None` once [`run`] took it to join.
     accept_thread: Option<JoinHandle<()>>,
 }
 
 impl EchoServer {
-    /// Binds `bind` (port 0 picks a free port) and starts accepting in a named thread; the
+    /// Binds `bind` (port 0 picks a free port) and starts serving in a named thread; the
     /// agent speaks 8 kHz, as the upstream agents do.
     pub fn start(bind: SocketAddr, opts: EchoOptions) -> io::Result<EchoServer> {
         Self::start_at(bind, opts, SLIN_RATE_HZ, None)
@@ -162,21 +161,27 @@ impl EchoServer {
         }
         let listener = TcpListener::bind(bind)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
-        // `StopSignal::accept` polls the listener beside the stop bell.
+        // The event loop accepts until `accept(2)` would block.
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let events = Arc::new(Events::default());
-        let stop = Arc::new(StopSignal::new()?);
-        let accept_thread = thread::Builder::new()
-            .name("echo-sts-accept".into())
-            .spawn({
-                let (events, stop) = (Arc::clone(&events), Arc::clone(&stop));
-                move || accept_loop(&listener, &stop, opts, rate_hz, events, tap)
-            })?;
+        let stop = Arc::new(Bell::new()?);
+        let (closed_tx, listener_closed) = crossbeam_channel::bounded(1);
+        let setup = event_loop::Setup {
+            opts,
+            rate_hz,
+            events: Arc::clone(&events),
+            tap,
+        };
+        let accept_thread = thread::Builder::new().name("echo-sts".into()).spawn({
+            let stop = Arc::clone(&stop);
+            move || event_loop::run(listener, &stop, closed_tx, setup)
+        })?;
         Ok(EchoServer {
             addr,
             events,
             stop,
+            listener_closed,
             accept_thread: Some(accept_thread),
         })
     }
@@ -203,12 +208,13 @@ impl EchoServer {
 }
 
 impl Drop for EchoServer {
-    /// Stops accepting and waits for the accept loop, so the port is closed on return.
+    /// Stops accepting and waits until the loop has closed the listener, so the port is
+    /// closed on return. The loop's thread goes on serving the connections already open and
+    /// ends with the last of them.
     fn drop(&mut self) {
-        self.stop.trigger();
-        if let Some(accept) = self.accept_thread.take() {
-            let _ = accept.join();
-        }
+        self.stop.ring();
+        // Err: the loop has already ended, and its listener with it.
+        let _ = self.listener_closed.recv();
     }
 }
 
@@ -233,7 +239,7 @@ pub fn run(command: EchoCommand) -> io::Result<()> {
         .expect("a started server accepts");
     accept
         .join()
-        .map_err(|_| io::Error::other("the echo STS accept loop panicked"))
+        .map_err(|_| io::Error::other("the echo STS event loop panicked"))
 }
 
 /// Usage of `avr-core echo-sts`.
@@ -316,97 +322,13 @@ impl Events {
     }
 }
 
-/// Accepts until `stop` rings, a thread per connection.
-fn accept_loop(
-    listener: &TcpListener,
-    stop: &StopSignal,
-    opts: EchoOptions,
-    rate_hz: u32,
-    events: Arc<Events>,
-    tap: Option<AudioTap>,
-) {
-    let mut last_conn = 0u64;
-    let log_error = |e: &io::Error| log::warn!("Echo STS: accept failed: {e}");
-    while let Some((stream, _)) = stop.accept(listener, log_error) {
-        last_conn += 1;
-        let conn = last_conn;
-        let events = Arc::clone(&events);
-        let tap = tap.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("echo-sts-{conn}"))
-            .stack_size(CONN_STACK)
-            .spawn(move || serve(conn, stream, opts, rate_hz, &events, tap));
-        if let Err(e) = spawned {
-            log::error!("Echo STS: no thread for connection {conn} ({e}); dropped it");
-        }
-    }
-}
-
-fn serve(
+/// One connection's state, served by the event loop.
+struct Session {
     conn: u64,
-    stream: TcpStream,
-    opts: EchoOptions,
-    rate_hz: u32,
-    events: &Events,
-    tap: Option<AudioTap>,
-) {
-    let (ws, path) = match handshake(stream) {
-        Ok(accepted) => accepted,
-        Err(e) => {
-            log::warn!("Echo STS connection {conn}: WebSocket handshake failed: {e}");
-            return;
-        }
-    };
-    log::debug!("Echo STS connection {conn}: connected, path {path}");
-    events.emit(|| EchoEvent::Connected { conn, path });
-    {
-        let mut session = Session::new(conn, ws, opts, rate_hz, events);
-        session.tap = tap;
-        match session.run() {
-            Ok(()) => log::info!("[{}] Echo STS: connection closed", session.label),
-            Err(e) => log::info!("[{}] Echo STS: connection ended: {e}", session.label),
-        }
-    }
-    events.emit(|| EchoEvent::Closed { conn });
-}
-
-/// Accepts the upgrade and returns the socket with the request's path and query.
-fn handshake(stream: TcpStream) -> Result<(WebSocket<TcpStream>, String), String> {
-    let setup = |s: &TcpStream| -> io::Result<()> {
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        s.set_write_timeout(Some(WRITE_TIMEOUT))
-    };
-    setup(&stream).map_err(|e| format!("socket setup: {e}"))?;
-    let mut path = String::from("/");
-    // The signature is tungstenite's `Callback`; its large error type is not ours to shrink.
-    #[allow(clippy::result_large_err)]
-    let record_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if let Some(pq) = req.uri().path_and_query() {
-            path = pq.as_str().to_owned();
-        }
-        Ok(resp)
-    };
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let ws = tungstenite::accept_hdr_with_config(stream, record_path, Some(config)).map_err(
-        |e| match e {
-            HandshakeError::Interrupted(_) => {
-                format!("no upgrade request within {HANDSHAKE_TIMEOUT:?}")
-            }
-            HandshakeError::Failure(e) => e.to_string(),
-        },
-    )?;
-    Ok((ws, path))
-}
-
-/// One connection's state.
-struct Session<'a> {
-    conn: u64,
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<event_loop::Counted>,
     opts: EchoOptions,
     /// The agent's audio rate: what a second of caller audio is.
     rate_hz: u32,
-    events: &'a Events,
     /// `[label]` prefixes log lines: the call's uuid once `init` arrived.
     label: String,
     queue: EchoQueue,
@@ -416,20 +338,13 @@ struct Session<'a> {
     read_at: Instant,
 }
 
-impl<'a> Session<'a> {
-    fn new(
-        conn: u64,
-        ws: WebSocket<TcpStream>,
-        opts: EchoOptions,
-        rate_hz: u32,
-        events: &'a Events,
-    ) -> Self {
+impl Session {
+    fn new(conn: u64, ws: WebSocket<event_loop::Counted>, opts: EchoOptions, rate_hz: u32) -> Self {
         Session {
             conn,
             ws,
             opts,
             rate_hz,
-            events,
             label: format!("echo-conn-{conn}"),
             queue: EchoQueue::new(opts.delay, rate_hz),
             received_bytes: 0,
@@ -438,22 +353,17 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Serves until the client closes (`Ok`) or the connection fails (`Err`).
-    fn run(&mut self) -> tungstenite::Result<()> {
+    /// Reads every message the socket has, answers them, sends every chunk that is due and
+    /// flushes. `Ok(true)`: all written; `Ok(false)`: the client is not reading fast enough,
+    /// the rest waits in tungstenite's buffer for the socket to be writable.
+    /// `Err(ConnectionClosed)` once the client has closed.
+    fn pump(&mut self, events: &Events) -> tungstenite::Result<bool> {
         loop {
             self.send_due()?;
-            let timeout = match self.queue.next_due() {
-                None => None,
-                Some(at) => match at.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => continue, // already due: send it before reading
-                },
-            };
-            self.ws.get_ref().set_read_timeout(timeout)?;
             let read = self.ws.read();
             self.read_at = Instant::now();
             match read {
-                Ok(Message::Text(text)) => self.on_text(text.as_str())?,
+                Ok(Message::Text(text)) => self.on_text(text.as_str(), events)?,
                 Ok(Message::Binary(bytes)) => log::warn!(
                     "[{}] Echo STS: ignored a {}-byte binary message (caller audio is JSON)",
                     self.label,
@@ -462,14 +372,19 @@ impl<'a> Session<'a> {
                 // tungstenite queues the close reply; the next read sends it and ends.
                 Ok(Message::Close(_)) => self.queue = EchoQueue::new(self.opts.delay, self.rate_hz),
                 Ok(_) => {} // ping/pong: tungstenite answers pings itself
-                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
-                Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+                Err(tungstenite::Error::Io(e)) if would_block(&e) => break,
                 Err(e) => return Err(e),
             }
         }
+        self.send_due()?;
+        match self.ws.flush() {
+            Ok(()) => Ok(true),
+            Err(tungstenite::Error::Io(e)) if would_block(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    fn on_text(&mut self, text: &str) -> tungstenite::Result<()> {
+    fn on_text(&mut self, text: &str, events: &Events) -> tungstenite::Result<()> {
         let msg = parse_to_agent(text);
         // Caller audio is the stream itself; everything else is an event worth reporting.
         let audio = match &msg {
@@ -478,7 +393,7 @@ impl<'a> Session<'a> {
             _ => false,
         };
         if !audio {
-            self.report(text);
+            self.report(text, events);
         }
         match msg {
             ToAgentMessage::Audio(pcm) => self.on_audio(&pcm)?,
@@ -525,39 +440,40 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Sends every chunk that is due, in one flush.
+    /// Queues every chunk that is due; [`pump`](Self::pump) flushes them together.
     fn send_due(&mut self) -> tungstenite::Result<()> {
         let now = Instant::now();
-        let mut wrote = false;
         while let Some(chunk) = self.queue.pop_due(now) {
-            self.ws.write(Message::text(audio_message(&chunk)))?;
-            wrote = true;
-        }
-        if wrote {
-            self.ws.flush()?;
+            self.write(Message::text(audio_message(&chunk)))?;
         }
         Ok(())
     }
 
     fn send_transcript(&mut self, role: &str, text: &str) -> tungstenite::Result<()> {
-        self.ws.send(Message::text(transcript_message(role, text)))
+        self.write(Message::text(transcript_message(role, text)))
     }
 
-    fn report(&self, text: &str) {
+    /// Queues `msg`. A socket that would block keeps it in tungstenite's buffer, to go out
+    /// with the next flush.
+    fn write(&mut self, msg: Message) -> tungstenite::Result<()> {
+        match self.ws.write(msg) {
+            Err(tungstenite::Error::Io(e)) if would_block(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn report(&self, text: &str, events: &Events) {
         let conn = self.conn;
-        self.events.emit(|| EchoEvent::Received {
+        events.emit(|| EchoEvent::Received {
             conn,
             text: text.to_owned(),
         });
     }
 }
 
-/// A read timeout, as the OS reports it: WouldBlock on Unix, TimedOut on Windows.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+/// A non-blocking socket that has nothing more to read, or no room to write, for now.
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// The start of a message, for log lines.
@@ -647,8 +563,17 @@ impl EchoQueue {
 mod tests {
     use super::*;
     use crate::proto::sts::{parse_text, FromAgent};
+    use std::net::TcpStream;
 
     const FRAME: Duration = Duration::from_millis(20);
+
+    /// A read timeout, as the OS reports it: WouldBlock on Unix, TimedOut on Windows.
+    fn is_timeout(e: &io::Error) -> bool {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    }
     const WAIT: Duration = Duration::from_secs(3);
 
     #[test]
@@ -1015,6 +940,46 @@ mod tests {
         }
         closed.sort();
         assert_eq!(closed, [1, 2]);
+    }
+
+    /// One thread serves everyone: a socket that never upgrades, and a client that reads
+    /// nothing while megabytes of echo pile up for it, hold up no other connection; the late
+    /// reader then gets its whole echo, exact.
+    #[test]
+    fn a_silent_or_slow_client_holds_up_nobody() {
+        let opts = EchoOptions {
+            delay: Duration::ZERO,
+            transcripts: true,
+        };
+        let (server, _events) = start(opts);
+        let _silent = TcpStream::connect(server.local_addr()).unwrap();
+        let mut slow = Client::connect(&server, "/");
+        let frame: Vec<u8> = (0..16_000u16).flat_map(|i| i.to_le_bytes()).collect();
+        // 6.4 MB of caller audio, 8.5 MB as JSON: more than the kernel holds for a client that
+        // does not read (the send buffer grows to 4 MB, the unread receive window stays small).
+        const FRAMES: usize = 200;
+        for _ in 0..FRAMES {
+            slow.send_audio(&frame);
+        }
+        let mut quick = Client::connect(&server, "/");
+        quick.send(r#"{"type":"dtmf_digit","digit":"1"}"#);
+        assert_eq!(
+            quick.recv_transcript(),
+            ("agent".into(), "You pressed 1".into())
+        );
+        let mut replies = Replies::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while replies.echoed.len() < FRAMES * frame.len() {
+            let got = replies.echoed.len();
+            replies.absorb(
+                slow.recv_until(deadline)
+                    .unwrap_or_else(|| panic!("the rest of the echo after {got}")),
+            );
+        }
+        assert!(
+            replies.echoed.chunks(frame.len()).all(|f| f == frame),
+            "echo differs from what was sent"
+        );
     }
 
     #[test]
