@@ -192,16 +192,16 @@ impl Cancel {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Registers a socket to shut down on [`Cancel::cancel`]; `Err` if that already happened.
-    fn register(&self, socket: &TcpStream) -> Result<(), ServiceError> {
+    /// Registers a socket to shut down on [`Cancel::cancel`]; `false` if that already happened,
+    /// or with the reason if no handle to it can be kept (out of file descriptors): a request
+    /// that could not be cut off must not be made.
+    fn register(&self, socket: &TcpStream) -> io::Result<bool> {
         let mut sockets = lock(&self.sockets);
         if self.is_cancelled() {
-            return Err(ServiceError::Cancelled);
+            return Ok(false);
         }
-        if let Ok(clone) = socket.try_clone() {
-            sockets.push(clone);
-        }
-        Ok(())
+        sockets.push(socket.try_clone()?);
+        Ok(true)
     }
 }
 
@@ -282,7 +282,13 @@ impl Request<'_> {
             match TcpStream::connect_timeout(&addr, left) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    self.cancel.register(&stream)?;
+                    match self.cancel.register(&stream) {
+                        Ok(true) => {}
+                        Ok(false) => return Err(ServiceError::Cancelled),
+                        Err(e) => {
+                            return Err(self.broken(format!("cannot keep a handle to cancel: {e}")))
+                        }
+                    }
                     return Ok(stream);
                 }
                 Err(e) => last = e,
@@ -353,6 +359,9 @@ pub struct Response<'a> {
     framing: Framing,
     /// Read but not yet decoded.
     pending: Vec<u8>,
+    /// Where reads land: one buffer per answer, so each piece handed on is allocated at its
+    /// own size (a text-to-speech chunk queued for the call's thread does not hold 16 KiB).
+    scratch: Vec<u8>,
     /// By when the whole answer must be in (`None`: it may last the call).
     deadline: Option<Instant>,
     done: bool,
@@ -393,6 +402,7 @@ impl<'a> Response<'a> {
             status: 0,
             framing: Framing::Close,
             pending: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
             deadline,
             done: false,
         };
@@ -492,8 +502,10 @@ impl<'a> Response<'a> {
                 if *left == 0 {
                     self.done = true;
                 }
+                let mut bytes = pending;
+                bytes.truncate(n);
                 Ok(Some(Piece::Data {
-                    bytes: pending[..n].to_vec(),
+                    bytes,
                     chunk_end: false,
                 }))
             }
@@ -539,15 +551,13 @@ impl<'a> Response<'a> {
             None => None,
         };
         let _ = self.stream.set_read_timeout(timeout);
-        let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            match (&self.stream).read(&mut buf) {
+            match (&self.stream).read(&mut self.scratch) {
                 Ok(n) => {
                     if n == 0 && self.request.cancel.is_cancelled() {
                         return Err(ServiceError::Cancelled);
                     }
-                    buf.truncate(n);
-                    return Ok(buf);
+                    return Ok(self.scratch[..n].to_vec());
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.request.io_error(e, step)),

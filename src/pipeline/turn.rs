@@ -279,9 +279,16 @@ fn synthesize(shared: &Shared, cancel: &Cancel, turn: u64, text: &str) -> Result
     loop {
         match response.next_piece()? {
             Piece::Data { bytes, .. } => {
-                let mut pcm = Vec::with_capacity(bytes.len() + 1);
-                pcm.extend(odd.take());
-                pcm.extend_from_slice(&bytes);
+                // The piece is moved on as it is, unless a byte waits to go first.
+                let mut pcm = match odd.take() {
+                    None => bytes,
+                    Some(first) => {
+                        let mut joined = Vec::with_capacity(bytes.len() + 1);
+                        joined.push(first);
+                        joined.extend_from_slice(&bytes);
+                        joined
+                    }
+                };
                 if pcm.len() % 2 == 1 {
                     odd = pcm.pop();
                 }

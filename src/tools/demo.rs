@@ -179,19 +179,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     );
     watch_agent(agent.events(), timeline.clone(), seen.clone());
 
-    let hooks = {
-        let (timeline, seen) = (timeline.clone(), seen.clone());
-        HookSink::start(move |at, body| {
-            let (kind, text) = describe_hook(body);
-            lock(&seen).hooks.push(kind);
-            timeline.at(at, "webhook", text);
-        })
-        .map_err(|e| format!("cannot start the webhook printer: {e}"))?
-    };
-    timeline.now(
-        "demo",
-        format!("webhook printer listening on {}", hooks.url()),
-    );
+    let hooks = print_hooks(&timeline, &seen)?;
 
     let dead_letters =
         std::env::temp_dir().join(format!("avr-core-demo-{}.jsonl", std::process::id()));
@@ -384,6 +372,24 @@ pub fn melody(length: Duration, rate_hz: u32) -> Vec<i16> {
             (6000.0 * envelope * (phase.sin() + 0.3 * (2.0 * phase).sin())).round() as i16
         })
         .collect()
+}
+
+/// Starts the webhook printer: each event on the timeline and in what was seen.
+fn print_hooks(timeline: &Timeline, seen: &Arc<Mutex<Seen>>) -> Result<HookSink, String> {
+    let hooks = {
+        let (timeline, seen) = (timeline.clone(), seen.clone());
+        HookSink::start(move |at, body| {
+            let (kind, text) = describe_hook(body);
+            lock(&seen).hooks.push(kind);
+            timeline.at(at, "webhook", text);
+        })
+        .map_err(|e| format!("cannot start the webhook printer: {e}"))?
+    };
+    timeline.now(
+        "demo",
+        format!("webhook printer listening on {}", hooks.url()),
+    );
+    Ok(hooks)
 }
 
 fn watch_agent(events: Receiver<EchoEvent>, timeline: Timeline, seen: Arc<Mutex<Seen>>) {

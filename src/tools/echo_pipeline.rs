@@ -469,6 +469,15 @@ impl RequestError {
 }
 
 /// A read timeout, as the OS reports it: WouldBlock on Unix, TimedOut on Windows.
+/// How a streamed answer ended, for its log line.
+fn outcome(cancelled: bool) -> &'static str {
+    if cancelled {
+        "cancelled by the client"
+    } else {
+        "sent"
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -114,6 +114,14 @@ fn event_uuid(e: &PipelineEvent) -> &str {
     }
 }
 
+/// Bytes of caller audio the speech-to-text service received, once its stream closed.
+fn uploaded(events: &[PipelineEvent]) -> Option<u64> {
+    events.iter().find_map(|e| match e {
+        PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
+        _ => None,
+    })
+}
+
 fn tts_texts(events: &[PipelineEvent]) -> Vec<String> {
     events
         .iter()
@@ -181,10 +189,7 @@ fn a_transcript_is_answered_sentence_by_sentence() {
         matches!(&events[0], PipelineEvent::AsrOpened { .. }),
         "{events:#?}"
     );
-    let uploaded = events.iter().find_map(|e| match e {
-        PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
-        _ => None,
-    });
+    let uploaded = uploaded(&events);
     let sent = report.frames_sent * 320;
     assert!(
         uploaded.is_some_and(|b| b + 1600 >= sent && b <= sent),
@@ -400,10 +405,7 @@ fn interrupt_listening_turns_barge_in_off_and_the_asr_does_not_hear_the_agent_tu
     let (uuid, report) = call(&avr, audio, Duration::from_millis(6000), EndMode::Close);
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     // 6 s of audio sent, but not while the agent's 6 s answer played.
-    let uploaded = events.iter().find_map(|e| match e {
-        PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
-        _ => None,
-    });
+    let uploaded = uploaded(&events);
     let sent = report.frames_sent * 320;
     assert!(
         uploaded.is_some_and(|b| b < sent / 2),
@@ -438,6 +440,29 @@ fn log_ms_of_day(line: &str) -> i64 {
     ((field(0..2) * 60 + field(3..5)) * 60 + field(6..8)) * 1000 + field(9..12)
 }
 
+/// Places a call that waits for avr-core to hang up; asserts it did, within 2 s, and returns
+/// the call's end-of-call line.
+fn hung_up_at_once(avr: &Avr) -> String {
+    let (uuid, report) = call(
+        avr,
+        silence(100),
+        Duration::from_secs(5),
+        EndMode::AwaitHangup(Duration::from_secs(5)),
+    );
+    assert_eq!(
+        report.ended_by,
+        EndedBy::ServerHangup,
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.duration < Duration::from_secs(2),
+        "{:?}",
+        report.duration
+    );
+    avr.wait_call_ended(&uuid, WAIT)
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -452,24 +477,7 @@ fn an_unreachable_asr_hangs_up_at_once_naming_the_service() {
     let (p, _rx) = services(PipelineOptions::default());
     let dead = format!("http://127.0.0.1:{}/speech-to-text-stream", closed_port());
     let avr = avr_for(&p, &[("ASR_URL", &dead)]);
-    let (uuid, report) = call(
-        &avr,
-        silence(100),
-        Duration::from_secs(5),
-        EndMode::AwaitHangup(Duration::from_secs(5)),
-    );
-    assert_eq!(
-        report.ended_by,
-        EndedBy::ServerHangup,
-        "{}",
-        report.summary()
-    );
-    assert!(
-        report.duration < Duration::from_secs(2),
-        "{:?}",
-        report.duration
-    );
-    let end = avr.wait_call_ended(&uuid, WAIT);
+    let end = hung_up_at_once(&avr);
     assert!(
         end.contains("agent unreachable (speech-to-text service (ASR_URL) unreachable"),
         "{end}"
@@ -483,24 +491,7 @@ fn an_asr_refusing_the_call_hangs_up_at_once_with_its_answer() {
         ..PipelineOptions::default()
     });
     let avr = avr_for(&p, &[]);
-    let (uuid, report) = call(
-        &avr,
-        silence(100),
-        Duration::from_secs(5),
-        EndMode::AwaitHangup(Duration::from_secs(5)),
-    );
-    assert_eq!(
-        report.ended_by,
-        EndedBy::ServerHangup,
-        "{}",
-        report.summary()
-    );
-    assert!(
-        report.duration < Duration::from_secs(2),
-        "{:?}",
-        report.duration
-    );
-    let end = avr.wait_call_ended(&uuid, WAIT);
+    let end = hung_up_at_once(&avr);
     assert!(end.contains("answered HTTP 503"), "{end}");
 }
 
@@ -698,10 +689,7 @@ fn a_wideband_caller_is_heard_at_8_khz_and_answered_in_its_own_kind() {
     let events = events_until(&rx, &uuid, |e| matches!(e, PipelineEvent::AsrClosed { .. }));
     // The services speak 8 kHz: 4 s of caller audio is about 64,000 bytes up (the converter
     // may round by a sample), not 128,000.
-    let uploaded = events.iter().find_map(|e| match e {
-        PipelineEvent::AsrClosed { bytes, .. } => Some(*bytes),
-        _ => None,
-    });
+    let uploaded = uploaded(&events);
     assert!(
         uploaded.is_some_and(|b| (56_000..=64_320).contains(&b)),
         "uploaded {uploaded:?}"

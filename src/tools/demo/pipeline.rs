@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::{
-    describe_hook, first_sound, loopback_command, ms, short, this_exe, wait_until, HookSink, Line,
-    Seen, Server, Timeline, SETTLE_LIMIT,
+    first_sound, loopback_command, ms, print_hooks, short, this_exe, wait_until, Line, Seen,
+    Server, Timeline, SETTLE_LIMIT,
 };
 use crate::sys::lock;
 use crate::tools::echo_pipeline::{EchoPipeline, PipelineEvent, PipelineOptions};
@@ -268,19 +268,7 @@ pub fn run() -> Result<(), String> {
         "demo",
         format!("ASR, LLM and TTS services listening: {asr}, {llm}, {tts}"),
     );
-    let hooks = {
-        let (timeline, seen) = (timeline.clone(), seen.clone());
-        HookSink::start(move |at, body| {
-            let (kind, text) = describe_hook(body);
-            lock(&seen).hooks.push(kind);
-            timeline.at(at, "webhook", text);
-        })
-        .map_err(|e| format!("cannot start the webhook printer: {e}"))?
-    };
-    timeline.now(
-        "demo",
-        format!("webhook printer listening on {}", hooks.url()),
-    );
+    let hooks = print_hooks(&timeline, &seen)?;
 
     let dead_letters =
         std::env::temp_dir().join(format!("avr-core-demo-{}.jsonl", std::process::id()));

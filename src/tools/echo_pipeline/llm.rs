@@ -8,7 +8,7 @@ use std::thread;
 use serde_json::Value;
 
 use super::wire::ChunkedWriter;
-use super::{inject, Conn, PipelineEvent, RequestError, Shared, DEFAULT_ANSWER};
+use super::{inject, outcome, Conn, PipelineEvent, RequestError, Shared, DEFAULT_ANSWER};
 use crate::http::parse::RequestHead;
 use crate::sys::Printable;
 
@@ -122,11 +122,7 @@ pub(super) fn serve(
     log::info!(
         "[{}] Echo pipeline: LLM answer {}",
         Printable(uuid),
-        if cancelled {
-            "cancelled by the client"
-        } else {
-            "sent"
-        }
+        outcome(cancelled)
     );
     shared.events.emit(|| PipelineEvent::LlmDone {
         uuid: uuid.to_owned(),

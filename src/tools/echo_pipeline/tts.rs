@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::wire::ChunkedWriter;
-use super::{inject, Conn, PipelineEvent, RequestError, Shared};
+use super::{inject, outcome, Conn, PipelineEvent, RequestError, Shared};
 use crate::http::parse::RequestHead;
 use crate::sys::Printable;
 
@@ -138,11 +138,7 @@ pub(super) fn serve(
     log::info!(
         "[{}] Echo pipeline: TTS {n} {} ({bytes} bytes of {hz} Hz)",
         Printable(uuid),
-        if cancelled {
-            "cancelled by the client"
-        } else {
-            "sent"
-        }
+        outcome(cancelled)
     );
     shared.events.emit(|| PipelineEvent::TtsDone {
         uuid: uuid.to_owned(),
