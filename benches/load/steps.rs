@@ -1,0 +1,206 @@
+//! One step of concurrent calls: the callers, the tap at the agent, and the row it makes.
+
+use avr_core::sys::lock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use avr_core::proto::audiosocket;
+use avr_core::tools::rates::frame_samples;
+use avr_core::tools::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
+
+use crate::child::{cpu_percent, own_ticks, Avr, Sample};
+use crate::ECHO_DELAY;
+
+/// Per call uuid: each marked frame's arrival at the agent, on this process's clock.
+#[derive(Clone, Default)]
+pub struct Tap(Arc<Mutex<Arrivals>>);
+
+/// Call uuid → (frame number, arrival at the agent), in order.
+pub type Arrivals = HashMap<String, Vec<(u32, Instant)>>;
+
+impl Tap {
+    pub fn into_fn(self) -> avr_core::tools::echo_sts::AudioTap {
+        Arc::new(move |label: &str, pcm: &[u8], at: Instant| {
+            let mut seqs = pcm
+                .chunks_exact(2)
+                .filter_map(|p| frame_seq(i16::from_le_bytes([p[0], p[1]])));
+            let Some(first) = seqs.next() else { return };
+            let last = seqs.next_back().unwrap_or(first);
+            let mut map = lock(&self.0);
+            let frames = map.entry(label.to_string()).or_default();
+            for seq in first..=last {
+                if frames.last().is_none_or(|&(prev, _)| seq > prev) {
+                    frames.push((seq, at));
+                }
+            }
+        })
+    }
+
+    /// Caller→agent latencies (µs, ascending) for the calls of `report`; clears the tap.
+    pub fn one_way(&self, report: &LoadReport) -> Vec<u32> {
+        let map = std::mem::take(&mut *lock(&self.0));
+        let mut out = Vec::new();
+        for call in &report.calls {
+            let (Some(t0), Some(frames)) = (call.started, map.get(&call.uuid)) else {
+                continue;
+            };
+            for &(seq, at) in frames {
+                if let Some(sent) = call.sent.get(seq as usize) {
+                    out.push(at.saturating_duration_since(t0 + *sent).as_micros() as u32);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+pub fn pct(sorted: &[u32], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Duration::from_micros(u64::from(sorted[rank.clamp(1, sorted.len()) - 1]))
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+pub struct Row {
+    pub calls: usize,
+    /// The callers' rate.
+    pub rate_hz: u32,
+    pub summary: LoadSummary,
+    pub cpu: f64,
+    pub own_cpu: f64,
+    pub peak: Sample,
+    pub idle: Sample,
+    pub one_way_p50: Duration,
+    pub one_way_p99: Duration,
+    pub one_way_max: Duration,
+    pub sim_threads: usize,
+    pub hooks: u64,
+}
+
+impl Row {
+    pub fn rss_per_call(&self) -> f64 {
+        self.peak.rss_kib.saturating_sub(self.idle.rss_kib) as f64 / self.calls as f64
+    }
+
+    pub fn threads_per_call(&self) -> f64 {
+        self.peak.per_call_threads
+    }
+
+    /// The callers' kind: `slin`, `slin16`, …
+    pub fn kind_name(&self) -> &'static str {
+        let kind = audiosocket::audio_kind(self.rate_hz).unwrap_or(audiosocket::KIND_AUDIO);
+        audiosocket::kind_name(kind)
+    }
+
+    /// avr-core's CPU (percent of one core) per concurrent call.
+    pub fn cpu_per_call(&self) -> f64 {
+        self.cpu / self.calls as f64
+    }
+
+    /// Caller frames never echoed plus agent audio dropped, in frames of the callers' rate.
+    pub fn frames_lost(&self) -> u64 {
+        let s = &self.summary;
+        s.lost
+            + s.dropped_samples
+                .div_ceil(frame_samples(self.rate_hz) as u64)
+    }
+
+    pub fn line(&self) -> String {
+        let s = &self.summary;
+        format!(
+            "{:>5} calls: {} failed; avr-core CPU {:.0}% RSS {} KiB ({:.0} KiB/call) threads {} ({:.1}/call) fds {}; \
+             jitter p99 {} max {} ms; caller->agent p50 {} p99 {} max {} ms; round trip p50 {} p99 {} ms; lost {}; \
+             bench process CPU {:.0}%",
+            self.calls,
+            s.failed,
+            self.cpu,
+            self.peak.rss_kib,
+            self.rss_per_call(),
+            self.peak.threads,
+            self.threads_per_call(),
+            self.peak.fds,
+            ms(s.jitter_p99),
+            ms(s.jitter_max),
+            ms(self.one_way_p50),
+            ms(self.one_way_p99),
+            ms(self.one_way_max),
+            ms(s.round_trip_p50),
+            ms(s.round_trip_p99),
+            s.lost,
+            self.own_cpu,
+        )
+    }
+}
+
+/// One step: `calls` concurrent calls at `rate_hz`; avr-core sampled once a second while all
+/// are up.
+pub fn step(
+    avr: &Avr,
+    tap: &Tap,
+    hooks: &AtomicU64,
+    calls: usize,
+    rate_hz: u32,
+    seconds: f64,
+    idle: &Sample,
+) -> Row {
+    let mut opts = LoadOptions::new(avr.addr, calls, Duration::from_secs_f64(seconds));
+    opts.rate_hz = rate_hz;
+    // 2 ms between call starts (at most 2 s): setup costs stay out of the steady state.
+    opts.ramp = Duration::from_millis((2 * calls as u64).min(2000));
+    opts.echo_delay = ECHO_DELAY;
+    let hooks_before = hooks.load(Ordering::Relaxed);
+    let runner = thread::spawn(move || run_load(&opts));
+    // Steady state: from 1 s after the ramp to 1 s before the marked audio ends.
+    let ramp = Duration::from_millis((2 * calls as u64).min(2000));
+    thread::sleep(ramp + Duration::from_secs(1));
+    let first = avr.sample();
+    let own_first = own_ticks();
+    let mut peak = first;
+    let window_end =
+        Instant::now() + Duration::from_secs_f64(seconds - 2.0).max(Duration::from_secs(1));
+    let mut last = first;
+    while Instant::now() < window_end {
+        thread::sleep(
+            Duration::from_millis(1000).min(window_end.saturating_duration_since(Instant::now())),
+        );
+        last = avr.sample();
+        peak.rss_kib = peak.rss_kib.max(last.rss_kib);
+        peak.threads = peak.threads.max(last.threads);
+        peak.per_call_threads = peak.per_call_threads.max(last.per_call_threads);
+        peak.fds = peak.fds.max(last.fds);
+    }
+    let over = last.at.unwrap().duration_since(first.at.unwrap());
+    let cpu = cpu_percent(last.cpu_ticks - first.cpu_ticks, over);
+    let own_cpu = cpu_percent(own_ticks() - own_first, over);
+    let report = runner.join().expect("the load run panicked");
+    let summary = report.summary();
+    if summary.failed > 0 {
+        print!("{}", report.text(10));
+    }
+    let one_way = tap.one_way(&report);
+    Row {
+        calls,
+        rate_hz,
+        summary,
+        cpu,
+        own_cpu,
+        peak,
+        idle: *idle,
+        one_way_p50: pct(&one_way, 50.0),
+        one_way_p99: pct(&one_way, 99.0),
+        one_way_max: one_way
+            .last()
+            .map_or(Duration::ZERO, |&v| Duration::from_micros(u64::from(v))),
+        sim_threads: report.threads,
+        hooks: hooks.load(Ordering::Relaxed) - hooks_before,
+    }
+}
