@@ -161,7 +161,11 @@ impl Link {
                 }
                 Ok(Message::Binary(b)) => {
                     self.stats.messages_received += 1;
-                    return Ok(Some(parse_binary(b.to_vec())));
+                    // Copied into the kept buffer, as text audio is decoded into it.
+                    let mut pcm = std::mem::take(&mut self.audio);
+                    pcm.clear();
+                    pcm.extend_from_slice(&b);
+                    return Ok(Some(parse_binary(pcm)));
                 }
                 Ok(Message::Close(frame)) => {
                     let normal = frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
