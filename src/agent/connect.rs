@@ -214,6 +214,7 @@ pub fn connect(
     let socket = AgentSocket {
         tcp: stream,
         deadline: Some(deadline),
+        drained: false,
     };
 
     let connector = Connector::Rustls(tls.clone());
@@ -255,13 +256,40 @@ pub fn connect(
 /// fresh timeout per read would let an agent that dribbles its answer a byte at a time hold
 /// the caller in dead air for ever (issue #13). Afterwards it is the plain non-blocking
 /// socket [`Link`](super::Link) polls.
+///
+/// Non-blocking, it also remembers when the kernel's queue was found empty (see
+/// [`drained_after`]): tungstenite (and rustls beneath it) reads until a read would block,
+/// and that last read, one `recvfrom` per agent message, is answered here without a system
+/// call until [`AgentSocket::mark_readable`] says `poll` saw input again.
 #[derive(Debug)]
 pub struct AgentSocket {
     tcp: TcpStream,
     deadline: Option<Instant>,
+    /// The kernel had nothing more when last read, and `poll` has not reported input since.
+    drained: bool,
+}
+
+/// Whether a read of `asked` bytes that gave `got` emptied the kernel's receive queue. A
+/// TCP `recv` takes everything queued up to the size asked, so fewer bytes than asked (or
+/// `WouldBlock`) means nothing was left at that moment; what arrives later makes `poll`
+/// report input, level-triggered, so nothing is missed by not asking again. End of stream
+/// (0 bytes) is not counted: the kernel keeps saying so on every read, which is what the
+/// readers above expect to see.
+fn drained_after(asked: usize, got: &io::Result<usize>) -> bool {
+    match got {
+        Ok(0) => false,
+        Ok(n) => *n < asked,
+        Err(e) => e.kind() == ErrorKind::WouldBlock,
+    }
 }
 
 impl AgentSocket {
+    /// `poll` reported input (or a hangup or error) on the socket: the next read asks the
+    /// kernel again.
+    pub(super) fn mark_readable(&mut self) {
+        self.drained = false;
+    }
+
     /// The time left to block for, or `TimedOut` once the deadline is passed.
     fn left(&self) -> io::Result<Option<Duration>> {
         let Some(deadline) = self.deadline else {
@@ -280,9 +308,16 @@ impl AgentSocket {
 impl Read for AgentSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(left) = self.left()? {
+            // Blocking, for the handshake: each read waits, so nothing to remember.
             self.tcp.set_read_timeout(Some(left))?;
+            return self.tcp.read(buf);
         }
-        self.tcp.read(buf)
+        if self.drained && !buf.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let got = self.tcp.read(buf);
+        self.drained = drained_after(buf.len(), &got);
+        got
     }
 }
 
@@ -297,6 +332,24 @@ impl Write for AgentSocket {
     fn flush(&mut self) -> io::Result<()> {
         self.tcp.flush()
     }
+}
+
+/// A connection to an agent over `tcp` with the handshake taken as done, set up as
+/// [`connect`] leaves it: for tests that drive a [`Link`](super::Link) over a socket pair.
+#[cfg(test)]
+pub(crate) fn test_ws(tcp: TcpStream) -> io::Result<Ws> {
+    tcp.set_nodelay(true)?;
+    tcp.set_nonblocking(true)?;
+    let socket = AgentSocket {
+        tcp,
+        deadline: None,
+        drained: false,
+    };
+    Ok(WebSocket::from_raw_socket(
+        MaybeTlsStream::Plain(socket),
+        tungstenite::protocol::Role::Client,
+        Some(ws_config()),
+    ))
 }
 
 /// What a name lookup gave by the deadline.
@@ -348,7 +401,7 @@ fn lookup_by(
     }
 }
 
-fn socket_of_mut(stream: &mut MaybeTlsStream<AgentSocket>) -> &mut AgentSocket {
+pub(super) fn socket_of_mut(stream: &mut MaybeTlsStream<AgentSocket>) -> &mut AgentSocket {
     match stream {
         MaybeTlsStream::Plain(s) => s,
         MaybeTlsStream::Rustls(s) => &mut s.sock,
@@ -479,5 +532,104 @@ mod tests {
         assert!(text.contains("ws://u:****@127.0.0.1:"), "{text}");
         assert!(text.contains("/?token=**** refused"), "{text}");
         assert!(text.contains("401"), "{text}");
+    }
+
+    /// A connected pair on loopback: the agent's socket, non-blocking as `connect` leaves
+    /// it, and the agent's end.
+    fn socket_pair() -> (AgentSocket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let socket = AgentSocket {
+            tcp,
+            deadline: None,
+            drained: false,
+        };
+        (socket, peer)
+    }
+
+    /// Reads until the bytes the peer sent have crossed loopback (they may lag a moment).
+    fn read_some(socket: &mut AgentSocket, buf: &mut [u8]) -> usize {
+        for _ in 0..1000 {
+            match socket.read(buf) {
+                Ok(n) => return n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    socket.mark_readable();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("nothing arrived");
+    }
+
+    #[test]
+    fn a_short_read_or_would_block_means_the_queue_was_emptied() {
+        let would_block = Err(io::Error::from(ErrorKind::WouldBlock));
+        assert!(drained_after(4096, &Ok(10)));
+        assert!(
+            !drained_after(4096, &Ok(4096)),
+            "a full read may leave more"
+        );
+        assert!(drained_after(4096, &would_block));
+        assert!(
+            !drained_after(4096, &Ok(0)),
+            "end of stream is the kernel's to repeat"
+        );
+        let reset = Err(io::Error::from(ErrorKind::ConnectionReset));
+        assert!(!drained_after(4096, &reset));
+    }
+
+    #[test]
+    fn after_a_short_read_the_socket_waits_for_poll_before_asking_the_kernel() {
+        let (mut socket, mut peer) = socket_pair();
+        let mut buf = [0u8; 64];
+        peer.write_all(b"0123456789").unwrap();
+        assert_eq!(read_some(&mut socket, &mut buf), 10);
+        // More arrives, but no system call is made to find it: poll will report it.
+        peer.write_all(b"abc").unwrap();
+        thread::sleep(Duration::from_millis(20));
+        let err = socket.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+        assert_eq!(
+            socket.read(&mut buf).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        socket.mark_readable();
+        assert_eq!(socket.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+    }
+
+    #[test]
+    fn a_full_read_asks_the_kernel_again_and_end_of_stream_repeats() {
+        let (mut socket, mut peer) = socket_pair();
+        peer.write_all(b"12345678").unwrap();
+        let mut four = [0u8; 4];
+        assert_eq!(read_some(&mut socket, &mut four), 4);
+        assert_eq!(
+            socket.read(&mut four).unwrap(),
+            4,
+            "the buffer was full: ask again"
+        );
+        assert_eq!(&four, b"5678");
+        drop(peer);
+        socket.mark_readable();
+        let mut buf = [0u8; 16];
+        for _ in 0..1000 {
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    socket.mark_readable();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            socket.read(&mut buf).unwrap(),
+            0,
+            "end of stream, every time"
+        );
     }
 }

@@ -10,18 +10,24 @@ use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rustix::event::{PollFd, PollFlags};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::Message;
+use tungstenite::{Message, Utf8Bytes};
 
-use super::connect::{tcp_of, StsError, Ws};
+use super::connect::{socket_of_mut, tcp_of, StsError, Ws};
 use crate::proto::sts::{
-    audio_message, dtmf_message, parse_binary, parse_text, FromAgent, ToAgent,
+    dtmf_message, parse_binary, parse_text_into, write_audio_message, FromAgent, ToAgent,
 };
 use crate::sys::{poll, Printable};
 
 /// After the call ends, how long the agent gets to take the close frame.
 const CLOSE_LIMIT: Duration = Duration::from_millis(999);
+
+/// The largest buffer of decoded agent audio kept for the next message: 64 KiB is 2 s at
+/// 16 kHz, more than agents send at once (20 to 200 ms); the buffer of a rare larger
+/// message is freed rather than held for the rest of the call.
+const KEEP_AUDIO_BUFFER: usize = 64 * 1024;
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -58,6 +64,13 @@ pub struct Link {
     pub stats: LinkStats,
     /// tungstenite holds bytes the socket did not take yet.
     unflushed: bool,
+    /// Where each caller frame's message is written. Its bytes go to tungstenite split off,
+    /// not copied; tungstenite copies them into its output buffer and drops them, so the
+    /// next message reclaims the same room: no allocation per frame.
+    out: BytesMut,
+    /// The buffer the next agent audio message is decoded into (given back by
+    /// [`Link::recycle`]).
+    audio: Vec<u8>,
 }
 
 impl Link {
@@ -67,6 +80,8 @@ impl Link {
             ws,
             stats: LinkStats::default(),
             unflushed: false,
+            out: BytesMut::new(),
+            audio: Vec::new(),
         };
         link.queue(Message::text(init))?;
         link.flush()?;
@@ -88,26 +103,50 @@ impl Link {
 
     /// Sends caller audio or a digit. A full write buffer (the agent is not reading) drops
     /// the message and counts it: caller audio is real time, a backlog is worth nothing.
-    pub fn send(&mut self, item: ToAgent) -> Result<Sent, StsError> {
-        let text = match item {
+    /// The item is borrowed: the call gives the audio's buffer back to its state for the
+    /// next frame.
+    pub fn send(&mut self, item: &ToAgent) -> Result<Sent, StsError> {
+        let msg = match item {
             ToAgent::Audio(pcm) => {
                 self.stats.audio_sent += 1;
-                audio_message(&pcm)
+                self.audio_message(pcm)?
             }
-            ToAgent::Dtmf(d) => dtmf_message(d),
+            ToAgent::Dtmf(d) => Message::text(dtmf_message(*d)),
         };
-        let sent = self.queue(Message::text(text))?;
+        let sent = self.queue(msg)?;
         self.flush()?;
         Ok(sent)
+    }
+
+    /// Caller audio as a text message in [`Link::out`]'s room.
+    fn audio_message(&mut self, pcm: &[u8]) -> Result<Message, StsError> {
+        write_audio_message(pcm, &mut self.out);
+        // ASCII by construction; tungstenite checks it (a few hundred bytes, no copy).
+        let text = Utf8Bytes::try_from(self.out.split().freeze())
+            .map_err(|e| StsError::Socket(format!("caller audio message is not UTF-8: {e}")))?;
+        Ok(Message::Text(text))
+    }
+
+    /// Takes back the buffer of agent audio the call has played: the next audio message
+    /// is decoded into it.
+    pub fn recycle(&mut self, mut pcm: Vec<u8>) {
+        if self.audio.capacity() == 0 && pcm.capacity() <= KEEP_AUDIO_BUFFER {
+            pcm.clear();
+            self.audio = pcm;
+        }
     }
 
     /// Handles readiness from `poll`: flushes when the socket has room again. `Ok(true)`
     /// when there may be messages to [`receive`](Link::receive).
     pub fn on_ready(&mut self, revents: PollFlags) -> Result<bool, LinkEnd> {
+        let readable = revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
+        if readable {
+            socket_of_mut(self.ws.get_mut()).mark_readable();
+        }
         if revents.contains(PollFlags::OUT) {
             self.flush().map_err(LinkEnd::Failed)?;
         }
-        Ok(revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR))
+        Ok(readable)
     }
 
     /// The next complete message from the agent; `Ok(None)` once the socket has nothing
@@ -118,11 +157,15 @@ impl Link {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
                     self.stats.messages_received += 1;
-                    return Ok(Some(parse_text(t.as_str())));
+                    return Ok(Some(parse_text_into(t.as_str(), &mut self.audio)));
                 }
                 Ok(Message::Binary(b)) => {
                     self.stats.messages_received += 1;
-                    return Ok(Some(parse_binary(b.to_vec())));
+                    // Copied into the kept buffer, as text audio is decoded into it.
+                    let mut pcm = std::mem::take(&mut self.audio);
+                    pcm.clear();
+                    pcm.extend_from_slice(&b);
+                    return Ok(Some(parse_binary(pcm)));
                 }
                 Ok(Message::Close(frame)) => {
                     let normal = frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
@@ -179,7 +222,7 @@ impl Link {
             let mut fds = [PollFd::from_borrowed_fd(self.fd(), self.interest())];
             match poll(&mut fds, Some(left)) {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(_) => socket_of_mut(self.ws.get_mut()).mark_readable(),
             }
         }
     }

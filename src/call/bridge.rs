@@ -329,7 +329,12 @@ impl Bridge<'_> {
             match action {
                 Action::ToAgent(item) => self.send(item),
                 Action::Play(pcm) => {
-                    if self.playout.play(&pcm, Instant::now()) > 0 {
+                    let refused = self.playout.play(&pcm, Instant::now());
+                    // Playout copied it; the link decodes the next message into it.
+                    if let Some(link) = self.link.as_mut() {
+                        link.recycle(pcm);
+                    }
+                    if refused > 0 {
                         self.feed(Event::PlayoutFull);
                     }
                 }
@@ -366,7 +371,12 @@ impl Bridge<'_> {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        match link.send(item) {
+        let sent = link.send(&item);
+        // Its buffer takes the next caller frame.
+        if let ToAgent::Audio(pcm) = item {
+            self.state.recycle(pcm);
+        }
+        match sent {
             Ok(Sent::Queued) => {}
             Ok(Sent::Dropped) => self.feed(Event::AgentNotReading),
             Err(e) => self.agent_gone(LinkEnd::Failed(e)),

@@ -36,6 +36,10 @@ pub const SILENT_CALLER_HZ: u32 = SLIN_HZ;
 /// itself keeps.
 const PENDING_SECONDS: usize = 120;
 
+/// The largest agent message buffer kept as room for the next conversion: 64 KiB is 2 s at
+/// 16 kHz, more than agents send at once (20 to 200 ms of audio a message).
+const KEEP_SCRATCH: usize = 64 * 1024;
+
 /// What [`CallRates::on_deadline`] found due.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Due {
@@ -57,6 +61,10 @@ pub struct CallRates {
     outbound: Option<Resampler>,
     /// Agent audio that came before the caller's rate was known.
     pending: Vec<u8>,
+    /// The room the next converted caller frame is written into (the last frame's input).
+    scratch: Vec<u8>,
+    /// The room the next converted agent message is written into (the last one's input).
+    scratch_out: Vec<u8>,
     /// When the caller's rate is fixed at 8 kHz if no caller audio came.
     rate_by: Option<Instant>,
     /// When the outbound converter's tail is pushed out.
@@ -75,6 +83,8 @@ impl CallRates {
             inbound: None,
             outbound: None,
             pending: Vec::new(),
+            scratch: Vec::new(),
+            scratch_out: Vec::new(),
             rate_by: None,
             flush_by: None,
             played_by: None,
@@ -117,9 +127,13 @@ impl CallRates {
         }
         let pcm = match self.inbound.as_mut().and_then(|(_, r)| r.as_mut()) {
             Some(resampler) => {
-                let mut out =
-                    Vec::with_capacity(pcm.len() * self.agent_hz as usize / rate_hz as usize + 8);
+                // The output goes where the last frame's input was, and this input's room
+                // takes the next output: no allocation per frame once both have grown.
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
+                out.reserve(pcm.len() * self.agent_hz as usize / rate_hz as usize + 8);
                 resampler.push(&pcm, &mut out);
+                self.scratch = pcm;
                 out
             }
             None => pcm,
@@ -195,8 +209,14 @@ impl CallRates {
         match self.outbound.as_mut() {
             // Nothing pushed, nothing out (a converter fed nothing still emits its start).
             Some(resampler) if !pcm.is_empty() => {
-                let mut out = Vec::new();
+                // As for caller audio: this message's room takes the next one's output (unless
+                // it was an outsized message, not worth holding for the rest of the call).
+                let mut out = std::mem::take(&mut self.scratch_out);
+                out.clear();
                 resampler.push(&pcm, &mut out);
+                if pcm.capacity() <= KEEP_SCRATCH {
+                    self.scratch_out = pcm;
+                }
                 out
             }
             Some(_) => Vec::new(),

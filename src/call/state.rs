@@ -20,13 +20,18 @@ use crate::agent::{Backlog, LinkEnd};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop};
 use crate::proto::audiosocket::{self, Frame, FrameError, SLIN_HZ};
-use crate::proto::g711::Codec;
+use crate::proto::g711::{self, Codec};
 use crate::proto::sts::{FromAgent, ToAgent};
 use crate::sys::Printable;
 use crate::webhook::{self, EventKind};
 
 /// After avr-core hangs up, how long Asterisk gets to close its side.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Caller-audio buffers kept for reuse. One frame is sent before the next is read, so one
+/// is enough in steady state; a few cover the frames released at once when the codec is
+/// decided or the agent answers, without keeping a backlog's worth.
+const SPARE_BUFFERS: usize = 4;
 
 /// What happened to the call.
 #[derive(Debug)]
@@ -145,6 +150,9 @@ pub struct CallState {
     rates: CallRates,
     /// Decoded caller frames on their way to the agent; kept so its memory is reused.
     decoded: Vec<Vec<u8>>,
+    /// Buffers of caller audio the agent has been sent, for the next frames (at most
+    /// [`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
     frames_in: u64,
     noted: Noted,
     /// The first reason wins.
@@ -172,6 +180,7 @@ impl CallState {
             codec: CallerCodec::new(uuid, codec),
             rates: CallRates::new(SLIN_HZ),
             decoded: Vec::new(),
+            spare: Vec::new(),
             frames_in: 0,
             noted: Noted::default(),
             end: None,
@@ -489,11 +498,21 @@ impl CallState {
             self.fix_playout_rate(rate_hz, actions);
         }
         let mut decoded = std::mem::take(&mut self.decoded);
-        if rate_hz == SLIN_HZ {
-            self.codec.decode(&self.uuid, payload, &mut decoded);
-        } else {
-            // Only slin has a wideband kind; an odd byte is lost, as Asterisk loses it.
-            decoded.push(payload[..payload.len() & !1].to_vec());
+        match (rate_hz == SLIN_HZ, self.codec.decided()) {
+            // The codec is known (every frame after the first few): decoded into a buffer
+            // that came back from the last frame sent, as `CallerCodec::decode` would.
+            (true, Some(codec)) => {
+                let mut pcm = self.spare.pop().unwrap_or_default();
+                decode_known(codec, payload, &mut pcm);
+                decoded.push(pcm);
+            }
+            (true, None) => self.codec.decode(&self.uuid, payload, &mut decoded),
+            (false, _) => {
+                // Only slin has a wideband kind; an odd byte is lost, as Asterisk loses it.
+                let mut pcm = self.spare.pop().unwrap_or_default();
+                pcm.extend_from_slice(&payload[..payload.len() & !1]);
+                decoded.push(pcm);
+            }
         }
         for pcm in decoded.drain(..) {
             let (pcm, changed) = self.rates.to_agent(rate_hz, pcm);
@@ -506,11 +525,22 @@ impl CallState {
                     audiosocket::rate_name(rate_hz)
                 );
             }
-            if !pcm.is_empty() {
+            if pcm.is_empty() {
+                self.recycle(pcm);
+            } else {
                 self.forward(ToAgent::Audio(pcm), actions);
             }
         }
         self.decoded = decoded;
+    }
+
+    /// Takes back the buffer of caller audio the call's thread has sent: the next frame is
+    /// decoded into it, so caller audio costs no allocation per frame (issue #15).
+    pub fn recycle(&mut self, mut pcm: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && pcm.capacity() > 0 {
+            pcm.clear();
+            self.spare.push(pcm);
+        }
     }
 
     /// Fixes the rate of playout and plays the agent audio that waited for it.
@@ -549,7 +579,11 @@ impl CallState {
                     );
                 }
             }
-            Agent::Gone => {}
+            Agent::Gone => {
+                if let ToAgent::Audio(pcm) = item {
+                    self.recycle(pcm);
+                }
+            }
         }
     }
 
@@ -614,6 +648,18 @@ fn error_code_text(code: &[u8]) -> String {
     } else {
         format!("{shown:02x?} … ({} bytes)", code.len())
     }
+}
+
+/// A frame of the `codec` the call is known to use, appended to `out` as s16le: the same
+/// bytes `CallerCodec::decode` gives once it knows the codec, without a fresh buffer.
+fn decode_known(codec: Codec, payload: &[u8], out: &mut Vec<u8>) {
+    // Asterisk reads len/2 samples of slin; a stray odd byte would shift every sample after
+    // it (docs/audiosocket.md §10.2).
+    let payload = match codec {
+        Codec::Slin => &payload[..payload.len() & !1],
+        _ => payload,
+    };
+    g711::decode_into(codec, payload, out);
 }
 
 /// Plays agent audio at the caller's rate, if there is any.

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,15 +24,43 @@ pub fn init_message(uuid: &str, metadata: Option<&Value>) -> String {
     msg.to_string()
 }
 
+/// What an audio message holds around its base64.
+const AUDIO_HEAD: &str = r#"{"type":"audio","audio":""#;
+const AUDIO_TAIL: &str = r#""}"#;
+
+/// Base64 bytes of `len` bytes, padded.
+fn base64_len(len: usize) -> usize {
+    len.div_ceil(3) * 4
+}
+
 /// `{"type":"audio","audio":"<base64>"}`, built without an intermediate JSON tree: this runs
 /// for every caller frame of every call.
 pub fn audio_message(pcm: &[u8]) -> String {
     let engine = &base64::engine::general_purpose::STANDARD;
-    let mut out = String::with_capacity(28 + pcm.len().div_ceil(3) * 4);
-    out.push_str(r#"{"type":"audio","audio":""#);
+    let mut out =
+        String::with_capacity(AUDIO_HEAD.len() + base64_len(pcm.len()) + AUDIO_TAIL.len());
+    out.push_str(AUDIO_HEAD);
     engine.encode_string(pcm, &mut out);
-    out.push_str(r#""}"#);
+    out.push_str(AUDIO_TAIL);
     out
+}
+
+/// [`audio_message`] appended to `out`: the call's thread writes every caller frame's message
+/// into one buffer it keeps, and hands the bytes to tungstenite as they are (`BytesMut`
+/// splits off the message and takes its room back once it is sent), so the message costs no
+/// allocation in steady state.
+pub fn write_audio_message(pcm: &[u8], out: &mut BytesMut) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let b64 = base64_len(pcm.len());
+    out.reserve(AUDIO_HEAD.len() + b64 + AUDIO_TAIL.len());
+    out.extend_from_slice(AUDIO_HEAD.as_bytes());
+    let at = out.len();
+    out.resize(at + b64, 0);
+    // The room is exactly the encoded length, so this cannot fail; were it to, the message
+    // would still be well-formed JSON (with less audio).
+    let written = engine.encode_slice(pcm, &mut out[at..]).unwrap_or(0);
+    out.truncate(at + written);
+    out.extend_from_slice(AUDIO_TAIL.as_bytes());
 }
 
 /// `{"type":"dtmf_digit","digit":"5"}`.
@@ -59,11 +88,26 @@ pub enum FromAgent {
     Invalid(String),
 }
 
+/// A string field read in place from the message when it has no JSON escape (a copy when
+/// it has one: `\/` in base64, say). serde borrows a `Cow<str>` only when it is the field's
+/// own type, not inside an `Option`, hence this wrapper.
 #[derive(Deserialize)]
-struct Incoming {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    audio: Option<String>,
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Borrowed<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The fields of a message from the agent. Borrowed: audio arrives many times a second per
+/// call, and its base64 need not be copied before it is decoded.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Borrowed<'a>>,
+    #[serde(borrow)]
+    audio: Option<Borrowed<'a>>,
     role: Option<String>,
     text: Option<String>,
     message: Option<Value>,
@@ -72,6 +116,13 @@ struct Incoming {
 
 /// Maps one text frame from the agent.
 pub fn parse_text(text: &str) -> FromAgent {
+    parse_text_into(text, &mut Vec::new())
+}
+
+/// [`parse_text`], decoding audio into `pcm`'s room (the buffer is moved into
+/// [`FromAgent::Audio`], leaving `pcm` empty): the call's thread gives the buffer back
+/// once it is played, so the agent's audio costs no allocation per message.
+pub fn parse_text_into(text: &str, pcm: &mut Vec<u8>) -> FromAgent {
     let msg: Incoming = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => return FromAgent::Invalid(format!("not a JSON message ({e})")),
@@ -84,8 +135,10 @@ pub fn parse_text(text: &str) -> FromAgent {
             let Some(b64) = msg.audio else {
                 return FromAgent::Invalid("audio message without an \"audio\" field".into());
             };
-            match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                Ok(pcm) => FromAgent::Audio(pcm),
+            pcm.clear();
+            let b64 = b64.as_str().as_bytes();
+            match base64::engine::general_purpose::STANDARD.decode_vec(b64, pcm) {
+                Ok(()) => FromAgent::Audio(std::mem::take(pcm)),
                 Err(e) => FromAgent::Invalid(format!("audio is not valid base64 ({e})")),
             }
         }
@@ -102,7 +155,7 @@ pub fn parse_text(text: &str) -> FromAgent {
                 other => other.to_string(),
             })
         }
-        _ => FromAgent::Unknown(kind),
+        _ => FromAgent::Unknown(kind.0.into_owned()),
     }
 }
 
@@ -151,13 +204,13 @@ pub enum ToAgentMessage {
 #[derive(Deserialize)]
 struct ToAgentFields<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Borrowed<'a>>,
     #[serde(borrow)]
-    audio: Option<Cow<'a, str>>,
+    audio: Option<Borrowed<'a>>,
     #[serde(borrow)]
-    uuid: Option<Cow<'a, str>>,
+    uuid: Option<Borrowed<'a>>,
     #[serde(borrow)]
-    digit: Option<Cow<'a, str>>,
+    digit: Option<Borrowed<'a>>,
     payload: Option<Value>,
 }
 
@@ -171,19 +224,19 @@ pub fn parse_to_agent(text: &str) -> ToAgentMessage {
         Ok(m) => m,
         Err(e) => return invalid(None, format!("not a JSON message ({e})")),
     };
-    let Some(kind) = msg.kind else {
+    let Some(Borrowed(kind)) = msg.kind else {
         return invalid(None, "message without a \"type\"".into());
     };
     match kind.as_ref() {
         "init" => match msg.uuid {
-            Some(uuid) => ToAgentMessage::Init {
+            Some(Borrowed(uuid)) => ToAgentMessage::Init {
                 uuid: uuid.into_owned(),
                 payload: msg.payload,
             },
             None => invalid(Some(&kind), "init without a \"uuid\"".into()),
         },
         "audio" => {
-            let Some(b64) = msg.audio else {
+            let Some(Borrowed(b64)) = msg.audio else {
                 return invalid(
                     Some(&kind),
                     "audio message without an \"audio\" field".into(),
@@ -202,7 +255,7 @@ pub fn parse_to_agent(text: &str) -> ToAgentMessage {
             }
         }
         "dtmf_digit" => {
-            let digit = msg.digit.as_deref().unwrap_or_default();
+            let digit = msg.digit.as_ref().map_or("", Borrowed::as_str);
             let mut chars = digit.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => ToAgentMessage::Dtmf(c),
@@ -240,6 +293,37 @@ mod tests {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["type"], "audio");
         assert_eq!(parse_text(&text), FromAgent::Audio(pcm));
+    }
+
+    #[test]
+    fn the_reused_buffer_holds_the_same_message() {
+        let mut out = BytesMut::new();
+        for len in [0, 1, 2, 3, 320, 641] {
+            let pcm: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            out.clear();
+            write_audio_message(&pcm, &mut out);
+            assert_eq!(&out[..], audio_message(&pcm).as_bytes(), "{len} bytes");
+        }
+    }
+
+    /// The agent's audio is read in place and decoded into the buffer given: no allocation
+    /// (serde copies an `Option<Cow<str>>` unless it is wrapped, as `Borrowed` is).
+    #[test]
+    fn agent_audio_is_parsed_without_allocating() {
+        let pcm: Vec<u8> = (0..=255u8).collect();
+        let text = audio_message(&pcm);
+        let mut buf = Vec::with_capacity(1024);
+        let before = crate::alloc_count::on_this_thread();
+        let msg = parse_text_into(&text, &mut buf);
+        let allocations = crate::alloc_count::on_this_thread() - before;
+        assert_eq!(msg, FromAgent::Audio(pcm.clone()));
+        assert_eq!(allocations, 0);
+        // The agent side too (the same message): only the decoded audio is allocated.
+        let before = crate::alloc_count::on_this_thread();
+        let msg = parse_to_agent(&text);
+        let allocations = crate::alloc_count::on_this_thread() - before;
+        assert_eq!(msg, ToAgentMessage::Audio(pcm));
+        assert_eq!(allocations, 1);
     }
 
     #[test]

@@ -866,3 +866,180 @@ fn a_forced_codec_skips_detection() {
     assert_eq!(call.state.codec(), Some(Codec::Alaw));
     assert_eq!(call.logged().len(), 1, "nothing detected");
 }
+
+// ---- no allocation per frame in steady state (issue #15) --------------------------------
+
+/// Frames handled before allocations are counted: buffers grow to their size, the codec is
+/// decided, converters fill their history.
+const WARM_UP: usize = 10;
+/// Frames counted: each must allocate nothing.
+const STEADY: usize = 200;
+
+/// Carries out what the state asked as the call's thread does with buffers: caller audio
+/// goes to `send` and its buffer back to the state; agent audio is "played" (its bytes
+/// counted) and its buffer kept in `agent_buffer` for the next agent message, as the link
+/// keeps it. Anything else is a test failure.
+fn carry_out(
+    call: &mut Call,
+    send: &mut dyn FnMut(&ToAgent),
+    agent_buffer: &mut Vec<u8>,
+    played: &mut usize,
+) {
+    while let Some(action) = call.actions.pop_front() {
+        match action {
+            Action::ToAgent(item) => {
+                send(&item);
+                if let ToAgent::Audio(pcm) = item {
+                    call.state.recycle(pcm);
+                }
+            }
+            Action::Play(pcm) => {
+                *played += pcm.len();
+                if agent_buffer.capacity() == 0 {
+                    *agent_buffer = pcm;
+                }
+            }
+            Action::SetPlayoutRate(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Feeds caller frames of `payload` (and, after each, 20 ms of agent audio at `agent_hz`,
+/// decoded into the buffer playout gave back) through the state; returns the allocations
+/// made once warm, and the bytes sent to the agent and played.
+fn steady_allocations(codec: CodecChoice, agent_hz: u32, payload: &[u8]) -> (u64, usize, usize) {
+    let mut call = Call::with_rates(codec, agent_hz);
+    call.on(Event::AgentConnected);
+    let agent_pcm = vec![3u8; agent_hz as usize / 50 * 2];
+    let (mut sent, mut played) = (0, 0);
+    let mut agent_buffer = Vec::new();
+    let mut before = 0;
+    for i in 0..WARM_UP + STEADY {
+        if i == WARM_UP {
+            before = crate::alloc_count::on_this_thread();
+        }
+        call.now += Duration::from_millis(20);
+        let frame = Frame::Audio {
+            rate_hz: 8_000,
+            payload,
+        };
+        call.state
+            .handle(Event::CallerFrame(frame), call.now, &mut call.actions);
+        let mut send = |item: &ToAgent| {
+            if let ToAgent::Audio(pcm) = item {
+                sent += pcm.len();
+            }
+        };
+        carry_out(&mut call, &mut send, &mut agent_buffer, &mut played);
+        // The agent's message, decoded into the buffer that came back (as the link does).
+        let mut pcm = std::mem::take(&mut agent_buffer);
+        pcm.clear();
+        pcm.extend_from_slice(&agent_pcm);
+        let msg = Event::AgentMessage(FromAgent::Audio(pcm));
+        call.state.handle(msg, call.now, &mut call.actions);
+        carry_out(&mut call, &mut send, &mut agent_buffer, &mut played);
+    }
+    let allocations = crate::alloc_count::on_this_thread() - before;
+    (allocations, sent, played)
+}
+
+#[test]
+fn caller_and_agent_audio_allocate_nothing_per_frame_once_warm() {
+    let slin: Vec<u8> = (0..320u32).map(|i| (i * 7) as u8).collect();
+    let ulaw: Vec<u8> = (0..160u32)
+        .map(|i| linear_to_ulaw((i * 97) as i16))
+        .collect();
+    for (name, codec, agent_hz, payload) in [
+        ("slin, 8 kHz agent", CodecChoice::Auto, 8_000, &slin),
+        ("slin, 16 kHz agent", CodecChoice::Auto, 16_000, &slin),
+        ("slin, 24 kHz agent", CodecChoice::Auto, 24_000, &slin),
+        ("u-law, 8 kHz agent", CodecChoice::Ulaw, 8_000, &ulaw),
+    ] {
+        let (allocations, sent, played) = steady_allocations(codec, agent_hz, payload);
+        let frames = WARM_UP + STEADY;
+        // The path was really taken: the agent got its audio and the caller the agent's.
+        assert!(
+            sent >= (frames - 1) * 320 * agent_hz as usize / 8_000,
+            "{name}: {sent}"
+        );
+        assert!(played >= (frames - 2) * 320, "{name}: {played}");
+        assert_eq!(allocations, 0, "{name}: allocations in {STEADY} frames");
+    }
+}
+
+/// The whole per-frame path of an STS call but poll(2) on the caller: a caller frame
+/// through the state, its message built and sent by a [`Link`] over loopback to an agent
+/// that echoes it, the echo received, decoded and handed to playout; nothing allocates.
+#[test]
+fn a_call_over_a_link_allocates_nothing_per_frame_once_warm() {
+    use crate::agent::connect::test_ws;
+    use crate::agent::Link;
+    use crate::proto::sts::{audio_message, parse_to_agent, ToAgentMessage};
+    use crate::sys::poll;
+    use rustix::event::PollFd;
+    use std::net::{TcpListener, TcpStream};
+    use tungstenite::{protocol::Role, Message, WebSocket};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    // The agent, on its own thread (its allocations are not counted): echoes caller audio.
+    let agent = std::thread::spawn(move || {
+        let mut ws = WebSocket::from_raw_socket(peer, Role::Server, None);
+        while let Ok(msg) = ws.read() {
+            if let Message::Text(text) = msg {
+                if let ToAgentMessage::Audio(pcm) = parse_to_agent(&text) {
+                    if ws.send(Message::text(audio_message(&pcm))).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut link = Link::new(
+        test_ws(tcp).unwrap(),
+        r#"{"type":"init","uuid":"u"}"#.into(),
+    )
+    .expect("link");
+    let mut call = Call::connected();
+    let payload: Vec<u8> = (0..320u32).map(|i| (i * 7) as u8).collect();
+    let mut agent_buffer = Vec::new();
+    let (mut played, mut before) = (0, 0);
+    let frames = WARM_UP + STEADY;
+    for i in 0..frames {
+        if i == WARM_UP {
+            before = crate::alloc_count::on_this_thread();
+        }
+        let frame = Frame::Audio {
+            rate_hz: 8_000,
+            payload: &payload,
+        };
+        call.state
+            .handle(Event::CallerFrame(frame), call.now, &mut call.actions);
+        let mut send = |item: &ToAgent| {
+            link.send(item).expect("sent");
+        };
+        carry_out(&mut call, &mut send, &mut agent_buffer, &mut played);
+        // Waits for the echo, as the bridge waits in poll(2), and takes what came.
+        let mut fds = [PollFd::from_borrowed_fd(link.fd(), link.interest())];
+        poll(&mut fds, Some(Duration::from_secs(5))).unwrap();
+        let revents = fds[0].revents();
+        assert!(!revents.is_empty(), "no echo within 5 s");
+        if link.on_ready(revents).expect("ready") {
+            while let Some(msg) = link.receive().expect("received") {
+                let msg = Event::AgentMessage(msg);
+                call.state.handle(msg, call.now, &mut call.actions);
+                let mut send = |_: &ToAgent| panic!("nothing to send");
+                carry_out(&mut call, &mut send, &mut agent_buffer, &mut played);
+                link.recycle(std::mem::take(&mut agent_buffer));
+            }
+        }
+    }
+    let allocations = crate::alloc_count::on_this_thread() - before;
+    assert_eq!(link.stats.audio_sent, frames as u64);
+    assert!(played >= (frames - 5) * 320, "{played}");
+    link.close();
+    agent.join().unwrap();
+    assert_eq!(allocations, 0, "allocations in {STEADY} frames");
+}
