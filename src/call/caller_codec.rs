@@ -153,15 +153,21 @@ impl Hold {
 
 /// One frame's 8 kHz s16le PCM.
 fn pcm(codec: Codec, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() * 2);
+    pcm_into(codec, payload, &mut out);
+    out
+}
+
+/// One frame of `codec` appended to `out` as 8 kHz s16le: what [`CallerCodec::decode`] gives
+/// once the codec is known, into a buffer the caller reuses (no allocation per frame).
+pub fn pcm_into(codec: Codec, payload: &[u8], out: &mut Vec<u8>) {
     // Asterisk reads len/2 samples of slin; a stray odd byte would shift every sample after
     // it (docs/audiosocket.md §10.2).
     let payload = match codec {
         Codec::Slin => &payload[..payload.len() & !1],
         _ => payload,
     };
-    let mut out = Vec::with_capacity(payload.len() * 2);
-    g711::decode_into(codec, payload, &mut out);
-    out
+    g711::decode_into(codec, payload, out);
 }
 
 #[cfg(test)]

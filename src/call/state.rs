@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::caller_codec::CallerCodec;
+use super::caller_codec::{self, CallerCodec};
 use super::rates::{CallRates, SILENT_CALLER_HZ};
 use super::EndReason;
 use crate::agent::{Backlog, LinkEnd};
 use crate::config::CodecChoice;
 use crate::playout::{self, Finished, Stop};
 use crate::proto::audiosocket::{self, Frame, FrameError, SLIN_HZ};
-use crate::proto::g711::{self, Codec};
+use crate::proto::g711::Codec;
 use crate::proto::sts::{FromAgent, ToAgent};
 use crate::sys::Printable;
 use crate::webhook::{self, EventKind};
@@ -503,7 +503,7 @@ impl CallState {
             // that came back from the last frame sent, as `CallerCodec::decode` would.
             (true, Some(codec)) => {
                 let mut pcm = self.spare.pop().unwrap_or_default();
-                decode_known(codec, payload, &mut pcm);
+                caller_codec::pcm_into(codec, payload, &mut pcm);
                 decoded.push(pcm);
             }
             (true, None) => self.codec.decode(&self.uuid, payload, &mut decoded),
@@ -648,18 +648,6 @@ fn error_code_text(code: &[u8]) -> String {
     } else {
         format!("{shown:02x?} … ({} bytes)", code.len())
     }
-}
-
-/// A frame of the `codec` the call is known to use, appended to `out` as s16le: the same
-/// bytes `CallerCodec::decode` gives once it knows the codec, without a fresh buffer.
-fn decode_known(codec: Codec, payload: &[u8], out: &mut Vec<u8>) {
-    // Asterisk reads len/2 samples of slin; a stray odd byte would shift every sample after
-    // it (docs/audiosocket.md §10.2).
-    let payload = match codec {
-        Codec::Slin => &payload[..payload.len() & !1],
-        _ => payload,
-    };
-    g711::decode_into(codec, payload, out);
 }
 
 /// Plays agent audio at the caller's rate, if there is any.
