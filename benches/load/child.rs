@@ -115,6 +115,15 @@ impl Avr {
                 eprintln!("avr| {line}");
             }
         }
+        // Listening: every long-lived thread is up, and those it starts later inherit.
+        if let Some(pinning) = crate::pin::current() {
+            if let Err(e) = pinning.pin_process(child.id()) {
+                eprintln!(
+                    "warning: cannot pin avr-core to CPU {} ({e})",
+                    pinning.server
+                );
+            }
+        }
         // Warnings during the run are worth seeing (but only the first few hundred).
         thread::spawn(move || {
             for line in rx.iter().take(200) {

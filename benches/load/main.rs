@@ -6,11 +6,18 @@
 //! caller frame's arrival on the same clock the caller stamped its send: caller→agent latency
 //! is one-way, matched frame by frame through the number marked in the samples.
 //!
-//! Steps through 1, 50, 100, 250, 500 and 1,000 concurrent calls (stopping after a step with
-//! failed calls), sampling avr-core's CPU, RSS, threads and fds from /proc; then runs the same
-//! number of calls (250) from slin (8 kHz) and from slin16 (16 kHz) callers, side by side, so
-//! the cost of resampling a wideband caller to the 8 kHz agent shows as CPU per call; then
-//! measures webhook deliveries per second and `/call` requests per second.
+//! Pinned (issue #15, `pin.rs`): avr-core gets one CPU to itself and this process (the
+//! harness) the others, so a figure reads "avr-core on one core"; the callers' event loop runs
+//! at real-time priority so the agent sharing its CPU cannot make the reference sends late.
+//!
+//! Steps through 1, 50, 100, 250, 500, 750 and 1,000 concurrent calls (stopping only once most
+//! calls of a step fail), sampling avr-core's CPU, RSS, threads and fds from /proc and the
+//! harness's threads from /proc/self/task; the largest step that holds the quality bar is
+//! "calls per core". Then the same steps through the floor (`floor.rs`), a minimal reference
+//! bridge on the CPU avr-core had: avr-core's CPU per call is printed as a ratio to it. Then
+//! the same number of calls (250) from slin (8 kHz) and from slin16 (16 kHz) callers, side by
+//! side, so the cost of resampling a wideband caller to the 8 kHz agent shows as CPU per call;
+//! then webhook deliveries per second and `/call` requests per second.
 //!
 //! Last, pipeline mode (issue #12): `AVR_BENCH_PIPELINE_CALLS` (default 100, 0 to skip)
 //! concurrent calls against one in-process `EchoPipeline` answering as fast as it can, each
@@ -37,21 +44,27 @@ use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
 use avr_core::tools::rates::{khz, SLIN_RATE_HZ};
 
 mod child;
+mod floor;
+mod pin;
 mod pipeline;
 mod rates;
 mod registry;
 mod report;
 mod steps;
 
-use child::{settle, Avr};
+use child::{settle, Avr, Sample};
+use floor::Floor;
+use pin::Pinning;
 use pipeline::{pipeline_bench, pipeline_section, replace_section, PIPELINE_CALLS};
 use rates::{call_requests, webhook_rate};
 use registry::{registry_section, replace_registry_section};
 use report::report;
+use steps::Server;
 use steps::{step, Tap};
 
 pub const ECHO_DELAY: Duration = Duration::from_millis(200);
-pub const STEPS: [usize; 6] = [1, 50, 100, 250, 500, 1000];
+/// Up to the 1,000 concurrent calls of the targets, finer where one core runs out.
+pub const STEPS: [usize; 7] = [1, 50, 100, 250, 500, 750, 1000];
 /// The side-by-side run: 250 calls, where the steps show avr-core still well inside one core,
 /// so a difference in CPU is the callers' rate and not saturation.
 pub const RATE_CALLS: usize = 250;
@@ -68,6 +81,17 @@ fn main() {
         println!("the load benchmark runs with `cargo bench --bench load`");
         return;
     }
+    // First, before any thread starts: every thread of the harness inherits its CPUs.
+    match Pinning::choose() {
+        Ok(pinning) => match pinning.pin_harness() {
+            Ok(()) => {
+                println!("pinning: {}", pinning.describe());
+                pin::set(pinning);
+            }
+            Err(e) => eprintln!("warning: cannot pin the harness ({e}); not pinning"),
+        },
+        Err(why) => println!("pinning: off ({why})"),
+    }
     if let Err(e) = raise_fd_limit() {
         eprintln!("warning: cannot raise RLIMIT_NOFILE ({e}); large steps may fail");
     }
@@ -78,6 +102,10 @@ fn main() {
         let old = std::fs::read_to_string(path).unwrap_or_default();
         std::fs::write(path, replace_section(&old, &section)).expect("write BENCHMARKS.md");
         println!("wrote the pipeline section of {path}");
+        return;
+    }
+    if std::env::var("AVR_BENCH_ONLY").is_ok_and(|v| v == "floor") {
+        floor::floor_bench();
         return;
     }
     if std::env::var("AVR_BENCH_ONLY").is_ok_and(|v| v == "registry") {
@@ -128,15 +156,47 @@ fn main() {
 
     let mut rows = Vec::new();
     for &calls in &steps {
-        let row = step(&avr, &tap, &hooks_seen, calls, SLIN_RATE_HZ, seconds, &idle);
+        let row = step(
+            Server::Avr(&avr),
+            &tap,
+            &hooks_seen,
+            calls,
+            SLIN_RATE_HZ,
+            seconds,
+            &idle,
+        );
         println!("{}", row.line());
-        let failed = row.summary.failed > 0;
+        // Past half the calls failing, a larger step says nothing more.
+        let failing = row.summary.failed * 2 > calls;
         rows.push(row);
-        if failed {
-            println!("calls failed at {calls}: stopping the steps here");
+        if failing {
+            println!("most calls failed at {calls}: stopping the steps here");
             break;
         }
         settle(&avr, &idle);
+    }
+    settle(&avr, &idle);
+
+    // The floor (issue #15): the same steps through the reference bridge, on the CPU
+    // avr-core had, while avr-core idles.
+    let mut floor_rows = Vec::new();
+    match Floor::start(&agent.url(), pin::current().map(|p| p.server)) {
+        Ok(floor) => {
+            for &calls in steps.iter().filter(|&&c| rows.iter().any(|r| r.calls == c)) {
+                let row = step(
+                    Server::Floor(&floor),
+                    &tap,
+                    &hooks_seen,
+                    calls,
+                    SLIN_RATE_HZ,
+                    seconds,
+                    &Sample::default(),
+                );
+                println!("floor {}", row.line());
+                floor_rows.push(row);
+            }
+        }
+        Err(e) => eprintln!("warning: cannot start the floor bridge ({e}); no ratio"),
     }
     settle(&avr, &idle);
 
@@ -144,7 +204,15 @@ fn main() {
     let rate_calls: usize = env_or("AVR_BENCH_RATE_CALLS", RATE_CALLS);
     let mut by_rate = Vec::new();
     for rate_hz in CALLER_RATES.into_iter().filter(|_| rate_calls > 0) {
-        let row = step(&avr, &tap, &hooks_seen, rate_calls, rate_hz, seconds, &idle);
+        let row = step(
+            Server::Avr(&avr),
+            &tap,
+            &hooks_seen,
+            rate_calls,
+            rate_hz,
+            seconds,
+            &idle,
+        );
         println!("{} kHz callers: {}", khz(rate_hz), row.line());
         by_rate.push(row);
         settle(&avr, &idle);
@@ -162,7 +230,16 @@ fn main() {
     let _ = std::fs::remove_file(&dead_letters);
     let pipeline = (pipeline_calls > 0).then(|| pipeline_bench(pipeline_calls));
 
-    let mut md = report(seconds, &idle, &after, &rows, &by_rate, &hooks, &call_rate);
+    let mut md = report(
+        seconds,
+        &idle,
+        &after,
+        &rows,
+        &floor_rows,
+        &by_rate,
+        &hooks,
+        &call_rate,
+    );
     if let Some(p) = &pipeline {
         md += &pipeline_section(p);
     }

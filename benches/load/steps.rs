@@ -11,8 +11,14 @@ use avr_core::proto::audiosocket;
 use avr_core::tools::rates::frame_samples;
 use avr_core::tools::simulate::{frame_seq, run_load, LoadOptions, LoadReport, LoadSummary};
 
-use crate::child::{cpu_percent, own_ticks, Avr, Sample};
+use std::net::SocketAddr;
+
+use crate::child::{cpu_percent, own_ticks, proc_ticks, Avr, Sample};
+use crate::floor::Floor;
 use crate::ECHO_DELAY;
+
+/// The echo agent's event-loop thread (`EchoServer`).
+const ECHO_THREAD: &str = "echo-sts";
 
 /// Per call uuid: each marked frame's arrival at the agent, on this process's clock.
 #[derive(Clone, Default)]
@@ -30,7 +36,14 @@ impl Tap {
             let Some(first) = seqs.next() else { return };
             let last = seqs.next_back().unwrap_or(first);
             let mut map = lock(&self.0);
-            let frames = map.entry(label.to_string()).or_default();
+            // Looked up by the borrowed label: a String per message would cost the harness
+            // an allocation per frame.
+            if !map.contains_key(label) {
+                map.insert(label.to_string(), Vec::new());
+            }
+            let Some(frames) = map.get_mut(label) else {
+                return;
+            };
             for seq in first..=last {
                 if frames.last().is_none_or(|&(prev, _)| seq > prev) {
                     frames.push((seq, at));
@@ -70,21 +83,67 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// What a step measures: avr-core (a child process, with its footprint) or the floor bridge
+/// (a thread of this process: CPU only).
+pub enum Server<'a> {
+    Avr(&'a Avr),
+    Floor(&'a Floor),
+}
+
+impl Server<'_> {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Avr(avr) => avr.addr,
+            Server::Floor(floor) => floor.addr(),
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        match self {
+            Server::Avr(avr) => avr.sample(),
+            Server::Floor(floor) => Sample {
+                at: Some(Instant::now()),
+                cpu_ticks: floor.cpu_ticks(),
+                ..Sample::default()
+            },
+        }
+    }
+}
+
+/// The harness's own cost in one step, each part on the clock of its own thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Harness {
+    /// The whole benchmark process (callers, agent, webhook receiver, this sampling), % of
+    /// one core.
+    pub process: f64,
+    /// The simulated callers' event loop.
+    pub callers: f64,
+    /// The echo agent's event loop.
+    pub agent: f64,
+}
+
 pub struct Row {
     pub calls: usize,
     /// The callers' rate.
     pub rate_hz: u32,
     pub summary: LoadSummary,
+    /// The measured server's CPU, % of one core, over the steady state.
     pub cpu: f64,
-    pub own_cpu: f64,
+    pub harness: Harness,
     pub peak: Sample,
     pub idle: Sample,
     pub one_way_p50: Duration,
     pub one_way_p99: Duration,
     pub one_way_max: Duration,
-    pub sim_threads: usize,
     pub hooks: u64,
 }
+
+/// The quality bar of issue #15: what a caller hears and what the agent gets, per step.
+pub const BAR_JITTER: Duration = Duration::from_millis(2);
+pub const BAR_ONE_WAY: Duration = Duration::from_millis(2);
+/// Above this the harness, not the server, may have made a frame late: its sends are the
+/// reference every latency is measured from.
+pub const HARNESS_LATE: Duration = Duration::from_millis(1);
 
 impl Row {
     pub fn rss_per_call(&self) -> f64 {
@@ -101,7 +160,7 @@ impl Row {
         audiosocket::kind_name(kind)
     }
 
-    /// avr-core's CPU (percent of one core) per concurrent call.
+    /// The server's CPU (percent of one core) per concurrent call.
     pub fn cpu_per_call(&self) -> f64 {
         self.cpu / self.calls as f64
     }
@@ -114,12 +173,25 @@ impl Row {
                 .div_ceil(frame_samples(self.rate_hz) as u64)
     }
 
+    /// Jitter p99 ≤ 2 ms, nothing lost, caller→agent p99 ≤ 2 ms, no call failed.
+    pub fn holds_bar(&self) -> bool {
+        self.summary.failed == 0
+            && self.frames_lost() == 0
+            && self.summary.jitter_p99 <= BAR_JITTER
+            && self.one_way_p99 <= BAR_ONE_WAY
+    }
+
+    /// The harness's own sends were late enough to blur the server's figures.
+    pub fn harness_late(&self) -> bool {
+        self.summary.send_lateness_p99 > HARNESS_LATE
+    }
+
     pub fn line(&self) -> String {
         let s = &self.summary;
         format!(
-            "{:>5} calls: {} failed; avr-core CPU {:.0}% RSS {} KiB ({:.0} KiB/call) threads {} ({:.1}/call) fds {}; \
+            "{:>5} calls: {} failed; server CPU {:.0}% RSS {} KiB ({:.0} KiB/call) threads {} ({:.1}/call) fds {}; \
              jitter p99 {} max {} ms; caller->agent p50 {} p99 {} max {} ms; round trip p50 {} p99 {} ms; lost {}; \
-             bench process CPU {:.0}%",
+             harness CPU {:.0}% (callers {:.0}%, agent {:.0}%), send lateness p99 {} ms; bar {}",
             self.calls,
             s.failed,
             self.cpu,
@@ -136,15 +208,38 @@ impl Row {
             ms(s.round_trip_p50),
             ms(s.round_trip_p99),
             s.lost,
-            self.own_cpu,
+            self.harness.process,
+            self.harness.callers,
+            self.harness.agent,
+            ms(s.send_lateness_p99),
+            if self.holds_bar() { "held" } else { "missed" },
         )
     }
 }
 
-/// One step: `calls` concurrent calls at `rate_hz`; avr-core sampled once a second while all
-/// are up.
+/// CPU ticks of one thread of this process.
+fn thread_ticks(tid: i32) -> u64 {
+    proc_ticks(&format!("self/task/{tid}"))
+}
+
+/// The thread of this process named `name`, if there is one.
+fn thread_named(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// One step: `calls` concurrent calls at `rate_hz` to `server`; it is sampled once a second
+/// while all are up, and so are the harness's threads.
 pub fn step(
-    avr: &Avr,
+    server: Server<'_>,
     tap: &Tap,
     hooks: &AtomicU64,
     calls: usize,
@@ -152,18 +247,32 @@ pub fn step(
     seconds: f64,
     idle: &Sample,
 ) -> Row {
-    let mut opts = LoadOptions::new(avr.addr, calls, Duration::from_secs_f64(seconds));
+    let mut opts = LoadOptions::new(server.addr(), calls, Duration::from_secs_f64(seconds));
     opts.rate_hz = rate_hz;
     // 2 ms between call starts (at most 2 s): setup costs stay out of the steady state.
     opts.ramp = Duration::from_millis((2 * calls as u64).min(2000));
     opts.echo_delay = ECHO_DELAY;
     let hooks_before = hooks.load(Ordering::Relaxed);
-    let runner = thread::spawn(move || run_load(&opts));
+    let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
+    let runner = thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+        run_load(&opts)
+    });
+    let callers_tid = tid_rx.recv().expect("the load thread starts");
+    let rt = crate::pin::callers_realtime(callers_tid);
+    if let Err(why) = &rt {
+        if crate::pin::CALLERS_RT.get().is_none() {
+            eprintln!("note: the callers run at normal priority ({why})");
+        }
+    }
+    let _ = crate::pin::CALLERS_RT.set(rt);
+    let agent_tid = thread_named(ECHO_THREAD);
+    let agent_ticks = || agent_tid.map_or(0, thread_ticks);
     // Steady state: from 1 s after the ramp to 1 s before the marked audio ends.
     let ramp = Duration::from_millis((2 * calls as u64).min(2000));
     thread::sleep(ramp + Duration::from_secs(1));
-    let first = avr.sample();
-    let own_first = own_ticks();
+    let first = server.sample();
+    let own_first = (own_ticks(), thread_ticks(callers_tid), agent_ticks());
     let mut peak = first;
     let window_end =
         Instant::now() + Duration::from_secs_f64(seconds - 2.0).max(Duration::from_secs(1));
@@ -172,7 +281,7 @@ pub fn step(
         thread::sleep(
             Duration::from_millis(1000).min(window_end.saturating_duration_since(Instant::now())),
         );
-        last = avr.sample();
+        last = server.sample();
         peak.rss_kib = peak.rss_kib.max(last.rss_kib);
         peak.threads = peak.threads.max(last.threads);
         peak.per_call_threads = peak.per_call_threads.max(last.per_call_threads);
@@ -180,7 +289,11 @@ pub fn step(
     }
     let over = last.at.unwrap().duration_since(first.at.unwrap());
     let cpu = cpu_percent(last.cpu_ticks - first.cpu_ticks, over);
-    let own_cpu = cpu_percent(own_ticks() - own_first, over);
+    let harness = Harness {
+        process: cpu_percent(own_ticks() - own_first.0, over),
+        callers: cpu_percent(thread_ticks(callers_tid) - own_first.1, over),
+        agent: cpu_percent(agent_ticks() - own_first.2, over),
+    };
     let report = runner.join().expect("the load run panicked");
     let summary = report.summary();
     if summary.failed > 0 {
@@ -192,7 +305,7 @@ pub fn step(
         rate_hz,
         summary,
         cpu,
-        own_cpu,
+        harness,
         peak,
         idle: *idle,
         one_way_p50: pct(&one_way, 50.0),
@@ -200,7 +313,6 @@ pub fn step(
         one_way_max: one_way
             .last()
             .map_or(Duration::ZERO, |&v| Duration::from_micros(u64::from(v))),
-        sim_threads: report.threads,
         hooks: hooks.load(Ordering::Relaxed) - hooks_before,
     }
 }
