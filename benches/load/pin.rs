@@ -46,18 +46,16 @@ impl Pinning {
 
     /// Pins every thread of process `pid` to the server's CPU. Threads it starts later
     /// inherit their creator's CPU, so pinning the threads alive once it listens is enough.
-    pub fn pin_process(&self, pid: u32) -> io::Result<usize> {
-        let set = set_of(&[self.server]);
-        let mut pinned = 0;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let tid = task?.file_name().to_string_lossy().parse::<i32>().ok();
-            let Some(tid) = tid.and_then(Pid::from_raw) else {
-                continue;
-            };
-            sched_setaffinity(Some(tid), &set)?;
-            pinned += 1;
-        }
-        Ok(pinned)
+    pub fn pin_process(&self, pid: u32) -> io::Result<()> {
+        set_process(pid, &set_of(&[self.server]))
+    }
+
+    /// Lets every thread of process `pid` run on every CPU, the harness's too: the one
+    /// step that asks whether 1,000 calls fit this machine at all, not one core.
+    pub fn spread_process(&self, pid: u32) -> io::Result<()> {
+        let mut all = self.harness.clone();
+        all.push(self.server);
+        set_process(pid, &set_of(&all))
     }
 
     /// "avr-core on CPU 0, the harness on CPU 1".
@@ -69,6 +67,17 @@ impl Pinning {
             list.join(",")
         )
     }
+}
+
+/// Sets the CPUs of every thread `pid` has now.
+fn set_process(pid: u32, set: &CpuSet) -> io::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = task?.file_name().to_string_lossy().parse::<i32>().ok();
+        if let Some(tid) = tid.and_then(Pid::from_raw) {
+            sched_setaffinity(Some(tid), set)?;
+        }
+    }
+    Ok(())
 }
 
 fn set_of(cpus: &[usize]) -> CpuSet {

@@ -110,6 +110,41 @@ impl Server<'_> {
     }
 }
 
+/// Per CPU, the ticks the hypervisor ran something else while this machine wanted the CPU
+/// (`/proc/stat` "steal"): on a virtual machine a stolen millisecond is a frame late for
+/// reasons neither avr-core nor the harness can see, so a step reports it.
+pub fn steal_ticks() -> Vec<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in stat.lines() {
+        let mut f = line.split_whitespace();
+        let Some(cpu) = f.next().and_then(|c| c.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(n) = cpu.parse::<usize>() else {
+            continue; // the "cpu" total line
+        };
+        let steal = f.nth(7).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if out.len() <= n {
+            out.resize(n + 1, 0);
+        }
+        out[n] = steal;
+    }
+    out
+}
+
+/// Percent of `over` stolen from the CPUs `cpus` (their mean), between two `steal_ticks`.
+fn stolen(before: &[u64], after: &[u64], cpus: &[usize], over: Duration) -> f64 {
+    if cpus.is_empty() {
+        return 0.0;
+    }
+    let ticks: u64 = cpus
+        .iter()
+        .map(|&c| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0))
+        .sum();
+    cpu_percent(ticks, over) / cpus.len() as f64
+}
+
 /// The harness's own cost in one step, each part on the clock of its own thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Harness {
@@ -120,6 +155,10 @@ pub struct Harness {
     pub callers: f64,
     /// The echo agent's event loop.
     pub agent: f64,
+    /// Percent of the steady state the hypervisor took from the server's CPU, and from the
+    /// harness's (mean over its CPUs): time no process here could use.
+    pub steal_server: f64,
+    pub steal_harness: f64,
 }
 
 pub struct Row {
@@ -191,7 +230,7 @@ impl Row {
         format!(
             "{:>5} calls: {} failed; server CPU {:.0}% RSS {} KiB ({:.0} KiB/call) threads {} ({:.1}/call) fds {}; \
              jitter p99 {} max {} ms; caller->agent p50 {} p99 {} max {} ms; round trip p50 {} p99 {} ms; lost {}; \
-             harness CPU {:.0}% (callers {:.0}%, agent {:.0}%), send lateness p99 {} ms; bar {}",
+             harness CPU {:.0}% (callers {:.0}%, agent {:.0}%), send lateness p99 {} ms; steal {:.1}%/{:.1}%; bar {}",
             self.calls,
             s.failed,
             self.cpu,
@@ -212,6 +251,8 @@ impl Row {
             self.harness.callers,
             self.harness.agent,
             ms(s.send_lateness_p99),
+            self.harness.steal_server,
+            self.harness.steal_harness,
             if self.holds_bar() { "held" } else { "missed" },
         )
     }
@@ -273,6 +314,7 @@ pub fn step(
     thread::sleep(ramp + Duration::from_secs(1));
     let first = server.sample();
     let own_first = (own_ticks(), thread_ticks(callers_tid), agent_ticks());
+    let steal_first = steal_ticks();
     let mut peak = first;
     let window_end =
         Instant::now() + Duration::from_secs_f64(seconds - 2.0).max(Duration::from_secs(1));
@@ -293,6 +335,20 @@ pub fn step(
         process: cpu_percent(own_ticks() - own_first.0, over),
         callers: cpu_percent(thread_ticks(callers_tid) - own_first.1, over),
         agent: cpu_percent(agent_ticks() - own_first.2, over),
+        ..Harness::default()
+    };
+    let steal_last = steal_ticks();
+    let (server_cpus, harness_cpus) = match crate::pin::current() {
+        Some(p) => (vec![p.server], p.harness.clone()),
+        None => {
+            let all: Vec<usize> = (0..steal_last.len()).collect();
+            (all.clone(), all)
+        }
+    };
+    let harness = Harness {
+        steal_server: stolen(&steal_first, &steal_last, &server_cpus, over),
+        steal_harness: stolen(&steal_first, &steal_last, &harness_cpus, over),
+        ..harness
     };
     let report = runner.join().expect("the load run panicked");
     let summary = report.summary();
