@@ -214,10 +214,12 @@ impl Row {
 
     /// Jitter p99 ≤ 2 ms, nothing lost, caller→agent p99 ≤ 2 ms, no call failed.
     pub fn holds_bar(&self) -> bool {
-        self.summary.failed == 0
-            && self.frames_lost() == 0
-            && self.summary.jitter_p99 <= BAR_JITTER
-            && self.one_way_p99 <= BAR_ONE_WAY
+        self.carried() && self.summary.jitter_p99 <= BAR_JITTER && self.one_way_p99 <= BAR_ONE_WAY
+    }
+
+    /// No call failed and no frame was lost, whatever the jitter.
+    pub fn carried(&self) -> bool {
+        self.summary.failed == 0 && self.frames_lost() == 0
     }
 
     /// The harness's own sends were late enough to blur the server's figures.
