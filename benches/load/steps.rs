@@ -180,6 +180,8 @@ pub struct Row {
 /// The quality bar of issue #15: what a caller hears and what the agent gets, per step.
 pub const BAR_JITTER: Duration = Duration::from_millis(2);
 pub const BAR_ONE_WAY: Duration = Duration::from_millis(2);
+/// Caller→agent p99 within which a step counts as carried: one 20 ms frame period.
+pub const KEEP_UP: Duration = Duration::from_millis(20);
 /// Above this the harness, not the server, may have made a frame late: its sends are the
 /// reference every latency is measured from.
 pub const HARNESS_LATE: Duration = Duration::from_millis(1);
@@ -217,9 +219,11 @@ impl Row {
         self.carried() && self.summary.jitter_p99 <= BAR_JITTER && self.one_way_p99 <= BAR_ONE_WAY
     }
 
-    /// No call failed and no frame was lost, whatever the jitter.
+    /// Kept up, whatever the jitter: no call failed, no frame lost, and caller frames reached
+    /// the agent within one frame period at p99 (beyond it the call threads fall behind the
+    /// callers, and the backlog grows for as long as the calls last).
     pub fn carried(&self) -> bool {
-        self.summary.failed == 0 && self.frames_lost() == 0
+        self.summary.failed == 0 && self.frames_lost() == 0 && self.one_way_p99 <= KEEP_UP
     }
 
     /// The harness's own sends were late enough to blur the server's figures.
