@@ -144,14 +144,9 @@ impl Drop for Floor {
     }
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu`, if one is given.
 fn pin(cpu: Option<usize>) -> io::Result<()> {
-    if let Some(cpu) = cpu {
-        let mut set = rustix::thread::CpuSet::new();
-        set.set(cpu);
-        rustix::thread::sched_setaffinity(None, &set)?;
-    }
-    Ok(())
+    cpu.map_or(Ok(()), crate::pin::pin_thread)
 }
 
 /// The agent every call connects to, resolved once.

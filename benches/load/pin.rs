@@ -19,8 +19,8 @@ pub struct Pinning {
 }
 
 impl Pinning {
-    /// The first CPU this process may run on for the server, the rest for the harness;
-    /// `None` (with the reason) when there is only one, or pinning is turned off.
+    /// The first CPU this process may run on for the server, the rest for the harness; an
+    /// error saying why not when there is only one, or pinning is turned off.
     pub fn choose() -> Result<Pinning, String> {
         if std::env::var("AVR_BENCH_PIN").is_ok_and(|v| v == "0") {
             return Err("AVR_BENCH_PIN=0".into());
@@ -67,6 +67,11 @@ impl Pinning {
             list.join(",")
         )
     }
+}
+
+/// Pins the calling thread to `cpu` (the floor bridge's own thread, on the server's CPU).
+pub fn pin_thread(cpu: usize) -> io::Result<()> {
+    Ok(sched_setaffinity(None, &set_of(&[cpu]))?)
 }
 
 /// Sets the CPUs of every thread `pid` has now.
