@@ -51,7 +51,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::child::{cpu_percent, proc_ticks};
-use crate::steps::{ms, pct, Tap};
+use crate::tap::{ms, pct, Tap};
 use crate::{env_or, ECHO_DELAY};
 
 /// Epoll data of the stop bell, the playout timer and the listener; a call `id` uses

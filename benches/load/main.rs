@@ -51,6 +51,7 @@ mod rates;
 mod registry;
 mod report;
 mod steps;
+mod tap;
 
 use child::{settle, Avr, Sample};
 use floor::Floor;
@@ -59,8 +60,9 @@ use pipeline::{pipeline_bench, pipeline_section, replace_section, PIPELINE_CALLS
 use rates::{call_requests, webhook_rate};
 use registry::{registry_section, replace_registry_section};
 use report::report;
+use steps::step;
 use steps::Server;
-use steps::{step, Tap};
+use tap::Tap;
 
 pub const ECHO_DELAY: Duration = Duration::from_millis(200);
 /// Up to the 1,000 concurrent calls of the targets, finer where one core runs out.

@@ -12,7 +12,7 @@ use avr_core::tools::demo::HookSink;
 
 use crate::child::{binary, cpu_percent, Avr, Sample};
 use crate::report::{git_commit, machine, verdict};
-use crate::steps::{ms, pct};
+use crate::tap::{ms, pct};
 
 /// Pipeline calls by default: the 100.
 pub const PIPELINE_CALLS: usize = 100;

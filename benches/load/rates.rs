@@ -11,7 +11,7 @@ use avr_core::config::Config;
 use avr_core::metrics::Metrics;
 use avr_core::webhook::{Event, EventKind, Webhooks};
 
-use crate::steps::{ms, pct};
+use crate::tap::{ms, pct};
 use crate::{CALL_REQUEST_CLIENTS, CALL_REQUEST_SECONDS, WEBHOOK_EVENTS};
 
 /// Webhook deliveries per second: the library's delivery pipeline (queue, dispatcher,

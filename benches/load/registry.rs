@@ -14,7 +14,7 @@ use avr_core::tools::echo_sts::{EchoOptions, EchoServer};
 use crate::child::Avr;
 use crate::rates::{call_requests, post_call};
 use crate::report::{git_commit, machine};
-use crate::steps::{ms, pct};
+use crate::tap::{ms, pct};
 use crate::{CALL_REQUEST_CLIENTS, CALL_REQUEST_SECONDS};
 
 /// Call setups measured per registry, one after another (each: `/call`, then the call).

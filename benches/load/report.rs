@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use avr_core::tools::rates::khz;
 
 use crate::child::{binary, Sample};
-use crate::steps::{ms, Row};
+use crate::steps::Row;
+use crate::tap::ms;
 use crate::ECHO_DELAY;
 
 pub fn machine() -> String {
