@@ -39,7 +39,6 @@ use bytes::BytesMut;
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::net::sockopt::socket_error;
-use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
 };
@@ -218,9 +217,9 @@ impl Read for Socket {
         if self.drained {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = (&self.stream).read(buf)?;
-        self.drained = self.trust_short && n > 0 && n < buf.len();
-        Ok(n)
+        let got = (&self.stream).read(buf);
+        self.drained = self.trust_short && avr_core::sys::emptied_queue(buf.len(), &got);
+        got
     }
 }
 
@@ -693,22 +692,8 @@ fn watch(epoll: &OwnedFd, socket: &impl std::os::fd::AsFd, key: u64) -> rustix::
 
 /// Starts a non-blocking connect to the agent, watched under `key`.
 fn connect(epoll: &OwnedFd, addr: SocketAddr, key: u64) -> io::Result<TcpStream> {
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    let fd = socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        None,
-    )?;
-    match rustix::net::connect(&fd, &addr) {
-        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
-        Err(e) => return Err(e.into()),
-    }
-    watch(epoll, &fd, key)?;
-    let stream = TcpStream::from(fd);
+    let stream = avr_core::sys::connect_started(addr)?;
+    watch(epoll, &stream, key)?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -156,17 +156,21 @@ fn main() {
         idle.fds
     );
 
-    let mut rows = Vec::new();
-    for &calls in &steps {
-        let row = step(
+    // One step of `calls` callers at `rate_hz` through avr-core.
+    let avr_step = |calls, rate_hz| {
+        step(
             Server::Avr(&avr),
             &tap,
             &hooks_seen,
             calls,
-            SLIN_RATE_HZ,
+            rate_hz,
             seconds,
             &idle,
-        );
+        )
+    };
+    let mut rows = Vec::new();
+    for &calls in &steps {
+        let row = avr_step(calls, SLIN_RATE_HZ);
         println!("{}", row.line());
         // Every step runs, failing or not: the 1,000-call step shows whether the harness,
         // not the server, is the limit there.
@@ -183,15 +187,7 @@ fn main() {
             let calls = top.calls;
             match pinning.spread_process(avr.pid()) {
                 Ok(()) => {
-                    let row = step(
-                        Server::Avr(&avr),
-                        &tap,
-                        &hooks_seen,
-                        calls,
-                        SLIN_RATE_HZ,
-                        seconds,
-                        &idle,
-                    );
+                    let row = avr_step(calls, SLIN_RATE_HZ);
                     println!("on every CPU: {}", row.line());
                     spread = Some(row);
                 }
@@ -233,15 +229,7 @@ fn main() {
     let rate_calls: usize = env_or("AVR_BENCH_RATE_CALLS", RATE_CALLS);
     let mut by_rate = Vec::new();
     for rate_hz in CALLER_RATES.into_iter().filter(|_| rate_calls > 0) {
-        let row = step(
-            Server::Avr(&avr),
-            &tap,
-            &hooks_seen,
-            rate_calls,
-            rate_hz,
-            seconds,
-            &idle,
-        );
+        let row = avr_step(rate_calls, rate_hz);
         println!("{} kHz callers: {}", khz(rate_hz), row.line());
         by_rate.push(row);
         settle(&avr, &idle);

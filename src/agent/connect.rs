@@ -17,6 +17,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, HandshakeError, WebSocket};
 
 use crate::proto::url_secrets::{basic_auth, mask_url};
+use crate::sys::emptied_queue;
 
 /// The agent connection.
 pub type Ws = WebSocket<MaybeTlsStream<AgentSocket>>;
@@ -258,7 +259,7 @@ pub fn connect(
 /// socket [`Link`](super::Link) polls.
 ///
 /// Non-blocking, it also remembers when the kernel's queue was found empty (see
-/// [`drained_after`]): tungstenite (and rustls beneath it) reads until a read would block,
+/// [`emptied_queue`](crate::sys::emptied_queue)): tungstenite (and rustls beneath it) reads until a read would block,
 /// and that last read, one `recvfrom` per agent message, is answered here without a system
 /// call until [`AgentSocket::mark_readable`] says `poll` saw input again.
 #[derive(Debug)]
@@ -267,20 +268,6 @@ pub struct AgentSocket {
     deadline: Option<Instant>,
     /// The kernel had nothing more when last read, and `poll` has not reported input since.
     drained: bool,
-}
-
-/// Whether a read of `asked` bytes that gave `got` emptied the kernel's receive queue. A
-/// TCP `recv` takes everything queued up to the size asked, so fewer bytes than asked (or
-/// `WouldBlock`) means nothing was left at that moment; what arrives later makes `poll`
-/// report input, level-triggered, so nothing is missed by not asking again. End of stream
-/// (0 bytes) is not counted: the kernel keeps saying so on every read, which is what the
-/// readers above expect to see.
-fn drained_after(asked: usize, got: &io::Result<usize>) -> bool {
-    match got {
-        Ok(0) => false,
-        Ok(n) => *n < asked,
-        Err(e) => e.kind() == ErrorKind::WouldBlock,
-    }
 }
 
 impl AgentSocket {
@@ -316,7 +303,7 @@ impl Read for AgentSocket {
             return Err(ErrorKind::WouldBlock.into());
         }
         let got = self.tcp.read(buf);
-        self.drained = drained_after(buf.len(), &got);
+        self.drained = emptied_queue(buf.len(), &got);
         got
     }
 }
@@ -549,36 +536,39 @@ mod tests {
         (socket, peer)
     }
 
-    /// Reads until the bytes the peer sent have crossed loopback (they may lag a moment).
+    /// Waits (bounded) until the kernel reports input (or the peer's close) on the socket,
+    /// as the call's `poll` would, and says so to the socket.
+    fn wait_readable(socket: &mut AgentSocket) {
+        let mut fds = [rustix::event::PollFd::new(
+            &socket.tcp,
+            rustix::event::PollFlags::IN,
+        )];
+        let ready = crate::sys::poll(&mut fds, Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(ready, 1, "nothing arrived within 5 s");
+        socket.mark_readable();
+    }
+
+    /// Reads once input is there, as the call's thread does after `poll`.
     fn read_some(socket: &mut AgentSocket, buf: &mut [u8]) -> usize {
-        for _ in 0..1000 {
-            match socket.read(buf) {
-                Ok(n) => return n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    socket.mark_readable();
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("nothing arrived");
+        wait_readable(socket);
+        socket.read(buf).unwrap()
     }
 
     #[test]
     fn a_short_read_or_would_block_means_the_queue_was_emptied() {
         let would_block = Err(io::Error::from(ErrorKind::WouldBlock));
-        assert!(drained_after(4096, &Ok(10)));
+        assert!(emptied_queue(4096, &Ok(10)));
         assert!(
-            !drained_after(4096, &Ok(4096)),
+            !emptied_queue(4096, &Ok(4096)),
             "a full read may leave more"
         );
-        assert!(drained_after(4096, &would_block));
+        assert!(emptied_queue(4096, &would_block));
         assert!(
-            !drained_after(4096, &Ok(0)),
+            !emptied_queue(4096, &Ok(0)),
             "end of stream is the kernel's to repeat"
         );
         let reset = Err(io::Error::from(ErrorKind::ConnectionReset));
-        assert!(!drained_after(4096, &reset));
+        assert!(!emptied_queue(4096, &reset));
     }
 
     #[test]
@@ -589,7 +579,12 @@ mod tests {
         assert_eq!(read_some(&mut socket, &mut buf), 10);
         // More arrives, but no system call is made to find it: poll will report it.
         peer.write_all(b"abc").unwrap();
-        thread::sleep(Duration::from_millis(20));
+        let mut fds = [rustix::event::PollFd::new(
+            &socket.tcp,
+            rustix::event::PollFlags::IN,
+        )];
+        let there = crate::sys::poll(&mut fds, Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(there, 1, "the bytes crossed loopback");
         let err = socket.read(&mut buf).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WouldBlock);
         assert_eq!(
@@ -614,18 +609,9 @@ mod tests {
         );
         assert_eq!(&four, b"5678");
         drop(peer);
-        socket.mark_readable();
+        wait_readable(&mut socket);
         let mut buf = [0u8; 16];
-        for _ in 0..1000 {
-            match socket.read(&mut buf) {
-                Ok(0) => break,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    socket.mark_readable();
-                    thread::sleep(Duration::from_millis(1));
-                }
-                other => panic!("{other:?}"),
-            }
-        }
+        assert_eq!(socket.read(&mut buf).unwrap(), 0, "end of stream");
         assert_eq!(
             socket.read(&mut buf).unwrap(),
             0,

@@ -9,6 +9,7 @@ mod throttle;
 mod waiting_room;
 
 use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,41 @@ pub use waiting_room::{Admission, MadeRoom, Ticket, WaitingRoom};
 /// call's panic must not take every other call down with a poisoned lock.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A non-blocking TCP socket with its connect to `addr` started (not finished: the socket
+/// turns writable when it is), for the event loops that must not block on a connect: the
+/// simulated callers and the benchmark's floor bridge.
+pub fn connect_started(addr: SocketAddr) -> io::Result<TcpStream> {
+    use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => Ok(TcpStream::from(fd)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a non-blocking stream read of `asked` bytes that gave `got` emptied the kernel's
+/// receive queue. A TCP `recv` takes everything queued up to the size asked, so fewer bytes
+/// than asked (or `WouldBlock`) means nothing was left at that moment; what arrives later
+/// makes `poll`/`epoll` report input again, so the read that would only say "would block"
+/// can be skipped. End of stream (0 bytes) is not counted: the kernel keeps saying so, which
+/// is what readers expect to see.
+pub fn emptied_queue(asked: usize, got: &io::Result<usize>) -> bool {
+    match got {
+        Ok(0) => false,
+        Ok(n) => *n < asked,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// `poll(2)` on `fds` for at most `timeout` (`None`: until something is ready). A signal

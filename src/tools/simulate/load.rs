@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
 use rustix::net::sockopt::socket_error;
-use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
 };
@@ -809,33 +808,20 @@ impl Harness<'_> {
     }
 
     fn start_connect(&self, i: usize) -> io::Result<TcpStream> {
-        let family = match self.opts.addr {
-            SocketAddr::V4(_) => AddressFamily::INET,
-            SocketAddr::V6(_) => AddressFamily::INET6,
-        };
-        let fd = socket_with(
-            family,
-            SocketType::STREAM,
-            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            None,
-        )?;
-        match rustix::net::connect(&fd, &self.opts.addr) {
-            Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let stream = crate::sys::connect_started(self.opts.addr)?;
         // Edge-triggered: a socket is reported when something new happens on it (here: the
         // connect completing), so the loop reads each until it is empty and writes only when
         // it has something pending.
         epoll::add(
             &self.epoll,
-            &fd,
+            &stream,
             epoll::EventData::new_u64(i as u64),
             epoll::EventFlags::IN
                 | epoll::EventFlags::OUT
                 | epoll::EventFlags::RDHUP
                 | epoll::EventFlags::ET,
         )?;
-        Ok(TcpStream::from(fd))
+        Ok(stream)
     }
 
     /// Call `i`'s socket reported while connecting: connected (write the UUID; its first
